@@ -1,0 +1,204 @@
+"""The dataflow's raw input: a partitioned Bytewax source over confluent-kafka.
+
+Unlike Bytewax's stock ``KafkaSource`` (which assigns partitions itself and commits nothing),
+this source
+
+* resumes from its recovery snapshot when there is one, and otherwise starts at the
+  consumer group's committed offset (so a reset with standard tooling really replays), or at
+  the earliest offset for a new group;
+* commits progress to a named consumer group, so lag is visible in standard tools. It commits
+  the offset of the *previous* snapshot: a committed offset is then always covered by a
+  completed epoch, so starting from it may repeat a little but never skips;
+* tracks ``frame_seq`` per connector session and stamps every record with the session's gap
+  count, so a lost raw frame becomes a DataHealth gap downstream.
+
+One partition object per Kafka partition, with explicit resume state (``PartitionState``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from infra.broker import TANSU_SESSION_TIMEOUT_MS
+from tickflow.raw import RawRecord
+
+log = logging.getLogger(__name__)
+
+# Sessions remembered per partition for frame_seq tracking: old connector sessions never come
+# back, so a small bound keeps the snapshot small.
+MAX_SESSIONS = 64
+
+
+@dataclass
+class SessionState:
+    last_frame_seq: int
+    last_received_ns: int
+
+
+@dataclass
+class PartitionState:
+    """Resume state of one raw partition: the next offset and frame-gap bookkeeping."""
+
+    next_offset: int
+    sessions: OrderedDict[str, SessionState] = field(default_factory=OrderedDict)
+    gaps: int = 0
+    last_gap_window: tuple[int, int] | None = None
+
+
+class FrameTracker:
+    """Detects lost raw frames (``frame_seq`` jumps) per connector session."""
+
+    def __init__(self, state: PartitionState) -> None:
+        self.state = state
+
+    def observe(self, rec: RawRecord) -> None:
+        st = self.state
+        if rec.session_id and rec.frame_seq is not None and rec.received_ns is not None:
+            prev = st.sessions.get(rec.session_id)
+            if prev is not None:
+                if rec.frame_seq > prev.last_frame_seq + 1:
+                    st.gaps += 1
+                    st.last_gap_window = (prev.last_received_ns, rec.received_ns)
+                if rec.frame_seq > prev.last_frame_seq:
+                    prev.last_frame_seq = rec.frame_seq
+                    prev.last_received_ns = rec.received_ns
+                st.sessions.move_to_end(rec.session_id)
+            else:
+                st.sessions[rec.session_id] = SessionState(rec.frame_seq, rec.received_ns)
+                while len(st.sessions) > MAX_SESSIONS:
+                    st.sessions.popitem(last=False)
+        rec.feed_gaps = st.gaps
+        rec.last_gap_window = st.last_gap_window
+
+
+class _RawPartition(StatefulSourcePartition[RawRecord, PartitionState]):
+    def __init__(self, conf: dict[str, Any], topic: str, partition: int,
+                 state: PartitionState, tail: bool, batch_size: int) -> None:
+        self._consumer = Consumer(conf)
+        self._consumer.assign([TopicPartition(topic, partition, state.next_offset)])
+        self._topic = topic
+        self._partition = partition
+        self._state = state
+        self._frames = FrameTracker(state)
+        self._tail = tail
+        self._batch_size = batch_size
+        self._eof = False
+        self._to_commit: int | None = None
+
+    def next_batch(self) -> list[RawRecord]:
+        if self._eof:
+            raise StopIteration()
+        msgs = self._consumer.consume(self._batch_size, 0.05)
+        out: list[RawRecord] = []
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    # Tansu's watermarks are unreliable; EOF after an actual fetch is not.
+                    if not self._tail:
+                        self._eof = True
+                    continue
+                raise KafkaException(err)
+            offset: int = msg.offset()  # type: ignore[assignment]  # set on real messages
+            rec = RawRecord.from_kafka(self._topic, self._partition, offset, msg.key(),
+                                       msg.value(), msg.headers())  # type: ignore[arg-type]
+            self._frames.observe(rec)
+            out.append(rec)
+            self._state.next_offset = offset + 1
+        return out
+
+    def snapshot(self) -> PartitionState:
+        # Commit what the previous snapshot covered (see module doc), then remember this one.
+        if self._to_commit is not None and self._to_commit >= 0:
+            try:
+                self._consumer.commit(
+                    offsets=[TopicPartition(self._topic, self._partition, self._to_commit)],
+                    asynchronous=True,
+                )
+            except KafkaException as exc:  # lag reporting must never stop the flow
+                log.warning("offset commit failed for %s[%d]: %s", self._topic,
+                            self._partition, exc)
+        self._to_commit = self._state.next_offset
+        return PartitionState(self._state.next_offset, OrderedDict(
+            (k, SessionState(v.last_frame_seq, v.last_received_ns))
+            for k, v in self._state.sessions.items()), self._state.gaps,
+            self._state.last_gap_window)
+
+    def close(self) -> None:
+        # A finished bounded run has processed everything it read: record it for the group.
+        if self._state.next_offset < 0:  # read nothing: leave the group's offset alone
+            self._consumer.close()
+            return
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(self._topic, self._partition, self._state.next_offset)],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            log.warning("final offset commit failed for %s[%d]: %s", self._topic,
+                        self._partition, exc)
+        self._consumer.close()
+
+
+class RawKafkaSource(FixedPartitionedSource[RawRecord, PartitionState]):
+    """Raw topics as a Bytewax source; partitions are named ``topic:partition``.
+
+    ``tail=False`` ends each partition at its end (a bounded run); ``tail=True`` follows it.
+    """
+
+    def __init__(self, kafka_conf: dict[str, Any], topics: list[str], group_id: str,
+                 tail: bool = True, batch_size: int = 1000) -> None:
+        self._conf = kafka_conf
+        self._topics = topics
+        self._group = group_id
+        self._tail = tail
+        self._batch_size = batch_size
+
+    def list_parts(self) -> list[str]:
+        md = AdminClient(self._conf).list_topics(timeout=30)
+        parts = []
+        for t in self._topics:
+            tmd = md.topics.get(t)
+            if tmd is None or tmd.error is not None:
+                raise RuntimeError(f"raw topic {t!r} does not exist; run `tickflow topics create`")
+            parts += [f"{t}:{p}" for p in sorted(tmd.partitions)]
+        return parts
+
+    def _consumer_conf(self) -> dict[str, Any]:
+        return {
+            **self._conf,
+            "group.id": self._group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": TANSU_SESSION_TIMEOUT_MS,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+        }
+
+    def build_part(self, step_id: str, for_part: str,
+                   resume_state: PartitionState | None) -> _RawPartition:
+        topic, _, p = for_part.rpartition(":")
+        partition = int(p)
+        conf = self._consumer_conf()
+        if resume_state is None:
+            resume_state = PartitionState(self._committed_offset(conf, topic, partition))
+        return _RawPartition(conf, topic, partition, resume_state, self._tail,
+                             self._batch_size)
+
+    @staticmethod
+    def _committed_offset(conf: dict[str, Any], topic: str, partition: int) -> int:
+        """The group's committed offset, or the beginning when it has none."""
+        c = Consumer(conf)
+        try:
+            [tp] = c.committed([TopicPartition(topic, partition)], timeout=30)
+        finally:
+            c.close()
+        return tp.offset if tp.offset >= 0 else OFFSET_BEGINNING

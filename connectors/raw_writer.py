@@ -1,0 +1,107 @@
+"""Writes raw records to Kafka from a connector: bounded queue, background producer thread.
+
+The connector's socket reader only stamps a frame (receipt time, frame_seq) and hands it to
+``RawWriter.offer``, which never blocks: when the queue is full the frame is dropped and
+counted, and its frame_seq is used up, so the loss stays visible in the raw log.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+
+from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
+from infra.topics import MAX_MESSAGE_BYTES
+from tickflow.raw import RawSource, RecordKind, make_headers
+
+log = logging.getLogger(__name__)
+
+DEFAULT_QUEUE_SIZE = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]]
+
+
+class RawWriter:
+    """One connector session's raw output: ``offer`` frames, ``close`` to flush and stop."""
+
+    def __init__(self, kafka_conf: dict[str, Any], topic: str, key: str, source: RawSource,
+                 feed: str = "", queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+        self.topic = topic
+        self.key = key.encode()
+        self.source = source
+        self.feed = feed
+        self.session_id = uuid.uuid4().hex
+        self.frame_seq = 0
+        self.written = 0
+        self.dropped = 0
+        self.failed = 0
+        self._q: queue.Queue[_Pending | None] = queue.Queue(maxsize=queue_size)
+        self._producer = Producer({
+            **kafka_conf,
+            **TANSU_PRODUCER_NO_AUTOCREATE,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 2,
+            "message.max.bytes": MAX_MESSAGE_BYTES,
+        })
+        self._thread = threading.Thread(target=self._run, name=f"raw-writer-{topic}",
+                                         daemon=True)
+        self._thread.start()
+
+    def offer(self, value: bytes, received_ns: int | None = None,
+              kind: RecordKind = RecordKind.VENDOR) -> bool:
+        """Queue one raw record; False (and counted) if the queue is full."""
+        self.frame_seq += 1
+        headers = make_headers(self.source, received_ns or time.time_ns(), self.session_id,
+                               self.frame_seq, self.feed, kind)
+        try:
+            self._q.put_nowait(_Pending(value, headers))
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            self.written += 1
+        else:
+            self.failed += 1
+            log.error("raw record delivery failed", extra={"topic": self.topic,
+                                                           "error": str(err)})
+
+    def _run(self) -> None:
+        p = self._producer
+        while True:
+            item = self._q.get()
+            if item is None:
+                break
+            while True:
+                try:
+                    p.produce(self.topic, item.value, self.key, headers=item.headers,
+                              on_delivery=self._on_delivery)
+                    break
+                except BufferError:
+                    p.poll(0.05)
+                except KafkaException as exc:
+                    log.error("raw produce failed: %s", exc)
+                    p.poll(0.5)
+            p.poll(0)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Drain the queue and wait until the broker acknowledged everything."""
+        self._q.put(None)
+        self._thread.join(timeout)
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise RuntimeError(f"{remaining} raw records not acknowledged by the broker")

@@ -1,0 +1,107 @@
+"""The normalization dataflow: raw topics -> canonical Avro topics + the Parquet lake.
+
+    python -m bytewax.run flows.normalize:flow [-w N] [-r recovery_dir -s snapshot_secs]
+
+Steps (the rules live in ``tickflow``; this module only wires them to Bytewax):
+
+    raw (RawKafkaSource, one partition per raw Kafka partition)
+      -> normalize      stateless: decode, validate, build events; dead letters split off
+      -> symbol_state   keyed by symbol: dedup, DataHealth, option-quote enrichment
+      -> encode         Confluent-framed Avro, key = symbol
+      -> kafka sink (normalized topics, market.health, dead letters) and lake sink
+
+Items are batches (one raw record's events for one symbol), never single events.
+Configuration comes from the environment (``tickflow.settings``); ``TICKFLOW_TAIL=0`` makes a
+bounded run that stops at the end of the raw topics.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+
+from connectors.kafka_sink import KafkaOutSink, OutRecord
+from connectors.kafka_source import RawKafkaSource
+from connectors.lake import LakeSink
+from infra.topics import RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
+from schemas.model import DEAD_LETTER, Event
+from schemas.serde import AvroEncoder, encoders
+from tickflow.normalize import normalize_record, route
+from tickflow.raw import RawRecord
+from tickflow.settings import Settings, get_settings
+from tickflow.state import SymbolBatch, SymbolState
+
+DLQ_KEY = "\x00deadletter"
+
+_encoders: dict[str, AvroEncoder] = {}
+
+
+def _encoder(settings: Settings, type_name: str) -> AvroEncoder:
+    # Registered lazily, once per process, on first use: worker processes each need the ids.
+    if not _encoders:
+        _encoders.update(encoders(settings.registry_config()))
+    return _encoders[type_name]
+
+
+def split_record(rec: RawRecord) -> list[tuple[str, Any]]:
+    """Normalize one raw record: ``(symbol, SymbolBatch)`` items plus one dead-letter item."""
+    dlq, batches = route(rec, normalize_record(rec))
+    items: list[tuple[str, Any]] = [(b.symbol, b) for b in batches]
+    if dlq:
+        items.append((DLQ_KEY, [(DEAD_LETTER.name, d) for d in dlq]))
+    return items
+
+
+def symbol_step(state: SymbolState | None, batch: SymbolBatch
+                ) -> tuple[SymbolState, list[tuple[str, Event]]]:
+    if state is None:
+        state = SymbolState(batch.symbol)
+    return state, state.process(batch)
+
+
+def make_encode(settings: Settings) -> Any:
+    def encode(key_events: tuple[str, list[tuple[str, Event]]]) -> tuple[str, list[OutRecord]]:
+        key, events = key_events
+        out: list[OutRecord] = []
+        for type_name, ev in events:
+            enc = _encoder(settings, type_name)
+            # Market and health records are keyed by symbol; dead letters by raw coordinates.
+            k = ev["event_id"] if type_name == DEAD_LETTER.name else ev["symbol"]
+            out.append((enc.event_type.topic, k.encode(), enc.encode(ev)))
+        return key, out
+    return encode
+
+
+def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = None,
+               tail: bool | None = None) -> Dataflow:
+    """The dataflow, configured from ``settings`` (default: the environment)."""
+    s = settings or get_settings()
+    if raw_topics is None:
+        env_topics = os.environ.get("TICKFLOW_RAW_TOPICS")
+        raw_topics = (env_topics.split(",") if env_topics
+                      else [RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS])
+    if tail is None:
+        tail = os.environ.get("TICKFLOW_TAIL", "1") not in ("0", "false", "no")
+
+    flow = Dataflow("tickflow_normalize")
+    raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
+                                               s.consumer_group, tail=tail))
+    items = op.flat_map("normalize", raw, split_record)
+    split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
+    per_symbol = op.stateful_map("symbol_state", split.falses, symbol_step)
+    out = op.merge("outputs", per_symbol, split.trues)
+    encoded = op.map("encode", out, make_encode(s))
+    op.output("kafka", encoded, KafkaOutSink(s.kafka_config()))
+    op.output("lake", per_symbol, LakeSink(s.lake_root))
+    return flow
+
+
+def __getattr__(name: str) -> Any:
+    # `python -m bytewax.run flows.normalize:flow` builds the flow on first access, so that
+    # importing this module (tests, tools) reads no settings and touches no broker.
+    if name == "flow":
+        return build_flow()
+    raise AttributeError(name)

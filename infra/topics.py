@@ -1,0 +1,91 @@
+"""Topic layout and provisioning: raw topics (the immutable log), normalized topics,
+``market.health`` and the dead-letter topic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from infra.broker import TANSU_EXPLICIT_TOPIC_CONFIG_KEYS
+
+# Raw topics: one per vendor connection kind. One feed connection writes with one key, so its
+# frames stay in order in one partition.
+RAW_MASSIVE_STOCKS = "raw.massive.stocks"
+RAW_MASSIVE_OPTIONS = "raw.massive.options"
+RAW_MASSIVE_REST = "raw.massive.rest"
+RAW_DATABENTO = "raw.databento.dbn"
+RAW_TOPICS = (RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS, RAW_MASSIVE_REST, RAW_DATABENTO)
+
+STOCK_QUOTES = "market.stocks.quotes"
+STOCK_TRADES = "market.stocks.trades"
+OPTION_TRADES = "market.options.trades"
+OPTION_QUOTES = "market.options.quotes"
+FUTURES_TRADES = "market.futures.trades"
+FUTURES_MBP10 = "market.futures.mbp10"
+HEALTH = "market.health"
+DEAD_LETTER = "market.deadletter"
+NORMALIZED_TOPICS = (
+    STOCK_QUOTES,
+    STOCK_TRADES,
+    OPTION_TRADES,
+    OPTION_QUOTES,
+    FUTURES_TRADES,
+    FUTURES_MBP10,
+)
+
+# The raw log is the source of truth: nothing is ever deleted by time or size.
+RAW_CONFIG = {"retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"}
+# Normalized topics are a pure function of the raw log (replayable), so a finite retention
+# is safe; a week by default.
+NORMALIZED_CONFIG = {"retention.ms": str(7 * 24 * 3600 * 1000), "retention.bytes": "-1",
+                     "cleanup.policy": "delete"}
+# Dead letters hold original bytes that need a human: keep them as long as the raw log.
+DEAD_LETTER_CONFIG = dict(RAW_CONFIG)
+
+# Large frames (REST pages, DBN chunks) need more than Kafka's default 1 MB per message.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def topic_specs(raw_partitions: int = 4, normalized_partitions: int = 4) -> list[TopicSpec]:
+    """Every topic tickflow uses, with explicit configs."""
+    size = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
+    specs = [TopicSpec(t, raw_partitions, {**RAW_CONFIG, **size}) for t in RAW_TOPICS]
+    specs += [TopicSpec(t, normalized_partitions, dict(NORMALIZED_CONFIG)) for t in
+              (*NORMALIZED_TOPICS, HEALTH)]
+    specs.append(TopicSpec(DEAD_LETTER, normalized_partitions, {**DEAD_LETTER_CONFIG, **size}))
+    for s in specs:
+        missing = [k for k in TANSU_EXPLICIT_TOPIC_CONFIG_KEYS if k not in s.config]
+        assert not missing, f"topic {s.name} lacks explicit config {missing}"
+    return specs
+
+
+def create_topics(
+    kafka_conf: dict[str, Any], specs: list[TopicSpec], timeout: float = 30.0
+) -> dict[str, str]:
+    """Create the topics that do not exist yet. Returns ``{topic: "created" | "exists"}``.
+
+    Existing topics are left alone (their partition count is not changed: growing partitions
+    would move keys between partitions and break per-connection order).
+    """
+    admin = AdminClient(kafka_conf)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    todo = [s for s in specs if s.name not in existing]
+    result = {s.name: "exists" for s in specs if s.name in existing}
+    if todo:
+        futures = admin.create_topics(
+            [NewTopic(s.name, s.partitions, 1, config=s.config) for s in todo],
+            request_timeout=timeout,
+        )
+        for name, fut in futures.items():
+            fut.result()
+            result[name] = "created"
+    return result

@@ -1,0 +1,139 @@
+"""The per-symbol DataHealth state machine.
+
+    HEALTHY       -> GAP_DETECTED | CORRUPTED
+    GAP_DETECTED  -> HEALTHY | CORRUPTED
+    CORRUPTED     -> RECOVERING
+    RECOVERING    -> HEALTHY | CORRUPTED
+
+Gaps come from lost raw frames, connector-reported loss windows and contiguity breaks where
+the venue guarantees contiguity; corruption from impossible data. A gap is cleared only by
+real data covering it (a backfill), never by invented data. Each transition is returned as
+a ``DataHealthTransition`` event (schemas/data_health.avsc); no wall clock is read: every
+time comes from the record that caused the transition.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from schemas.model import Event
+
+
+class Health(StrEnum):
+    HEALTHY = "HEALTHY"
+    GAP_DETECTED = "GAP_DETECTED"
+    CORRUPTED = "CORRUPTED"
+    RECOVERING = "RECOVERING"
+
+
+ALLOWED: dict[Health, frozenset[Health]] = {
+    Health.HEALTHY: frozenset({Health.GAP_DETECTED, Health.CORRUPTED}),
+    Health.GAP_DETECTED: frozenset({Health.HEALTHY, Health.CORRUPTED}),
+    Health.CORRUPTED: frozenset({Health.RECOVERING}),
+    Health.RECOVERING: frozenset({Health.HEALTHY, Health.CORRUPTED}),
+}
+
+# Valid events in a row after corruption before a symbol counts as HEALTHY again.
+DEFAULT_RECOVERY_EVENTS = 100
+
+
+class HealthTracker:
+    """DataHealth of one symbol, with running counts and the open gap windows."""
+
+    __slots__ = (
+        "corrupt_total",
+        "duplicates_total",
+        "events_total",
+        "gaps",
+        "gaps_total",
+        "recovery_events",
+        "since_corrupt",
+        "state",
+        "symbol",
+        "transitions",
+    )
+
+    def __init__(self, symbol: str, recovery_events: int = DEFAULT_RECOVERY_EVENTS) -> None:
+        self.symbol = symbol
+        self.state = Health.HEALTHY
+        self.recovery_events = recovery_events
+        self.events_total = 0
+        self.duplicates_total = 0
+        self.gaps_total = 0
+        self.corrupt_total = 0
+        self.since_corrupt = 0
+        self.transitions = 0
+        # Open gap windows (start_ns, end_ns) not yet covered by backfilled data.
+        self.gaps: list[tuple[int, int]] = []
+
+    def _move(self, to: Health, code: str, reason: str, source: str, ts_event_ns: int,
+              ts_recv_ns: int, window: tuple[int, int] | None) -> Event | None:
+        if to == self.state:
+            return None
+        if to not in ALLOWED[self.state]:
+            raise AssertionError(f"illegal DataHealth transition {self.state} -> {to}")
+        frm, self.state = self.state, to
+        self.transitions += 1
+        return {
+            "event_id": f"{self.symbol}|{ts_event_ns}|health|{self.transitions}",
+            "symbol": self.symbol,
+            "source": source,
+            "ts_event_ns": ts_event_ns,
+            "ts_recv_ns": ts_recv_ns,
+            "from_state": frm.value,
+            "to_state": to.value,
+            "reason_code": code,
+            "reason": reason,
+            "window_start_ns": window[0] if window else None,
+            "window_end_ns": window[1] if window else None,
+            "events_total": self.events_total,
+            "duplicates_total": self.duplicates_total,
+            "gaps_total": self.gaps_total,
+            "corrupt_total": self.corrupt_total,
+        }
+
+    def gap(self, code: str, reason: str, source: str, start_ns: int, end_ns: int,
+            ts_event_ns: int, ts_recv_ns: int) -> Event | None:
+        """Data for this symbol may be missing in [start_ns, end_ns]."""
+        self.gaps_total += 1
+        self.gaps.append((start_ns, end_ns))
+        if self.state == Health.HEALTHY:
+            return self._move(Health.GAP_DETECTED, code, reason, source, ts_event_ns,
+                              ts_recv_ns, (start_ns, end_ns))
+        # Already degraded: the gap is recorded and counted, the state stays.
+        return None
+
+    def corrupt(self, code: str, reason: str, source: str, ts_event_ns: int,
+                ts_recv_ns: int) -> Event | None:
+        """Impossible or undecodable data for this symbol."""
+        self.corrupt_total += 1
+        self.since_corrupt = 0
+        if self.state == Health.CORRUPTED:
+            return None
+        return self._move(Health.CORRUPTED, code, reason, source, ts_event_ns, ts_recv_ns, None)
+
+    def valid(self, source: str, ts_event_ns: int, ts_recv_ns: int) -> Event | None:
+        """A valid event arrived."""
+        self.events_total += 1
+        if self.state == Health.CORRUPTED:
+            self.since_corrupt = 1
+            return self._move(Health.RECOVERING, "VALID_DATA",
+                              "valid data after corruption", source, ts_event_ns,
+                              ts_recv_ns, None)
+        if self.state == Health.RECOVERING:
+            self.since_corrupt += 1
+            if self.since_corrupt >= self.recovery_events:
+                return self._move(Health.HEALTHY, "CONTINUITY_RESUMED",
+                                  f"{self.since_corrupt} valid events in a row", source,
+                                  ts_event_ns, ts_recv_ns, None)
+        return None
+
+    def backfilled(self, start_ns: int, end_ns: int, source: str, ts_event_ns: int,
+                   ts_recv_ns: int) -> Event | None:
+        """Real data covering [start_ns, end_ns] arrived; close the gaps it covers."""
+        self.gaps = [g for g in self.gaps if not (start_ns <= g[0] and g[1] <= end_ns)]
+        if self.state == Health.GAP_DETECTED and not self.gaps:
+            return self._move(Health.HEALTHY, "BACKFILLED",
+                              "every open gap was filled by backfilled data", source,
+                              ts_event_ns, ts_recv_ns, (start_ns, end_ns))
+        return None

@@ -1,0 +1,143 @@
+"""One normalizer boundary for every raw source.
+
+``normalize_record`` turns one raw record into canonical events, rejects and loss windows;
+``route`` splits that into dead letters (with the original bytes) and per-symbol batches for
+the keyed state. ``MarketDataNormalizer`` runs both plus the per-symbol state in-process, for
+use without Kafka or Bytewax (the dataflow runs the same functions as separate steps).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from schemas.model import DEAD_LETTER, Event
+from tickflow.health import Health
+from tickflow.normalize.base import (
+    MISSING_HEADER,
+    SCHEMA,
+    UNKNOWN_SOURCE,
+    Loss,
+    Normalized,
+    Reject,
+)
+from tickflow.normalize.massive import normalize_ws_frame
+from tickflow.raw import LossWindow, RawRecord, RawSource, RecordKind
+from tickflow.state import SymbolBatch, SymbolState
+
+# Raw ``source`` header -> Avro Source symbol.
+SOURCE_SYMBOL = {
+    RawSource.MASSIVE_WS.value: "MASSIVE_WS",
+    RawSource.MASSIVE_REST.value: "MASSIVE_REST",
+    RawSource.DATABENTO_DBN.value: "DATABENTO_DBN",
+    RawSource.REPLAY.value: "REPLAY",
+}
+
+_LOSS_DECODER = msgspec.json.Decoder(LossWindow)
+
+
+def normalize_record(rec: RawRecord) -> Normalized:
+    """Canonical events, rejects and loss windows of one raw record. Never raises on bad data."""
+    source = SOURCE_SYMBOL.get(rec.source)
+    if source is None:
+        return Normalized(rejects=[Reject(UNKNOWN_SOURCE, f"unknown raw source {rec.source!r}")])
+    if rec.received_ns is None:
+        # Without receipt time there is no deterministic ts_recv_ns; the flow must not
+        # substitute its own clock.
+        return Normalized(rejects=[Reject(MISSING_HEADER, "raw record has no received_ns header")])
+    if rec.kind == RecordKind.LOSS_WINDOW.value:
+        try:
+            lw = _LOSS_DECODER.decode(rec.value)
+        except msgspec.DecodeError as exc:
+            return Normalized(rejects=[Reject(SCHEMA, f"bad loss_window record: {exc}")])
+        return Normalized(losses=[Loss(s, lw.start_ns, lw.end_ns, lw.reason) for s in lw.symbols])
+    if rec.kind != RecordKind.VENDOR.value:
+        return Normalized(rejects=[Reject(SCHEMA, f"unknown raw record kind {rec.kind!r}")])
+    if rec.source in (RawSource.MASSIVE_WS.value, RawSource.REPLAY.value):
+        return normalize_ws_frame(rec.value, rec.received_ns, source, options=_is_options(rec))
+    return Normalized(rejects=[Reject(UNKNOWN_SOURCE,
+                                      f"no normalizer for source {rec.source!r} yet")])
+
+
+def _is_options(rec: RawRecord) -> bool:
+    if rec.feed:
+        return rec.feed == "options"
+    return "options" in rec.topic
+
+
+def dead_letter(rec: RawRecord, rej: Reject) -> Event:
+    """A DeadLetter event (schemas/dead_letter.avsc) carrying the raw record's own bytes."""
+    suffix = "" if rej.event_index is None else f":{rej.event_index}"
+    return {
+        "event_id": f"{rec.coordinates}{suffix}",
+        "source": rec.source,
+        "raw_topic": rec.topic,
+        "raw_partition": rec.partition,
+        "raw_offset": rec.offset,
+        "raw_key": rec.key,
+        "raw_value": rec.value,
+        "raw_headers": [{"key": k, "value": v} for k, v in rec.headers],
+        "event_index": rej.event_index,
+        "symbol": rej.symbol,
+        "reason_code": rej.reason_code,
+        "reason": rej.reason,
+        "ts_recv_ns": rec.received_ns,
+    }
+
+
+def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBatch]]:
+    """Dead letters, and one ``SymbolBatch`` per symbol in first-seen order."""
+    dlq = [dead_letter(rec, r) for r in norm.rejects]
+    batches: dict[str, SymbolBatch] = {}
+    source = SOURCE_SYMBOL.get(rec.source, "UNKNOWN")
+    recv = rec.received_ns or 0
+    feed_key = f"{rec.topic}:{rec.partition}:{rec.session_id}" if rec.session_id else ""
+
+    def batch(sym: str) -> SymbolBatch:
+        b = batches.get(sym)
+        if b is None:
+            b = batches[sym] = SymbolBatch(sym, source, recv, feed_key=feed_key,
+                                           feed_gaps=rec.feed_gaps,
+                                           last_gap_window=rec.last_gap_window)
+        return b
+
+    for sym, type_name, ev in norm.events:
+        batch(sym).events.append((type_name, ev))
+    for r in norm.rejects:
+        if r.symbol is not None:
+            batch(r.symbol).rejects.append(r)
+    for loss in norm.losses:
+        batch(loss.symbol).losses.append(loss)
+    return dlq, list(batches.values())
+
+
+class MarketDataNormalizer:
+    """The whole normalization path in one object, without Kafka or Bytewax.
+
+    ``on_message`` takes raw vendor bytes as a connector received them and returns the
+    ``(event type name, event)`` pairs the dataflow would publish, dead letters included.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, SymbolState] = {}
+        self._offset = 0
+
+    def on_message(self, raw: bytes, received_ns: int, source: str = RawSource.MASSIVE_WS.value,
+                   feed: str = "stocks") -> list[tuple[str, Event]]:
+        rec = RawRecord("in-process", 0, self._offset, None, raw, (), source=source,
+                        received_ns=received_ns, feed=feed)
+        self._offset += 1
+        dlq, batches = route(rec, normalize_record(rec))
+        out: list[tuple[str, Event]] = [(DEAD_LETTER.name, d) for d in dlq]
+        for b in batches:
+            st = self._states.get(b.symbol)
+            if st is None:
+                st = self._states[b.symbol] = SymbolState(b.symbol)
+            out.extend(st.process(b))
+        return out
+
+    def health(self, symbol: str) -> Health:
+        st = self._states.get(symbol)
+        return st.health.state if st else Health.HEALTHY
+
+    def all_health(self) -> dict[str, Health]:
+        return {s: st.health.state for s, st in sorted(self._states.items())}

@@ -1,0 +1,45 @@
+"""What a vendor normalizer returns for one raw record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from schemas.model import Event
+
+# Reason codes for dead letters (schemas/dead_letter.avsc documents them).
+UNDECODABLE = "UNDECODABLE"
+SCHEMA = "SCHEMA"
+UNKNOWN_EVENT = "UNKNOWN_EVENT"
+BAD_VALUE = "BAD_VALUE"
+BAD_TICKER = "BAD_TICKER"
+MISSING_HEADER = "MISSING_HEADER"
+UNKNOWN_SOURCE = "UNKNOWN_SOURCE"
+
+
+class Reject(NamedTuple):
+    """A record, or one event inside it, that cannot become a canonical event."""
+
+    reason_code: str
+    reason: str
+    symbol: str | None = None
+    event_index: int | None = None
+    ts_event_ns: int | None = None
+
+
+class Loss(NamedTuple):
+    """A connector-reported window in which ``symbol`` may have lost data."""
+
+    symbol: str
+    start_ns: int
+    end_ns: int
+    reason: str
+
+
+@dataclass(slots=True)
+class Normalized:
+    """Canonical events (``(symbol, event type name, event)``), rejects and loss windows."""
+
+    events: list[tuple[str, str, Event]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    losses: list[Loss] = field(default_factory=list)

@@ -1,0 +1,89 @@
+"""One settings model for every process: environment variables (and an optional .env file).
+
+Secrets (MASSIVE_API_KEY, registry and broker credentials) are read only from the
+environment and held as ``SecretStr`` so they never show up in a repr, a log line or an
+exception message.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Embedded-default ports on 127.0.0.1. Chosen away from the usual 9092/8081 so a developer's
+# own Kafka or registry is never touched by `tickflow up`.
+DEFAULT_BROKER_PORT = 19092
+DEFAULT_REGISTRY_PORT = 18081
+DEFAULT_SIMULATOR_PORT = 18765
+
+
+class Settings(BaseSettings):
+    """Runtime configuration shared by the CLI, connectors and flows."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str = Field(
+        default=f"127.0.0.1:{DEFAULT_BROKER_PORT}", alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    kafka_security_protocol: str | None = Field(default=None, alias="KAFKA_SECURITY_PROTOCOL")
+    kafka_sasl_mechanism: str | None = Field(default=None, alias="KAFKA_SASL_MECHANISM")
+    kafka_sasl_username: str | None = Field(default=None, alias="KAFKA_SASL_USERNAME")
+    kafka_sasl_password: SecretStr | None = Field(default=None, alias="KAFKA_SASL_PASSWORD")
+    kafka_ssl_ca_location: str | None = Field(default=None, alias="KAFKA_SSL_CA_LOCATION")
+
+    schema_registry_url: str = Field(
+        default=f"http://127.0.0.1:{DEFAULT_REGISTRY_PORT}", alias="SCHEMA_REGISTRY_URL"
+    )
+    schema_registry_basic_auth: SecretStr | None = Field(
+        default=None,
+        alias="SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO",
+        description="user:password for a registry behind basic auth",
+    )
+    schema_registry_ca_location: str | None = Field(
+        default=None, alias="SCHEMA_REGISTRY_SSL_CA_LOCATION"
+    )
+
+    massive_api_key: SecretStr | None = Field(default=None, alias="MASSIVE_API_KEY")
+    massive_ws_host: str = Field(default="socket.massive.com", alias="MASSIVE_WS_HOST")
+    massive_ws_secure: bool = Field(default=True, alias="MASSIVE_WS_SECURE")
+    massive_rest_url: str = Field(default="https://api.massive.com", alias="MASSIVE_REST_URL")
+
+    lake_root: Path = Field(default=Path("data/lake"), alias="TICKFLOW_LAKE_ROOT")
+    state_dir: Path = Field(default=Path(".tickflow"), alias="TICKFLOW_STATE_DIR")
+    raw_partitions: int = Field(default=4, ge=1, alias="TICKFLOW_RAW_PARTITIONS")
+    normalized_partitions: int = Field(default=4, ge=1, alias="TICKFLOW_NORMALIZED_PARTITIONS")
+    consumer_group: str = Field(default="tickflow-normalize", alias="TICKFLOW_CONSUMER_GROUP")
+
+    def kafka_config(self) -> dict[str, Any]:
+        """librdkafka settings common to producers, consumers and admin clients."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        if self.kafka_security_protocol:
+            conf["security.protocol"] = self.kafka_security_protocol
+        if self.kafka_sasl_mechanism:
+            conf["sasl.mechanism"] = self.kafka_sasl_mechanism
+        if self.kafka_sasl_username:
+            conf["sasl.username"] = self.kafka_sasl_username
+        if self.kafka_sasl_password is not None:
+            conf["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        if self.kafka_ssl_ca_location:
+            conf["ssl.ca.location"] = self.kafka_ssl_ca_location
+        return conf
+
+    def registry_config(self) -> dict[str, Any]:
+        """Settings for confluent-kafka's ``SchemaRegistryClient``."""
+        conf: dict[str, Any] = {"url": self.schema_registry_url}
+        if self.schema_registry_basic_auth is not None:
+            conf["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
+        if self.schema_registry_ca_location:
+            conf["ssl.ca.location"] = self.schema_registry_ca_location
+        return conf
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

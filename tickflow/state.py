@@ -1,0 +1,143 @@
+"""Per-symbol state of the dataflow: dedup, DataHealth and option-quote enrichment.
+
+``SymbolBatch`` is what the stateless normalization step hands to the keyed step: all the
+events, rejects and loss windows of one raw record for one symbol. Carrying batches, not
+single events, keeps the engine's per-item overhead off the hot path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.model import DATA_HEALTH, OPTION_QUOTE, OPTION_TRADE, Event
+from tickflow.dedup import DEFAULT_WINDOW_NS, SequenceWindow
+from tickflow.health import HealthTracker
+from tickflow.normalize.base import BAD_VALUE, SCHEMA, UNDECODABLE, Loss, Reject
+
+# Rejects that mean this symbol's data is impossible or unreadable.
+CORRUPTING = frozenset({BAD_VALUE, SCHEMA, UNDECODABLE})
+
+# Event time running backwards by more than this within one symbol and type is corruption;
+# smaller disorder is normal across exchanges and only counted.
+DEFAULT_TIME_TOLERANCE_NS = 5 * 1_000_000_000
+
+
+@dataclass(slots=True)
+class SymbolBatch:
+    """One raw record's contribution to one symbol."""
+
+    symbol: str
+    source: str  # Avro Source symbol
+    ts_recv_ns: int
+    events: list[tuple[str, Event]] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    losses: list[Loss] = field(default_factory=list)
+    # Frame-gap bookkeeping of the raw connector session this record came from.
+    feed_key: str = ""
+    feed_gaps: int = 0
+    last_gap_window: tuple[int, int] | None = None
+
+
+class SymbolState:
+    """Everything the dataflow remembers about one symbol."""
+
+    __slots__ = (
+        "disorder",
+        "dup_by_source",
+        "feed_gaps",
+        "health",
+        "last_ts",
+        "quote",
+        "tolerance_ns",
+        "window_ns",
+        "windows",
+    )
+
+    def __init__(self, symbol: str, window_ns: int = DEFAULT_WINDOW_NS,
+                 tolerance_ns: int = DEFAULT_TIME_TOLERANCE_NS) -> None:
+        self.health = HealthTracker(symbol)
+        self.window_ns = window_ns
+        self.tolerance_ns = tolerance_ns
+        self.windows: dict[str, SequenceWindow] = {}
+        self.dup_by_source: dict[str, int] = {}
+        self.feed_gaps: dict[str, int] = {}
+        self.last_ts: dict[str, int] = {}
+        self.disorder = 0
+        # Latest (bid, ask) of an option contract, for trade enrichment.
+        self.quote: tuple[int | None, int | None] | None = None
+
+    def process(self, b: SymbolBatch) -> list[tuple[str, Event]]:
+        """Apply one batch; returns ``(event type name, event)`` to emit, health included."""
+        out: list[tuple[str, Event]] = []
+        h = self.health
+        first_ts = b.events[0][1]["ts_event_ns"] if b.events else b.ts_recv_ns
+
+        if b.feed_key:
+            seen = self.feed_gaps.get(b.feed_key)
+            if seen is not None and b.feed_gaps > seen and b.last_gap_window is not None:
+                t = h.gap("FRAME_GAP",
+                          f"{b.feed_gaps - seen} raw frame gap(s) on session {b.feed_key}",
+                          b.source, *b.last_gap_window, first_ts, b.ts_recv_ns)
+                if t:
+                    out.append((DATA_HEALTH.name, t))
+            self.feed_gaps[b.feed_key] = b.feed_gaps
+
+        for loss in b.losses:
+            t = h.gap("LOSS_WINDOW", loss.reason, b.source, loss.start_ns, loss.end_ns,
+                      loss.end_ns, b.ts_recv_ns)
+            if t:
+                out.append((DATA_HEALTH.name, t))
+
+        for rej in b.rejects:
+            if rej.reason_code not in CORRUPTING:
+                continue  # e.g. an unknown event type: a dead letter, not bad market data
+            ts = rej.ts_event_ns if rej.ts_event_ns is not None else first_ts
+            t = h.corrupt(rej.reason_code, rej.reason, b.source, ts, b.ts_recv_ns)
+            if t:
+                out.append((DATA_HEALTH.name, t))
+
+        for type_name, ev in b.events:
+            seq = ev["sequence"]
+            ts = ev["ts_event_ns"]
+            win = self.windows.get(type_name)
+            if win is None:
+                win = self.windows[type_name] = SequenceWindow(self.window_ns)
+            if win.seen(seq, ts):
+                h.duplicates_total += 1
+                self.dup_by_source[b.source] = self.dup_by_source.get(b.source, 0) + 1
+                continue
+            last = self.last_ts.get(type_name)
+            if last is not None and ts < last:
+                self.disorder += 1
+                if ts < last - self.tolerance_ns:
+                    t = h.corrupt("TIME_REGRESSION",
+                                  f"event time ran back {(last - ts) / 1e9:.3f}s",
+                                  b.source, ts, b.ts_recv_ns)
+                    if t:
+                        out.append((DATA_HEALTH.name, t))
+            else:
+                self.last_ts[type_name] = ts
+            if type_name == OPTION_QUOTE.name:
+                self.quote = (ev["bid_px_e9"], ev["ask_px_e9"])
+            elif type_name == OPTION_TRADE.name:
+                self._enrich_option_trade(ev)
+            t = h.valid(b.source, ts, b.ts_recv_ns)
+            if t:
+                out.append((DATA_HEALTH.name, t))
+            out.append((type_name, ev))
+        return out
+
+    def _enrich_option_trade(self, ev: Event) -> None:
+        """The contract's NBBO at trade time and the aggressor it implies."""
+        if self.quote is None:
+            return
+        bid, ask = self.quote
+        ev["opt_bid_px_e9"] = bid
+        ev["opt_ask_px_e9"] = ask
+        px = ev["price_e9"]
+        if ask is not None and px >= ask:
+            ev["aggressor"] = "BUY"
+        elif bid is not None and px <= bid:
+            ev["aggressor"] = "SELL"
+        else:
+            ev["aggressor"] = "MID"
