@@ -54,11 +54,12 @@ def previous_committed(path: Path) -> tuple[str, str] | None:
     top = _git(repo, "rev-parse", "--show-toplevel")
     if top is None:
         return None
-    rel = path.resolve().relative_to(Path(top.strip()).resolve()).as_posix()
+    root = Path(top.strip()).resolve()
+    rel = path.resolve().relative_to(root).as_posix()
     current = path.read_text()
-    log = _git(repo, "log", "--format=%H", "--", rel) or ""
+    log = _git(root, "log", "--format=%H", "--", rel) or ""
     for commit in log.split():
-        content = _git(repo, "show", f"{commit}:{rel}")
+        content = _git(root, "show", f"{commit}:{rel}")
         if content is not None and content != current:
             return commit[:12], content
     return None

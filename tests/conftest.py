@@ -1,0 +1,55 @@
+"""Fixtures: the real broker (Tansu) and the real registry as separate processes on
+ephemeral loopback ports. Tansu starts in milliseconds, so each test that needs a clean
+broker gets its own."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from infra.broker import TansuBroker
+from infra.procs import ManagedProcess, free_port, python_module_argv
+from infra.topics import create_topics, topic_specs
+from tickflow.settings import Settings
+
+HOST = "127.0.0.1"
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[TansuBroker]:
+    b = TansuBroker(HOST, free_port(), tmp_path / "broker.log")
+    with b:
+        yield b
+
+
+@pytest.fixture
+def kafka_conf(broker: TansuBroker) -> dict[str, str]:
+    return {"bootstrap.servers": broker.bootstrap_servers}
+
+
+@pytest.fixture
+def topics(kafka_conf: dict[str, str]) -> dict[str, str]:
+    """Every tickflow topic on a fresh broker, 2 partitions each."""
+    return create_topics(kafka_conf, topic_specs(2, 2))
+
+
+@pytest.fixture(scope="session")
+def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One registry process for the session (its data dir is private to this run)."""
+    d = tmp_path_factory.mktemp("registry")
+    port = free_port()
+    proc = ManagedProcess("registry", python_module_argv(
+        "infra.registry", "--host", HOST, "--port", str(port), "--data-dir", str(d / "data")),
+        HOST, port, d / "registry.log")
+    with proc:
+        yield f"http://{HOST}:{port}"
+
+
+@pytest.fixture
+def settings(kafka_conf: dict[str, str], registry_url: str, tmp_path: Path,
+             topics: dict[str, str]) -> Settings:
+    return Settings(KAFKA_BOOTSTRAP_SERVERS=kafka_conf["bootstrap.servers"],
+                    SCHEMA_REGISTRY_URL=registry_url, TICKFLOW_LAKE_ROOT=tmp_path / "lake",
+                    TICKFLOW_STATE_DIR=tmp_path / "state")

@@ -1,0 +1,120 @@
+"""Dedup, DataHealth and the per-symbol state, without Kafka or Bytewax."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tickflow.dedup import SequenceWindow
+from tickflow.health import ALLOWED, Health, HealthTracker
+from tickflow.normalize.base import Loss, Reject
+from tickflow.state import SymbolBatch, SymbolState
+
+S = 1_000_000_000
+
+
+def quote(seq: int, ts: int) -> tuple[str, dict]:
+    return ("stock_quote", {"event_id": f"SPY|{ts}|{seq}", "symbol": "SPY", "sequence": seq,
+                            "ts_event_ns": ts, "ts_recv_ns": ts, "latency_ns": 0,
+                            "source": "MASSIVE_WS"})
+
+
+def batch(*events: tuple[str, dict], **kw: object) -> SymbolBatch:
+    return SymbolBatch("SPY", "MASSIVE_WS", 0, events=list(events), **kw)  # type: ignore[arg-type]
+
+
+def test_window_drops_exact_duplicates_and_keeps_out_of_order_events() -> None:
+    w = SequenceWindow(window_ns=10 * S)
+    assert [w.seen(s, s * S // 10) for s in (1, 5, 9)] == [False, False, False]
+    assert w.seen(5, S // 2) is True          # duplicate
+    assert w.seen(7, 7 * S // 10) is False    # late but new: kept
+    assert w.seen(7, 7 * S // 10) is True
+
+
+def test_window_state_is_bounded_by_event_time() -> None:
+    w = SequenceWindow(window_ns=1 * S)
+    sizes = []
+    for i in range(50_000):  # 10x the window at 1000 events per second of event time
+        w.seen(i * 3, i * S // 1000)
+        if i % 5_000 == 0:
+            sizes.append(len(w))
+    assert max(sizes[2:]) <= 1001
+    assert len(w) <= 1001
+
+
+def test_window_cap_bounds_bursts() -> None:
+    w = SequenceWindow(window_ns=10**18, max_entries=100)
+    for i in range(1000):
+        w.seen(i, 0)
+    assert len(w) == 100
+
+
+def test_state_counts_duplicates_per_source() -> None:
+    st = SymbolState("SPY")
+    out = st.process(batch(quote(1, S), quote(2, 2 * S)))
+    assert [t for t, _ in out] == ["stock_quote", "stock_quote"]
+    rest = SymbolBatch("SPY", "MASSIVE_REST", 0, events=[quote(2, 2 * S), quote(3, 3 * S)])
+    out = st.process(rest)
+    assert [e["sequence"] for _, e in out] == [3]
+    assert st.health.duplicates_total == 1 and st.dup_by_source == {"MASSIVE_REST": 1}
+
+
+def test_frame_gap_marks_gap_with_window() -> None:
+    st = SymbolState("SPY")
+    st.process(batch(quote(1, S), feed_key="t:0:s1", feed_gaps=0))
+    out = st.process(batch(quote(2, 2 * S), feed_key="t:0:s1", feed_gaps=1,
+                           last_gap_window=(S, 2 * S)))
+    [(t, h)] = [o for o in out if o[0] == "data_health"]
+    assert (h["from_state"], h["to_state"], h["reason_code"]) == (
+        "HEALTHY", "GAP_DETECTED", "FRAME_GAP")
+    assert (h["window_start_ns"], h["window_end_ns"]) == (S, 2 * S)
+    assert st.health.gaps_total == 1
+
+
+def test_loss_window_then_backfill_returns_to_healthy() -> None:
+    st = SymbolState("SPY")
+    out = st.process(batch(losses=[Loss("SPY", S, 3 * S, "disconnect")]))
+    assert out[0][1]["to_state"] == "GAP_DETECTED"
+    t = st.health.backfilled(S, 3 * S, "MASSIVE_REST", 3 * S, 4 * S)
+    assert t is not None and t["to_state"] == "HEALTHY" and t["reason_code"] == "BACKFILLED"
+
+
+def test_corruption_recovers_after_enough_valid_events() -> None:
+    st = SymbolState("SPY")
+    st.health.recovery_events = 3
+    out = st.process(batch(quote(1, S), rejects=[Reject("BAD_VALUE", "neg price", "SPY", 0, S)]))
+    states = [e["to_state"] for t, e in out if t == "data_health"]
+    assert states == ["CORRUPTED", "RECOVERING"]
+    out = st.process(batch(quote(2, 2 * S), quote(3, 3 * S), quote(4, 4 * S)))
+    assert [e["to_state"] for t, e in out if t == "data_health"] == ["HEALTHY"]
+
+
+def test_unknown_event_type_is_not_corruption() -> None:
+    st = SymbolState("SPY")
+    out = st.process(batch(rejects=[Reject("UNKNOWN_EVENT", "ev=XX", "SPY", 0, S)]))
+    assert out == [] and st.health.state == Health.HEALTHY
+
+
+def test_time_regression_beyond_tolerance_is_corruption() -> None:
+    st = SymbolState("SPY", tolerance_ns=5 * S)
+    st.process(batch(quote(1, 100 * S)))
+    out = st.process(batch(quote(2, 99 * S)))  # within tolerance: disorder only
+    assert all(t != "data_health" for t, _ in out) and st.disorder == 1
+    out = st.process(batch(quote(3, 90 * S)))
+    assert [e["reason_code"] for t, e in out if t == "data_health"][0] == "TIME_REGRESSION"
+
+
+def test_illegal_transitions_are_refused() -> None:
+    h = HealthTracker("X")
+    h.state = Health.CORRUPTED
+    assert Health.HEALTHY not in ALLOWED[Health.CORRUPTED]
+    with pytest.raises(AssertionError):
+        h._move(Health.HEALTHY, "X", "x", "MASSIVE_WS", 0, 0, None)
+
+
+def test_state_survives_deepcopy_like_a_snapshot() -> None:
+    st = SymbolState("SPY")
+    st.process(batch(quote(1, S), quote(2, 2 * S)))
+    snap = copy.deepcopy(st)
+    assert [e["sequence"] for _, e in snap.process(batch(quote(2, 2 * S), quote(3, 3 * S)))] == [3]
