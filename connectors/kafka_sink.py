@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 # (topic, key, value): one Kafka record, already encoded.
 OutRecord = tuple[str, bytes, bytes]
 
-_producers: dict[tuple[tuple[str, str], ...], Producer] = {}
+_ProducerKey = tuple[tuple[str, str], ...]
+_producers: dict[_ProducerKey, tuple[Producer, int]] = {}  # key -> (producer, users)
 _lock = threading.Lock()
 
 
@@ -41,14 +42,32 @@ def producer_config(kafka_conf: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def shared_producer(kafka_conf: dict[str, Any]) -> Producer:
-    """One producer per process and config: its batching works across sink partitions."""
-    key = tuple(sorted((k, str(v)) for k, v in kafka_conf.items()))
+def _key(kafka_conf: dict[str, Any]) -> _ProducerKey:
+    return tuple(sorted((k, str(v)) for k, v in kafka_conf.items()))
+
+
+def acquire_producer(kafka_conf: dict[str, Any]) -> Producer:
+    """One producer per process and config, shared by the sink partitions of this process
+    so that its batching works across them. Pair with ``release_producer``."""
+    key = _key(kafka_conf)
     with _lock:
-        p = _producers.get(key)
-        if p is None:
-            p = _producers[key] = Producer(producer_config(kafka_conf))
+        p, users = _producers.get(key) or (Producer(producer_config(kafka_conf)), 0)
+        _producers[key] = (p, users + 1)
         return p
+
+
+def release_producer(kafka_conf: dict[str, Any]) -> None:
+    """Drop one user; the last one removes the producer (after the caller flushed it)."""
+    key = _key(kafka_conf)
+    with _lock:
+        entry = _producers.get(key)
+        if entry is None:
+            return
+        p, users = entry
+        if users <= 1:
+            del _producers[key]
+        else:
+            _producers[key] = (p, users - 1)
 
 
 class _DeliveryErrors:
@@ -63,8 +82,9 @@ class _DeliveryErrors:
 
 
 class _KafkaPartition(StatefulSinkPartition[list[OutRecord], None]):
-    def __init__(self, producer: Producer) -> None:
-        self._p = producer
+    def __init__(self, kafka_conf: dict[str, Any]) -> None:
+        self._conf = kafka_conf
+        self._p = acquire_producer(kafka_conf)
         self._errors = _DeliveryErrors()
 
     def write_batch(self, values: list[list[OutRecord]]) -> None:
@@ -92,7 +112,10 @@ class _KafkaPartition(StatefulSinkPartition[list[OutRecord], None]):
         self._check()
 
     def close(self) -> None:
-        self.snapshot()
+        try:
+            self.snapshot()
+        finally:
+            release_producer(self._conf)
 
 
 class KafkaOutSink(FixedPartitionedSink[list[OutRecord], None]):
@@ -109,4 +132,4 @@ class KafkaOutSink(FixedPartitionedSink[list[OutRecord], None]):
         return zlib.crc32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _KafkaPartition:
-        return _KafkaPartition(shared_producer(self._conf))
+        return _KafkaPartition(self._conf)

@@ -90,8 +90,11 @@ def test_flow_normalizes_dedups_and_reports(settings: Settings) -> None:
     dead = decode_topic(settings, DEAD_LETTER)
     assert len(dead) == 1
     [d] = dead
-    assert d["reason_code"] == "UNDECODABLE" and d["raw_value"].endswith(b'"q":')
-    assert d["raw_topic"] == RAW_MASSIVE_STOCKS and d["raw_offset"] == 12
+    malformed = [v for fs, v in standard_frames() if fs == 12]
+    assert d["reason_code"] == "UNDECODABLE" and "JSON" in d["reason"]
+    assert [d["raw_value"]] == malformed  # the original bytes, untouched
+    assert d["raw_topic"] == RAW_MASSIVE_STOCKS and d["raw_offset"] == 11  # frame 5 twice, 9 lost
+    assert dict((h["key"], h["value"]) for h in d["raw_headers"])["frame_seq"] == b"12"
 
     health = decode_topic(settings, HEALTH)
     gaps = [h for h in health if h["reason_code"] == "FRAME_GAP"]

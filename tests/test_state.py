@@ -65,7 +65,7 @@ def test_frame_gap_marks_gap_with_window() -> None:
     st.process(batch(quote(1, S), feed_key="t:0:s1", feed_gaps=0))
     out = st.process(batch(quote(2, 2 * S), feed_key="t:0:s1", feed_gaps=1,
                            last_gap_window=(S, 2 * S)))
-    [(t, h)] = [o for o in out if o[0] == "data_health"]
+    [(_t, h)] = [o for o in out if o[0] == "data_health"]
     assert (h["from_state"], h["to_state"], h["reason_code"]) == (
         "HEALTHY", "GAP_DETECTED", "FRAME_GAP")
     assert (h["window_start_ns"], h["window_end_ns"]) == (S, 2 * S)
@@ -102,7 +102,7 @@ def test_time_regression_beyond_tolerance_is_corruption() -> None:
     out = st.process(batch(quote(2, 99 * S)))  # within tolerance: disorder only
     assert all(t != "data_health" for t, _ in out) and st.disorder == 1
     out = st.process(batch(quote(3, 90 * S)))
-    assert [e["reason_code"] for t, e in out if t == "data_health"][0] == "TIME_REGRESSION"
+    assert next(e["reason_code"] for t, e in out if t == "data_health") == "TIME_REGRESSION"
 
 
 def test_illegal_transitions_are_refused() -> None:
