@@ -33,7 +33,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import avro.errors
 import avro.schema
-from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+
+from schemas.check import reader_writer_problems
 
 log = logging.getLogger("tickflow.registry")
 
@@ -66,14 +67,6 @@ def _parse(schema_str: str) -> avro.schema.Schema:
 
 def _canonical(parsed: avro.schema.Schema) -> str:
     return json.dumps(parsed.to_json(), sort_keys=True, separators=(",", ":"))
-
-
-def _problems(reader: avro.schema.Schema, writer: avro.schema.Schema) -> list[str]:
-    res = ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
-    if res.compatibility is SchemaCompatibilityType.compatible:
-        return []
-    where = ", ".join(sorted(res.locations))
-    return [f"{m} (at {where})" for m in sorted(res.messages)] or ["incompatible"]
 
 
 @dataclass
@@ -181,9 +174,11 @@ class Registry:
         for v in targets:
             old = _parse(self.st.schemas[v.schema_id])
             if level.startswith(("BACKWARD", "FULL")):
-                problems += [f"BACKWARD vs version {v.version}: {p}" for p in _problems(new, old)]
+                problems += [f"BACKWARD vs version {v.version}: {p}"
+                             for p in reader_writer_problems(new, old)]
             if level.startswith(("FORWARD", "FULL")):
-                problems += [f"FORWARD vs version {v.version}: {p}" for p in _problems(old, new)]
+                problems += [f"FORWARD vs version {v.version}: {p}"
+                             for p in reader_writer_problems(old, new)]
         return problems
 
     # -- writes --------------------------------------------------------------------------
