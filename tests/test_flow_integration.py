@@ -117,3 +117,22 @@ def test_flow_runs_as_a_deployed_multi_worker_process(settings: Settings, tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(decode_topic(settings, STOCK_QUOTES)) == 36
     assert summarize(settings.lake_root)["stock_trade"]["rows"] == 36
+
+
+def test_separate_consumer_decodes_with_only_broker_and_registry(settings: Settings) -> None:
+    import json
+
+    produce_frames(settings.kafka_config(), standard_frames())
+    run_main(build_flow(settings, [RAW_MASSIVE_STOCKS], tail=False))
+    example = Path(__file__).resolve().parents[1] / "examples" / "consume.py"
+    proc = subprocess.run([sys.executable, str(example), "--bootstrap",
+                           settings.kafka_bootstrap_servers, "--registry",
+                           settings.schema_registry_url, "--topic", STOCK_TRADES, "--max", "5"],
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                          cwd="/")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) == 5
+    assert all(r["price_e9"] == 100_020_000_000 and r["symbol"] in ("SPY", "AAPL")
+               for r in records)
