@@ -9,8 +9,6 @@ this source
 * commits progress to a named consumer group, so lag is visible in standard tools. It commits
   the offset of the *previous* snapshot: a committed offset is then always covered by a
   completed epoch, so starting from it may repeat a little but never skips;
-* tracks ``frame_seq`` per connector session and stamps every record with the session's gap
-  count, so a lost raw frame becomes a DataHealth gap downstream.
 
 One partition object per Kafka partition, with explicit resume state (``PartitionState``).
 """
@@ -18,8 +16,7 @@ One partition object per Kafka partition, with explicit resume state (``Partitio
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -31,51 +28,11 @@ from tickflow.raw import RawRecord
 
 log = logging.getLogger(__name__)
 
-# Sessions remembered per partition for frame_seq tracking: old connector sessions never come
-# back, so a small bound keeps the snapshot small.
-MAX_SESSIONS = 64
-
-
-@dataclass
-class SessionState:
-    last_frame_seq: int
-    last_received_ns: int
-
-
 @dataclass
 class PartitionState:
-    """Resume state of one raw partition: the next offset and frame-gap bookkeeping."""
+    """Resume state of one raw partition: the next offset to read."""
 
     next_offset: int
-    sessions: OrderedDict[str, SessionState] = field(default_factory=OrderedDict)
-    gaps: int = 0
-    last_gap_window: tuple[int, int] | None = None
-
-
-class FrameTracker:
-    """Detects lost raw frames (``frame_seq`` jumps) per connector session."""
-
-    def __init__(self, state: PartitionState) -> None:
-        self.state = state
-
-    def observe(self, rec: RawRecord) -> None:
-        st = self.state
-        if rec.session_id and rec.frame_seq is not None and rec.received_ns is not None:
-            prev = st.sessions.get(rec.session_id)
-            if prev is not None:
-                if rec.frame_seq > prev.last_frame_seq + 1:
-                    st.gaps += 1
-                    st.last_gap_window = (prev.last_received_ns, rec.received_ns)
-                if rec.frame_seq > prev.last_frame_seq:
-                    prev.last_frame_seq = rec.frame_seq
-                    prev.last_received_ns = rec.received_ns
-                st.sessions.move_to_end(rec.session_id)
-            else:
-                st.sessions[rec.session_id] = SessionState(rec.frame_seq, rec.received_ns)
-                while len(st.sessions) > MAX_SESSIONS:
-                    st.sessions.popitem(last=False)
-        rec.feed_gaps = st.gaps
-        rec.last_gap_window = st.last_gap_window
 
 
 class _RawPartition(StatefulSourcePartition[RawRecord, PartitionState]):
@@ -86,7 +43,6 @@ class _RawPartition(StatefulSourcePartition[RawRecord, PartitionState]):
         self._topic = topic
         self._partition = partition
         self._state = state
-        self._frames = FrameTracker(state)
         self._tail = tail
         self._batch_size = batch_size
         self._eof = False
@@ -109,7 +65,6 @@ class _RawPartition(StatefulSourcePartition[RawRecord, PartitionState]):
             offset: int = msg.offset()  # type: ignore[assignment]  # set on real messages
             rec = RawRecord.from_kafka(self._topic, self._partition, offset, msg.key(),
                                        msg.value(), msg.headers())  # type: ignore[arg-type]
-            self._frames.observe(rec)
             out.append(rec)
             self._state.next_offset = offset + 1
         return out
@@ -126,10 +81,7 @@ class _RawPartition(StatefulSourcePartition[RawRecord, PartitionState]):
                 log.warning("offset commit failed for %s[%d]: %s", self._topic,
                             self._partition, exc)
         self._to_commit = self._state.next_offset
-        return PartitionState(self._state.next_offset, OrderedDict(
-            (k, SessionState(v.last_frame_seq, v.last_received_ns))
-            for k, v in self._state.sessions.items()), self._state.gaps,
-            self._state.last_gap_window)
+        return PartitionState(self._state.next_offset)
 
     def close(self) -> None:
         # A finished bounded run has processed everything it read: record it for the group.

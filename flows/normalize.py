@@ -5,7 +5,9 @@
 Steps (the rules live in ``tickflow``; this module only wires them to Bytewax):
 
     raw (RawKafkaSource, one partition per raw Kafka partition)
-      -> normalize      stateless: decode, validate, build events; dead letters split off
+      -> feed_state     keyed by raw partition: decode, validate, build events; frame gaps
+                        and undecodable frames become loss windows of the feed's symbols;
+                        dead letters split off
       -> symbol_state   keyed by symbol: dedup, DataHealth, option-quote enrichment
       -> encode         Confluent-framed Avro, key = symbol
       -> kafka sink (normalized topics, market.health, dead letters) and lake sink
@@ -29,7 +31,8 @@ from connectors.lake import LakeSink
 from infra.topics import RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
 from schemas.model import DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
-from tickflow.normalize import normalize_record, route
+from tickflow.feed import FeedState
+from tickflow.normalize import route
 from tickflow.raw import RawRecord
 from tickflow.settings import Settings, get_settings
 from tickflow.state import SymbolBatch, SymbolState
@@ -46,13 +49,16 @@ def _encoder(settings: Settings, type_name: str) -> AvroEncoder:
     return _encoders[type_name]
 
 
-def split_record(rec: RawRecord) -> list[tuple[str, Any]]:
+def feed_step(state: FeedState | None, rec: RawRecord
+              ) -> tuple[FeedState, list[tuple[str, Any]]]:
     """Normalize one raw record: ``(symbol, SymbolBatch)`` items plus one dead-letter item."""
-    dlq, batches = route(rec, normalize_record(rec))
+    if state is None:
+        state = FeedState()
+    dlq, batches = route(rec, state.process(rec))
     items: list[tuple[str, Any]] = [(b.symbol, b) for b in batches]
     if dlq:
         items.append((DLQ_KEY, [(DEAD_LETTER.name, d) for d in dlq]))
-    return items
+    return state, items
 
 
 def symbol_step(state: SymbolState | None, batch: SymbolBatch
@@ -89,7 +95,9 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     flow = Dataflow("tickflow_normalize")
     raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
                                                s.consumer_group, tail=tail))
-    items = op.flat_map("normalize", raw, split_record)
+    by_feed = op.key_on("by_raw_partition", raw, lambda r: f"{r.topic}:{r.partition}")
+    per_feed = op.stateful_map("feed_state", by_feed, feed_step)
+    items = op.flat_map("items", per_feed, lambda kv: kv[1])
     split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
     per_symbol = op.stateful_map("symbol_state", split.falses, symbol_step)
     out = op.merge("outputs", per_symbol, split.trues)

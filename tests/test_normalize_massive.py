@@ -7,8 +7,9 @@ import datetime as dt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tickflow.normalize import MarketDataNormalizer, normalize_record
+from tickflow.normalize import normalize_record
 from tickflow.normalize.massive import ROUND_LOT_CUTOFF_NS, normalize_ws_frame
+from tickflow.normalizer import MarketDataNormalizer
 from tickflow.raw import RawRecord
 from tickflow.symbols import BadTicker, option_ticker, parse_option_ticker
 

@@ -13,7 +13,7 @@ import pytest
 from schemas import check
 from schemas.model import ALL_EVENTS, BY_NAME, SCHEMA_DIR
 from schemas.serde import AvroEncoder, decode, parse_confluent_header
-from tickflow.normalize import MarketDataNormalizer
+from tickflow.normalizer import MarketDataNormalizer
 
 
 def _fields(schema: Any) -> list[dict[str, Any]]:

@@ -60,18 +60,6 @@ def test_state_counts_duplicates_per_source() -> None:
     assert st.health.duplicates_total == 1 and st.dup_by_source == {"MASSIVE_REST": 1}
 
 
-def test_frame_gap_marks_gap_with_window() -> None:
-    st = SymbolState("SPY")
-    st.process(batch(quote(1, S), feed_key="t:0:s1", feed_gaps=0))
-    out = st.process(batch(quote(2, 2 * S), feed_key="t:0:s1", feed_gaps=1,
-                           last_gap_window=(S, 2 * S)))
-    [(_t, h)] = [o for o in out if o[0] == "data_health"]
-    assert (h["from_state"], h["to_state"], h["reason_code"]) == (
-        "HEALTHY", "GAP_DETECTED", "FRAME_GAP")
-    assert (h["window_start_ns"], h["window_end_ns"]) == (S, 2 * S)
-    assert st.health.gaps_total == 1
-
-
 def test_loss_window_then_backfill_returns_to_healthy() -> None:
     st = SymbolState("SPY")
     out = st.process(batch(losses=[Loss("SPY", S, 3 * S, "disconnect")]))

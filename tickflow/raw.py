@@ -58,10 +58,6 @@ class LossWindow(msgspec.Struct, frozen=True):
 @dataclass(slots=True)
 class RawRecord:
     """One raw Kafka record as the dataflow sees it, with its source coordinates.
-
-    ``feed_gaps`` is filled by the source partition: the running count of frame_seq gaps on
-    this record's connector session, and the receipt-time window of the latest one, so the
-    per-symbol state can notice a lost frame without reading other symbols' data.
     """
 
     topic: str
@@ -76,8 +72,6 @@ class RawRecord:
     session_id: str = ""
     frame_seq: int | None = None
     feed: str = ""
-    feed_gaps: int = 0
-    last_gap_window: tuple[int, int] | None = None
 
     @classmethod
     def from_kafka(

@@ -32,10 +32,6 @@ class SymbolBatch:
     events: list[tuple[str, Event]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     losses: list[Loss] = field(default_factory=list)
-    # Frame-gap bookkeeping of the raw connector session this record came from.
-    feed_key: str = ""
-    feed_gaps: int = 0
-    last_gap_window: tuple[int, int] | None = None
 
 
 class SymbolState:
@@ -44,7 +40,6 @@ class SymbolState:
     __slots__ = (
         "disorder",
         "dup_by_source",
-        "feed_gaps",
         "health",
         "last_ts",
         "quote",
@@ -60,7 +55,6 @@ class SymbolState:
         self.tolerance_ns = tolerance_ns
         self.windows: dict[str, SequenceWindow] = {}
         self.dup_by_source: dict[str, int] = {}
-        self.feed_gaps: dict[str, int] = {}
         self.last_ts: dict[str, int] = {}
         self.disorder = 0
         # Latest (bid, ask) of an option contract, for trade enrichment.
@@ -72,18 +66,8 @@ class SymbolState:
         h = self.health
         first_ts = b.events[0][1]["ts_event_ns"] if b.events else b.ts_recv_ns
 
-        if b.feed_key:
-            seen = self.feed_gaps.get(b.feed_key)
-            if seen is not None and b.feed_gaps > seen and b.last_gap_window is not None:
-                t = h.gap("FRAME_GAP",
-                          f"{b.feed_gaps - seen} raw frame gap(s) on session {b.feed_key}",
-                          b.source, *b.last_gap_window, first_ts, b.ts_recv_ns)
-                if t:
-                    out.append((DATA_HEALTH.name, t))
-            self.feed_gaps[b.feed_key] = b.feed_gaps
-
         for loss in b.losses:
-            t = h.gap("LOSS_WINDOW", loss.reason, b.source, loss.start_ns, loss.end_ns,
+            t = h.gap(loss.code, loss.reason, b.source, loss.start_ns, loss.end_ns,
                       loss.end_ns, b.ts_recv_ns)
             if t:
                 out.append((DATA_HEALTH.name, t))

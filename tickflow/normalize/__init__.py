@@ -2,16 +2,14 @@
 
 ``normalize_record`` turns one raw record into canonical events, rejects and loss windows;
 ``route`` splits that into dead letters (with the original bytes) and per-symbol batches for
-the keyed state. ``MarketDataNormalizer`` runs both plus the per-symbol state in-process, for
-use without Kafka or Bytewax (the dataflow runs the same functions as separate steps).
+the keyed state. ``tickflow.normalizer.MarketDataNormalizer`` runs the whole path in-process.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from schemas.model import DEAD_LETTER, Event
-from tickflow.health import Health
+from schemas.model import Event
 from tickflow.normalize.base import (
     MISSING_HEADER,
     SCHEMA,
@@ -22,7 +20,7 @@ from tickflow.normalize.base import (
 )
 from tickflow.normalize.massive import normalize_ws_frame
 from tickflow.raw import LossWindow, RawRecord, RawSource, RecordKind
-from tickflow.state import SymbolBatch, SymbolState
+from tickflow.state import SymbolBatch
 
 # Raw ``source`` header -> Avro Source symbol.
 SOURCE_SYMBOL = {
@@ -90,14 +88,11 @@ def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBat
     batches: dict[str, SymbolBatch] = {}
     source = SOURCE_SYMBOL.get(rec.source, "UNKNOWN")
     recv = rec.received_ns or 0
-    feed_key = f"{rec.topic}:{rec.partition}:{rec.session_id}" if rec.session_id else ""
 
     def batch(sym: str) -> SymbolBatch:
         b = batches.get(sym)
         if b is None:
-            b = batches[sym] = SymbolBatch(sym, source, recv, feed_key=feed_key,
-                                           feed_gaps=rec.feed_gaps,
-                                           last_gap_window=rec.last_gap_window)
+            b = batches[sym] = SymbolBatch(sym, source, recv)
         return b
 
     for sym, type_name, ev in norm.events:
@@ -108,36 +103,3 @@ def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBat
     for loss in norm.losses:
         batch(loss.symbol).losses.append(loss)
     return dlq, list(batches.values())
-
-
-class MarketDataNormalizer:
-    """The whole normalization path in one object, without Kafka or Bytewax.
-
-    ``on_message`` takes raw vendor bytes as a connector received them and returns the
-    ``(event type name, event)`` pairs the dataflow would publish, dead letters included.
-    """
-
-    def __init__(self) -> None:
-        self._states: dict[str, SymbolState] = {}
-        self._offset = 0
-
-    def on_message(self, raw: bytes, received_ns: int, source: str = RawSource.MASSIVE_WS.value,
-                   feed: str = "stocks") -> list[tuple[str, Event]]:
-        rec = RawRecord("in-process", 0, self._offset, None, raw, (), source=source,
-                        received_ns=received_ns, feed=feed)
-        self._offset += 1
-        dlq, batches = route(rec, normalize_record(rec))
-        out: list[tuple[str, Event]] = [(DEAD_LETTER.name, d) for d in dlq]
-        for b in batches:
-            st = self._states.get(b.symbol)
-            if st is None:
-                st = self._states[b.symbol] = SymbolState(b.symbol)
-            out.extend(st.process(b))
-        return out
-
-    def health(self, symbol: str) -> Health:
-        st = self._states.get(symbol)
-        return st.health.state if st else Health.HEALTHY
-
-    def all_health(self) -> dict[str, Health]:
-        return {s: st.health.state for s, st in sorted(self._states.items())}

@@ -28,12 +28,14 @@ class Reject(NamedTuple):
 
 
 class Loss(NamedTuple):
-    """A connector-reported window in which ``symbol`` may have lost data."""
+    """A window in which ``symbol`` may have lost data: reported by a connector
+    (LOSS_WINDOW) or found in the raw log (FRAME_GAP, UNDECODABLE)."""
 
     symbol: str
     start_ns: int
     end_ns: int
     reason: str
+    code: str = "LOSS_WINDOW"
 
 
 @dataclass(slots=True)

@@ -1,0 +1,49 @@
+"""``MarketDataNormalizer``: the whole normalization path in one object, without Kafka or
+Bytewax. The dataflow runs the same pieces (``FeedState``, ``route``, ``SymbolState``) as
+separate steps; this is the boundary for using them on their own."""
+
+from __future__ import annotations
+
+from schemas.model import DEAD_LETTER, Event
+from tickflow.feed import FeedState
+from tickflow.health import Health
+from tickflow.normalize import route
+from tickflow.raw import RawRecord, RawSource
+from tickflow.state import SymbolState
+
+
+class MarketDataNormalizer:
+    """The whole normalization path in one object, without Kafka or Bytewax.
+
+    ``on_message`` takes raw vendor bytes as a connector received them and returns the
+    ``(event type name, event)`` pairs the dataflow would publish, dead letters included.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, SymbolState] = {}
+        self._feeds: dict[str, FeedState] = {}
+        self._offset = 0
+
+    def on_message(self, raw: bytes, received_ns: int, source: str = RawSource.MASSIVE_WS.value,
+                   feed: str = "stocks") -> list[tuple[str, Event]]:
+        rec = RawRecord("in-process", 0, self._offset, None, raw, (), source=source,
+                        received_ns=received_ns, feed=feed)
+        self._offset += 1
+        fs = self._feeds.get(feed)
+        if fs is None:
+            fs = self._feeds[feed] = FeedState()
+        dlq, batches = route(rec, fs.process(rec))
+        out: list[tuple[str, Event]] = [(DEAD_LETTER.name, d) for d in dlq]
+        for b in batches:
+            st = self._states.get(b.symbol)
+            if st is None:
+                st = self._states[b.symbol] = SymbolState(b.symbol)
+            out.extend(st.process(b))
+        return out
+
+    def health(self, symbol: str) -> Health:
+        st = self._states.get(symbol)
+        return st.health.state if st else Health.HEALTHY
+
+    def all_health(self) -> dict[str, Health]:
+        return {s: st.health.state for s, st in sorted(self._states.items())}
