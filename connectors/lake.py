@@ -4,12 +4,14 @@
   encoding pyarrow's hive partitioning decodes on read, and every path is checked to stay
   under the root.
 * Dates are UTC dates of ``ts_event_ns``.
-* Rows are buffered per (event type, symbol, date) and written sorted by
-  (ts_event_ns, sequence), zstd, with provenance in the file metadata, atomically
-  (temp file + rename).
-* File boundaries depend only on the data (row count, event-time span), and a file is named
-  after its first row, so replaying the same input rewrites the same files instead of adding
-  duplicates.
+* Rows are buffered per (event type, symbol, date, raw partition) and written sorted by
+  (ts_event_ns, sequence), zstd, with provenance (raw topic, partition, offsets, sources,
+  schema) in the file metadata, atomically (temp file + rename).
+* Files are named like the Kafka Connect S3 sink: by raw topic, partition and the raw offset
+  of the first row (``part-<topic>-<partition>-<offset>.parquet``), and a file closes after a
+  number of rows or a span of event time. Within one raw partition the order is fixed, so a
+  replay of the same raw offsets rewrites the same files instead of adding duplicates,
+  however records of different partitions interleave.
 
 ``LakeBuffer`` is plain Python; ``LakeSink`` adapts it to Bytewax, keeping unwritten rows in its
 recovery snapshot so a restart neither loses nor repeats them.
@@ -21,8 +23,9 @@ import datetime as dt
 import json
 import os
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -39,8 +42,31 @@ NS_PER_DAY = 86_400 * 1_000_000_000
 _EPOCH = dt.date(1970, 1, 1)
 LAKE_EVENT_TYPES = frozenset(e.name for e in MARKET_EVENTS)
 
-# (event type name, symbol, UTC date as days since epoch)
-PartitionKey = tuple[str, str, int]
+
+class PartitionKey(NamedTuple):
+    event_type: str
+    symbol: str
+    day: int  # UTC date as days since 1970-01-01
+    raw_topic: str
+    raw_partition: int
+
+
+@dataclass
+class OpenFile:
+    """Rows of one file being filled, with the raw offsets they came from."""
+
+    first_offset: int
+    last_offset: int = -1
+    rows: list[Event] = field(default_factory=list)
+
+
+class LakeRows(NamedTuple):
+    """What the lake sink receives: events of one raw record, with its coordinates."""
+
+    raw_topic: str
+    raw_partition: int
+    raw_offset: int
+    events: list[tuple[str, Event]]
 
 
 def escape_symbol(symbol: str) -> str:
@@ -56,22 +82,28 @@ def partition_dir(root: Path, event_type: str, symbol: str, day: dt.date) -> Pat
     return d
 
 
-def write_file(root: Path, key: PartitionKey, rows: list[Event]) -> Path:
-    """Write one sorted Parquet file for ``rows`` of partition ``key``, atomically."""
-    type_name, symbol, days = key
-    et = BY_NAME[type_name]
-    rows = sorted(rows, key=lambda r: (r["ts_event_ns"], r["sequence"]))
-    first = rows[0]
-    d = partition_dir(root, type_name, symbol, _EPOCH + dt.timedelta(days=days))
+def file_name(key: PartitionKey, first_offset: int) -> str:
+    return f"part-{escape_symbol(key.raw_topic)}-{key.raw_partition}-{first_offset:020d}.parquet"
+
+
+def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
+    """Write one sorted Parquet file for the rows of ``f``, atomically."""
+    et = BY_NAME[key.event_type]
+    rows = sorted(f.rows, key=lambda r: (r["ts_event_ns"], r["sequence"]))
+    d = partition_dir(root, key.event_type, key.symbol, _EPOCH + dt.timedelta(days=key.day))
     d.mkdir(parents=True, exist_ok=True)
-    name = f"part-{first['ts_event_ns']}-{first['sequence']}.parquet"
+    name = file_name(key, f.first_offset)
     table = pa.Table.from_pylist(rows, schema=arrow_schema(et))
     meta = {
         "tickflow.version": tickflow.__version__,
-        "tickflow.event_type": type_name,
-        "tickflow.symbol": symbol,
+        "tickflow.event_type": key.event_type,
+        "tickflow.symbol": key.symbol,
         "tickflow.rows": str(len(rows)),
-        "tickflow.first_event_id": first["event_id"],
+        "tickflow.raw_topic": key.raw_topic,
+        "tickflow.raw_partition": str(key.raw_partition),
+        "tickflow.raw_first_offset": str(f.first_offset),
+        "tickflow.raw_last_offset": str(f.last_offset),
+        "tickflow.first_event_id": rows[0]["event_id"],
         "tickflow.last_event_id": rows[-1]["event_id"],
         "tickflow.sources": ",".join(sorted({r["source"] for r in rows})),
         "tickflow.avro_schema": json.dumps(et.schema, separators=(",", ":")),
@@ -85,63 +117,69 @@ def write_file(root: Path, key: PartitionKey, rows: list[Event]) -> Path:
 
 
 class LakeBuffer:
-    """Rows waiting to be written, per (event type, symbol, date)."""
+    """Open files per (event type, symbol, date, raw partition)."""
 
     def __init__(self, root: Path, max_rows: int = DEFAULT_MAX_ROWS,
                  max_span_ns: int = DEFAULT_MAX_SPAN_NS,
-                 pending: dict[PartitionKey, list[Event]] | None = None) -> None:
+                 pending: dict[PartitionKey, OpenFile] | None = None) -> None:
         self.root = root
         self.max_rows = max_rows
         self.max_span_ns = max_span_ns
-        self.pending: dict[PartitionKey, list[Event]] = pending or {}
+        self.pending: dict[PartitionKey, OpenFile] = pending or {}
         self.files_written: list[Path] = []
 
-    def add(self, type_name: str, ev: Event) -> None:
-        key = (type_name, ev["symbol"], ev["ts_event_ns"] // NS_PER_DAY)
-        rows = self.pending.get(key)
-        if rows is None:
-            rows = self.pending[key] = []
-        elif (len(rows) >= self.max_rows
-              or ev["ts_event_ns"] - rows[0]["ts_event_ns"] >= self.max_span_ns):
+    def add(self, type_name: str, ev: Event, raw_topic: str, raw_partition: int,
+            raw_offset: int) -> None:
+        key = PartitionKey(type_name, ev["symbol"], ev["ts_event_ns"] // NS_PER_DAY, raw_topic,
+                           raw_partition)
+        f = self.pending.get(key)
+        if f is not None and (len(f.rows) >= self.max_rows
+                              or ev["ts_event_ns"] - f.rows[0]["ts_event_ns"] >= self.max_span_ns):
             self.flush(key)
-            rows = self.pending[key] = []
-        rows.append(ev)
+            f = None
+        if f is None:
+            f = self.pending[key] = OpenFile(raw_offset)
+        f.rows.append(ev)
+        f.last_offset = raw_offset
+
+    def add_rows(self, item: LakeRows) -> None:
+        for type_name, ev in item.events:
+            if type_name in LAKE_EVENT_TYPES:
+                self.add(type_name, ev, item.raw_topic, item.raw_partition, item.raw_offset)
 
     def flush(self, key: PartitionKey) -> None:
-        rows = self.pending.pop(key, None)
-        if rows:
-            self.files_written.append(write_file(self.root, key, rows))
+        f = self.pending.pop(key, None)
+        if f is not None and f.rows:
+            self.files_written.append(write_file(self.root, key, f))
 
     def flush_all(self) -> None:
         for key in list(self.pending):
             self.flush(key)
 
 
-_Pending = dict[PartitionKey, list[Event]]
+_Pending = dict[PartitionKey, OpenFile]
 
 
-class _LakePartition(StatefulSinkPartition[list[tuple[str, Event]], _Pending]):
+class _LakePartition(StatefulSinkPartition[LakeRows, _Pending]):
     def __init__(self, buf: LakeBuffer) -> None:
         self._buf = buf
 
-    def write_batch(self, values: list[list[tuple[str, Event]]]) -> None:
-        add = self._buf.add
-        for batch in values:
-            for type_name, ev in batch:
-                if type_name in LAKE_EVENT_TYPES:
-                    add(type_name, ev)
+    def write_batch(self, values: list[LakeRows]) -> None:
+        for item in values:
+            self._buf.add_rows(item)
 
-    def snapshot(self) -> dict[PartitionKey, list[Event]]:
-        # Unwritten rows are part of the resume state; lists are copied, events are never
+    def snapshot(self) -> _Pending:
+        # Unwritten rows are part of the resume state; row lists are copied, events are never
         # mutated after they leave the keyed step.
-        return {k: list(v) for k, v in self._buf.pending.items()}
+        return {k: OpenFile(f.first_offset, f.last_offset, list(f.rows))
+                for k, f in self._buf.pending.items()}
 
     def close(self) -> None:
         self._buf.flush_all()
 
 
-class LakeSink(FixedPartitionedSink[list[tuple[str, Event]], dict[PartitionKey, list[Event]]]):
-    """Bytewax sink for lists of ``(event type name, event)`` keyed by symbol."""
+class LakeSink(FixedPartitionedSink[LakeRows, _Pending]):
+    """Bytewax sink for ``LakeRows`` keyed by symbol."""
 
     def __init__(self, root: Path, parts: int = 4, max_rows: int = DEFAULT_MAX_ROWS,
                  max_span_ns: int = DEFAULT_MAX_SPAN_NS) -> None:
@@ -157,7 +195,7 @@ class LakeSink(FixedPartitionedSink[list[tuple[str, Event]], dict[PartitionKey, 
         return zlib.crc32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str,
-                   resume_state: dict[PartitionKey, list[Event]] | None) -> _LakePartition:
+                   resume_state: _Pending | None) -> _LakePartition:
         return _LakePartition(LakeBuffer(self._root, self._max_rows, self._max_span_ns,
                                          resume_state))
 

@@ -27,7 +27,7 @@ from bytewax.dataflow import Dataflow
 
 from connectors.kafka_sink import KafkaOutSink, OutRecord
 from connectors.kafka_source import RawKafkaSource
-from connectors.lake import LakeSink
+from connectors.lake import LakeRows, LakeSink
 from infra.topics import RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
 from schemas.model import DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
@@ -61,16 +61,18 @@ def feed_step(state: FeedState | None, rec: RawRecord
     return state, items
 
 
-def symbol_step(state: SymbolState | None, batch: SymbolBatch
-                ) -> tuple[SymbolState, list[tuple[str, Event]]]:
+def symbol_step(state: SymbolState | None, batch: SymbolBatch) -> tuple[SymbolState, LakeRows]:
     if state is None:
         state = SymbolState(batch.symbol)
-    return state, state.process(batch)
+    return state, LakeRows(batch.raw_topic, batch.raw_partition, batch.raw_offset,
+                           state.process(batch))
 
 
 def make_encode(settings: Settings) -> Any:
-    def encode(key_events: tuple[str, list[tuple[str, Event]]]) -> tuple[str, list[OutRecord]]:
-        key, events = key_events
+    def encode(key_item: tuple[str, LakeRows | list[tuple[str, Event]]]
+               ) -> tuple[str, list[OutRecord]]:
+        key, item = key_item
+        events = item.events if isinstance(item, LakeRows) else item
         out: list[OutRecord] = []
         for type_name, ev in events:
             enc = _encoder(settings, type_name)

@@ -10,6 +10,8 @@ import pytest
 
 from connectors.lake import LakeBuffer, partition_dir, read_partition
 
+RAW = "raw.massive.stocks"
+
 S = 1_000_000_000
 DAY = dt.date(2025, 11, 13)
 T0 = 1_763_000_000 * S
@@ -35,20 +37,23 @@ def test_rows_sorted_and_files_deterministic(tmp_path: Path) -> None:
     rows = [trade("SPY", s, T0 + s * S) for s in (5, 3, 9, 1)]
     for root in (tmp_path / "a", tmp_path / "b"):
         buf = LakeBuffer(root)
-        for r in rows:
-            buf.add("stock_trade", r)
+        for off, r in enumerate(rows, start=100):
+            buf.add("stock_trade", r, RAW, 0, off)
         buf.flush_all()
     a = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.parquet"))
     b = sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*.parquet"))
     assert a == b and len(a) == 1
+    assert a[0].name == "part-raw.massive.stocks-0-00000000000000000100.parquet"
     t = read_partition(tmp_path / "a", "stock_trade", "SPY", DAY)
     assert t.column("sequence").to_pylist() == [1, 3, 5, 9]
     meta = pq.read_schema(next((tmp_path / "a").rglob("*.parquet"))).metadata
     assert meta[b"tickflow.rows"] == b"4" and meta[b"tickflow.event_type"] == b"stock_trade"
+    assert (meta[b"tickflow.raw_first_offset"], meta[b"tickflow.raw_last_offset"]) == (
+        b"100", b"103")
     # Replaying the same rows rewrites the same file: no duplicate rows appear.
     buf = LakeBuffer(tmp_path / "a")
-    for r in rows:
-        buf.add("stock_trade", r)
+    for off, r in enumerate(rows, start=100):
+        buf.add("stock_trade", r, RAW, 0, off)
     buf.flush_all()
     assert read_partition(tmp_path / "a", "stock_trade", "SPY", DAY).num_rows == 4
 
@@ -56,9 +61,25 @@ def test_rows_sorted_and_files_deterministic(tmp_path: Path) -> None:
 def test_rotation_by_rows_and_event_time(tmp_path: Path) -> None:
     buf = LakeBuffer(tmp_path, max_rows=3, max_span_ns=10 * S)
     for s in range(7):
-        buf.add("stock_trade", trade("SPY", s, T0 + s * S))
-    buf.add("stock_trade", trade("SPY", 100, T0 + 30 * S))  # > 10 s after the open file's start
+        buf.add("stock_trade", trade("SPY", s, T0 + s * S), RAW, 0, s)
+    buf.add("stock_trade", trade("SPY", 100, T0 + 30 * S), RAW, 0, 7)  # > 10 s after start
     buf.flush_all()
     files = sorted((tmp_path / "stock_trade").rglob("*.parquet"))
     assert [pq.ParquetFile(f).metadata.num_rows for f in files] == [3, 3, 1, 1]
     assert not list(tmp_path.rglob("*.tmp*"))  # atomic: no temp files left behind
+
+
+def test_interleaving_of_raw_partitions_does_not_change_files(tmp_path: Path) -> None:
+    ws = [("raw.massive.stocks", 0, i, trade("SPY", i * 2, T0 + i * S)) for i in range(6)]
+    rest = [("raw.massive.rest", 1, i, trade("SPY", i * 2 + 1, T0 + i * S)) for i in range(6)]
+    orders = [ws + rest, [x for pair in zip(rest, ws, strict=True) for x in pair]]
+    trees = []
+    for n, order in enumerate(orders):
+        buf = LakeBuffer(tmp_path / str(n), max_rows=4)
+        for topic, part, off, row in order:
+            buf.add("stock_trade", row, topic, part, off)
+        buf.flush_all()
+        trees.append(sorted(
+            (p.name, pq.read_table(p).column("sequence").to_pylist())
+            for p in (tmp_path / str(n)).rglob("*.parquet")))
+    assert trees[0] == trees[1] and len(trees[0]) == 4

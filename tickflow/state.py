@@ -29,6 +29,10 @@ class SymbolBatch:
     symbol: str
     source: str  # Avro Source symbol
     ts_recv_ns: int
+    # Coordinates of the raw record this batch came from (lake file naming, lineage).
+    raw_topic: str = ""
+    raw_partition: int = 0
+    raw_offset: int = 0
     events: list[tuple[str, Event]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     losses: list[Loss] = field(default_factory=list)

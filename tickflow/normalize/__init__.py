@@ -92,7 +92,8 @@ def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBat
     def batch(sym: str) -> SymbolBatch:
         b = batches.get(sym)
         if b is None:
-            b = batches[sym] = SymbolBatch(sym, source, recv)
+            b = batches[sym] = SymbolBatch(sym, source, recv, rec.topic, rec.partition,
+                                           rec.offset)
         return b
 
     for sym, type_name, ev in norm.events:
