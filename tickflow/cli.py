@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -156,11 +157,16 @@ def flow_run(
     ctx: typer.Context,
     workers: Annotated[int, typer.Option("-w", "--workers", help="Worker threads")] = 1,
     bounded: Annotated[bool, typer.Option(help="Stop at the end of the raw topics")] = False,
+    recovery_dir: Annotated[Path | None, typer.Option(
+        help="Bytewax recovery store (created if new): a killed flow resumes from it")] = None,
+    snapshot_secs: Annotated[int, typer.Option(help="Seconds between recovery snapshots")
+                             ] = 10,
 ) -> None:
     """Run the normalization dataflow (extra args go to `python -m bytewax.run`)."""
+    from flows.runner import flow_argv
+
     env = {**os.environ, **({"TICKFLOW_TAIL": "0"} if bounded else {})}
-    argv = [sys.executable, "-m", "bytewax.run", "flows.normalize:flow", "-w", str(workers),
-            *ctx.args]
+    argv = flow_argv(workers, recovery_dir, snapshot_secs, ctx.args)
     os.execve(sys.executable, argv, env)
 
 

@@ -10,7 +10,6 @@ import asyncio
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from rich.table import Table
 
 from connectors.lake import summarize
 from connectors.massive_ws import WsConfig, WsStats, run_ws
+from flows.runner import flow_argv
 from infra.stack import EmbeddedStack, StackInfo
 from infra.topics import (
     DEAD_LETTER,
@@ -45,14 +45,10 @@ class DemoResult:
     flow_seconds: float = 0.0
 
 
-def flow_command(workers: int) -> list[str]:
-    return [sys.executable, "-m", "bytewax.run", "flows.normalize:flow", "-w", str(workers)]
-
-
 def run_flow_bounded(env: dict[str, str], workers: int, timeout: float = 600.0) -> float:
     """Run the dataflow until the raw topics are consumed to their end; returns seconds."""
     t0 = time.monotonic()
-    proc = subprocess.run(flow_command(workers), env={**os.environ, **env, "TICKFLOW_TAIL": "0"},
+    proc = subprocess.run(flow_argv(workers), env={**os.environ, **env, "TICKFLOW_TAIL": "0"},
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"dataflow failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
