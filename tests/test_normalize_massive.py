@@ -35,19 +35,19 @@ def test_stock_quote_and_trade_golden() -> None:
             "source": "MASSIVE_WS", "sequence": 100,
             "bid_px_e9": 676_250_000_000, "bid_size": 300, "bid_exchange": 4,
             "ask_px_e9": 676_270_000_000, "ask_size": 500, "ask_exchange": 7,
-            "conditions": [1], "indicators": [604], "tape": 2, "spread_state": "NORMAL"}),
+            "conditions": [1], "indicators": [604], "tape": 2, "spread_state": "NORMAL"}, 100),
         ("SPY", "stock_trade", {
             "event_id": "SPY|1763000000124000000|101", "symbol": "SPY",
             "ts_event_ns": 1763000000124000000, "ts_recv_ns": RECV, "latency_ns": 6_000_000,
             "source": "MASSIVE_WS", "sequence": 101, "price_e9": 676_260_000_000, "size": 100,
             "exchange": 4, "trade_id": "52983525029461", "conditions": [12, 37], "tape": 2,
-            "trf_id": 202, "trf_ts_ns": 1763000000120000000, "correction": None}),
+            "trf_id": 202, "trf_ts_ns": 1763000000120000000, "correction": None}, 101),
     ]
 
 
 def test_one_sided_quote_is_valid() -> None:
     q = b'{"ev":"Q","sym":"SPY","bp":0,"bs":0,"ap":676.27,"as":200,"t":1763000000123,"q":5}'
-    [(_, _, ev)] = normalize_ws_frame(frame(q), RECV, "MASSIVE_WS", options=False).events
+    [(_, _, ev, _)] = normalize_ws_frame(frame(q), RECV, "MASSIVE_WS", options=False).events
     assert ev["bid_px_e9"] is None and ev["bid_size"] == 0
     assert ev["ask_px_e9"] == 676_270_000_000
     assert ev["spread_state"] == "ONE_SIDED"
@@ -57,10 +57,10 @@ def test_round_lot_sizes_before_2025_11_03_become_shares() -> None:
     before_ms = ROUND_LOT_CUTOFF_NS // 1_000_000 - 1
     q = (b'{"ev":"Q","sym":"SPY","bp":600.1,"bs":3,"ap":600.12,"as":5,"t":%d,"q":7}'
          % before_ms)
-    [(_, _, ev)] = normalize_ws_frame(frame(q), RECV, "MASSIVE_WS", options=False).events
+    [(_, _, ev, _)] = normalize_ws_frame(frame(q), RECV, "MASSIVE_WS", options=False).events
     assert (ev["bid_size"], ev["ask_size"]) == (300, 500)
     at_cutoff = q.replace(b"%d" % before_ms, b"%d" % (before_ms + 1))
-    [(_, _, ev2)] = normalize_ws_frame(frame(at_cutoff), RECV, "MASSIVE_WS",
+    [(_, _, ev2, _)] = normalize_ws_frame(frame(at_cutoff), RECV, "MASSIVE_WS",
                                        options=False).events
     assert (ev2["bid_size"], ev2["ask_size"]) == (3, 5)
 

@@ -14,13 +14,13 @@ from tickflow.state import SymbolBatch, SymbolState
 S = 1_000_000_000
 
 
-def quote(seq: int, ts: int) -> tuple[str, dict]:
+def quote(seq: int, ts: int) -> tuple[str, dict, int]:
     return ("stock_quote", {"event_id": f"SPY|{ts}|{seq}", "symbol": "SPY", "sequence": seq,
                             "ts_event_ns": ts, "ts_recv_ns": ts, "latency_ns": 0,
-                            "source": "MASSIVE_WS"})
+                            "source": "MASSIVE_WS"}, seq)
 
 
-def batch(*events: tuple[str, dict], **kw: object) -> SymbolBatch:
+def batch(*events: tuple[str, dict, int], **kw: object) -> SymbolBatch:
     return SymbolBatch("SPY", "MASSIVE_WS", 0, events=list(events), **kw)  # type: ignore[arg-type]
 
 

@@ -40,7 +40,7 @@ class FeedState:
         recv = rec.received_ns
         if recv is None:
             return norm
-        for sym, _, _ in norm.events:
+        for sym, *_ in norm.events:
             self.symbols[sym] = recv
         for loss in norm.losses:  # connector-reported: they name the connection's symbols
             self.symbols[loss.symbol] = recv

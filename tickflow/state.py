@@ -33,7 +33,7 @@ class SymbolBatch:
     raw_topic: str = ""
     raw_partition: int = 0
     raw_offset: int = 0
-    events: list[tuple[str, Event]] = field(default_factory=list)
+    events: list[tuple[str, Event, int]] = field(default_factory=list)  # (type, event, key)
     rejects: list[Reject] = field(default_factory=list)
     losses: list[Loss] = field(default_factory=list)
 
@@ -84,13 +84,12 @@ class SymbolState:
             if t:
                 out.append((DATA_HEALTH.name, t))
 
-        for type_name, ev in b.events:
-            seq = ev["sequence"]
+        for type_name, ev, key in b.events:
             ts = ev["ts_event_ns"]
             win = self.windows.get(type_name)
             if win is None:
                 win = self.windows[type_name] = SequenceWindow(self.window_ns)
-            if win.seen(seq, ts):
+            if win.seen(key, ts):
                 h.duplicates_total += 1
                 self.dup_by_source[b.source] = self.dup_by_source.get(b.source, 0) + 1
                 continue

@@ -96,8 +96,8 @@ def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBat
                                            rec.offset)
         return b
 
-    for sym, type_name, ev in norm.events:
-        batch(sym).events.append((type_name, ev))
+    for sym, type_name, ev, key in norm.events:
+        batch(sym).events.append((type_name, ev, key))
     for r in norm.rejects:
         if r.symbol is not None:
             batch(r.symbol).rejects.append(r)

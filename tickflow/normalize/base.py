@@ -40,8 +40,14 @@ class Loss(NamedTuple):
 
 @dataclass(slots=True)
 class Normalized:
-    """Canonical events (``(symbol, event type name, event)``), rejects and loss windows."""
+    """Canonical events, rejects and loss windows.
 
-    events: list[tuple[str, str, Event]] = field(default_factory=list)
+    Each event is ``(symbol, event type name, event, dedup key)``. The dedup key is the
+    event's identity within its symbol and type, increasing with the vendor sequence: the
+    Massive sequence number itself (shared by WebSocket and REST, so one rule dedups across
+    sources); for DBN, the packet sequence and the record's index inside the packet.
+    """
+
+    events: list[tuple[str, str, Event, int]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     losses: list[Loss] = field(default_factory=list)

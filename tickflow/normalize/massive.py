@@ -262,7 +262,7 @@ def _build_one(
     except ValueError as exc:
         out.rejects.append(Reject(BAD_VALUE, str(exc), m.sym, idx, m.t * NS_PER_MS))
         return
-    out.events.append((m.sym, type_name, ev))
+    out.events.append((m.sym, type_name, ev, m.q))
 
 
 def _slow_path(value: bytes, recv_ns: int, source: str, options: bool,
