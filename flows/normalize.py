@@ -28,7 +28,7 @@ from bytewax.dataflow import Dataflow
 from connectors.kafka_sink import KafkaOutSink, OutRecord
 from connectors.kafka_source import RawKafkaSource
 from connectors.lake import LakeRows, LakeSink
-from infra.topics import RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
+from infra.topics import RAW_DATABENTO, RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
 from schemas.model import DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
 from tickflow.feed import FeedState
@@ -90,7 +90,7 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     if raw_topics is None:
         env_topics = os.environ.get("TICKFLOW_RAW_TOPICS")
         raw_topics = (env_topics.split(",") if env_topics
-                      else [RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS])
+                      else [RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS, RAW_DATABENTO])
     if tail is None:
         tail = os.environ.get("TICKFLOW_TAIL", "1") not in ("0", "false", "no")
 

@@ -10,8 +10,8 @@ receipt time of the next one). The symbol memory is bounded by receipt time.
 from __future__ import annotations
 
 from tickflow.normalize import normalize_record
-from tickflow.normalize.base import SCHEMA, UNDECODABLE, Loss, Normalized
-from tickflow.raw import RawRecord
+from tickflow.normalize.base import CORRUPT_CHUNK, SCHEMA, UNDECODABLE, Loss, Normalized
+from tickflow.raw import RawRecord, RawSource
 
 # Symbols not seen on the feed for this long (receipt time) are forgotten.
 DEFAULT_SYMBOL_TTL_NS = 6 * 3600 * 1_000_000_000
@@ -50,8 +50,10 @@ class FeedState:
         if whole_frame_lost:
             self.undecodable += 1
             start = prev_recv if prev_recv is not None else recv
-            self._feed_loss(norm, start, recv, UNDECODABLE,
-                            f"undecodable frame at {rec.coordinates}")
+            # A bad DBN chunk means a damaged file: its instruments are CORRUPTED. A bad
+            # WebSocket frame loses one frame of an otherwise sound stream: a gap.
+            code = CORRUPT_CHUNK if rec.source == RawSource.DATABENTO_DBN.value else UNDECODABLE
+            self._feed_loss(norm, start, recv, code, f"undecodable record at {rec.coordinates}")
         self._prune(recv)
         return norm
 

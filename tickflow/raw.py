@@ -38,6 +38,7 @@ H_SESSION = "session_id"
 H_FRAME_SEQ = "frame_seq"
 H_FEED = "feed"
 H_PROVENANCE = "provenance"  # JSON: request parameters, vendor, SDK and tool versions
+H_DBN = "dbn"  # JSON: what a DBN decoder needs for a chunk (tickflow.normalize.databento)
 
 
 class LossWindow(msgspec.Struct, frozen=True):
@@ -101,6 +102,14 @@ class RawRecord:
                 rec.feed = raw.decode("ascii", "replace")
         return rec
 
+    def header(self, name: str) -> bytes | None:
+        """The value of the last header called ``name``, or None."""
+        found = None
+        for k, v in self.headers:
+            if k == name:
+                found = v
+        return found
+
     @property
     def coordinates(self) -> str:
         return f"{self.topic}:{self.partition}:{self.offset}"
@@ -121,6 +130,7 @@ def make_headers(
     feed: str = "",
     kind: RecordKind = RecordKind.VENDOR,
     provenance: bytes | None = None,
+    extra: list[tuple[str, bytes]] | None = None,
 ) -> list[tuple[str, str | bytes | None]]:
     """Headers for a raw record written by a connector."""
     headers: list[tuple[str, str | bytes | None]] = [
@@ -134,4 +144,5 @@ def make_headers(
         headers.append((H_FEED, feed.encode()))
     if provenance is not None:
         headers.append((H_PROVENANCE, provenance))
+    headers.extend(extra or ())
     return headers

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from schemas.model import DATA_HEALTH, OPTION_QUOTE, OPTION_TRADE, Event
 from tickflow.dedup import DEFAULT_WINDOW_NS, SequenceWindow
 from tickflow.health import HealthTracker
-from tickflow.normalize.base import BAD_VALUE, SCHEMA, UNDECODABLE, Loss, Reject
+from tickflow.normalize.base import BAD_VALUE, CORRUPT_CHUNK, SCHEMA, UNDECODABLE, Loss, Reject
 
 # Rejects that mean this symbol's data is impossible or unreadable.
 CORRUPTING = frozenset({BAD_VALUE, SCHEMA, UNDECODABLE})
@@ -71,8 +71,11 @@ class SymbolState:
         first_ts = b.events[0][1]["ts_event_ns"] if b.events else b.ts_recv_ns
 
         for loss in b.losses:
-            t = h.gap(loss.code, loss.reason, b.source, loss.start_ns, loss.end_ns,
-                      loss.end_ns, b.ts_recv_ns)
+            if loss.code == CORRUPT_CHUNK:
+                t = h.corrupt(loss.code, loss.reason, b.source, loss.end_ns, b.ts_recv_ns)
+            else:
+                t = h.gap(loss.code, loss.reason, b.source, loss.start_ns, loss.end_ns,
+                          loss.end_ns, b.ts_recv_ns)
             if t:
                 out.append((DATA_HEALTH.name, t))
 

@@ -18,8 +18,9 @@ from tickflow.normalize.base import (
     Normalized,
     Reject,
 )
+from tickflow.normalize.databento import META_DECODER, normalize_dbn_chunk
 from tickflow.normalize.massive import normalize_ws_frame
-from tickflow.raw import LossWindow, RawRecord, RawSource, RecordKind
+from tickflow.raw import H_DBN, LossWindow, RawRecord, RawSource, RecordKind
 from tickflow.state import SymbolBatch
 
 # Raw ``source`` header -> Avro Source symbol.
@@ -50,6 +51,15 @@ def normalize_record(rec: RawRecord) -> Normalized:
         return Normalized(losses=[Loss(s, lw.start_ns, lw.end_ns, lw.reason) for s in lw.symbols])
     if rec.kind != RecordKind.VENDOR.value:
         return Normalized(rejects=[Reject(SCHEMA, f"unknown raw record kind {rec.kind!r}")])
+    if rec.source == RawSource.DATABENTO_DBN.value:
+        meta_raw = rec.header(H_DBN)
+        if meta_raw is None:
+            return Normalized(rejects=[Reject(MISSING_HEADER, "DBN chunk has no 'dbn' header")])
+        try:
+            meta = META_DECODER.decode(meta_raw)
+        except msgspec.DecodeError as exc:
+            return Normalized(rejects=[Reject(SCHEMA, f"bad 'dbn' header: {exc}")])
+        return normalize_dbn_chunk(rec.value, meta, source)
     if rec.source in (RawSource.MASSIVE_WS.value, RawSource.REPLAY.value):
         return normalize_ws_frame(rec.value, rec.received_ns, source, options=_is_options(rec))
     return Normalized(rejects=[Reject(UNKNOWN_SOURCE,
