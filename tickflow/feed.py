@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from tickflow.normalize import normalize_record
 from tickflow.normalize.base import CORRUPT_CHUNK, SCHEMA, UNDECODABLE, Loss, Normalized
-from tickflow.raw import RawRecord, RawSource
+from tickflow.raw import H_DBN, RawRecord
 
 # Symbols not seen on the feed for this long (receipt time) are forgotten.
 DEFAULT_SYMBOL_TTL_NS = 6 * 3600 * 1_000_000_000
@@ -52,7 +52,7 @@ class FeedState:
             start = prev_recv if prev_recv is not None else recv
             # A bad DBN chunk means a damaged file: its instruments are CORRUPTED. A bad
             # WebSocket frame loses one frame of an otherwise sound stream: a gap.
-            code = CORRUPT_CHUNK if rec.source == RawSource.DATABENTO_DBN.value else UNDECODABLE
+            code = CORRUPT_CHUNK if rec.header(H_DBN) is not None else UNDECODABLE
             self._feed_loss(norm, start, recv, code, f"undecodable record at {rec.coordinates}")
         self._prune(recv)
         return norm

@@ -51,8 +51,9 @@ def normalize_record(rec: RawRecord) -> Normalized:
         return Normalized(losses=[Loss(s, lw.start_ns, lw.end_ns, lw.reason) for s in lw.symbols])
     if rec.kind != RecordKind.VENDOR.value:
         return Normalized(rejects=[Reject(SCHEMA, f"unknown raw record kind {rec.kind!r}")])
-    if rec.source == RawSource.DATABENTO_DBN.value:
-        meta_raw = rec.header(H_DBN)
+    meta_raw = rec.header(H_DBN)
+    if rec.source == RawSource.DATABENTO_DBN.value or meta_raw is not None:
+        # DBN bytes: from a file publish, or from the replay publisher (source=replay).
         if meta_raw is None:
             return Normalized(rejects=[Reject(MISSING_HEADER, "DBN chunk has no 'dbn' header")])
         try:

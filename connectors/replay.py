@@ -1,0 +1,225 @@
+"""The replay publisher: DBN files -> the raw topic at a speed factor, time-ordered.
+
+* A streaming k-way merge (``heapq.merge``) of every input file's records by event time, with
+  a stable tie-break (input order, then position in the file): memory O(number of inputs).
+* Speed: 0 = as fast as possible, 1 = real time, N = N times real time. Waits follow
+  event-time deltas; one wait is capped at 5 s (market closures), and the schedule moves on.
+* Consecutive records of one file go out as one raw chunk of the original record bytes,
+  cut only where a packet ends, so the dataflow sees the same chunks a file publish gives.
+* Replayed records carry ``source=replay``; consumers can tell them from live data only by
+  that field.
+"""
+
+from __future__ import annotations
+
+import heapq
+import struct
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from connectors.databento_dbn import (
+    READ_BLOCK,
+    DbnChunkMeta,
+    file_session_id,
+    open_stream,
+    read_metadata,
+    symbol_map,
+)
+from tickflow.normalize.databento import (
+    META_ENCODER,
+    record_sequence,
+    record_sizes,
+    record_ts_recv,
+)
+from tickflow.raw import H_DBN, RawSource, make_headers
+
+MAX_WAIT_S = 5.0
+TS_EVENT_AT = 8
+TRAILING = 2**63 - 1  # sort key of a file's trailing partial record: it goes out last
+_U64 = struct.Struct("<Q")
+
+
+@dataclass(frozen=True, slots=True)
+class RawDbnRecord:
+    ts_event: int
+    input_index: int
+    position: int  # record number within its file
+    data: bytes
+    meta: DbnChunkMeta
+
+
+def file_records(path: Path, input_index: int, start_ns: int | None = None,
+                 end_ns: int | None = None) -> Iterator[RawDbnRecord]:
+    """Original record bytes of one file, in file order, within [start_ns, end_ns)."""
+    with open_stream(path) as stream:
+        md, offset = read_metadata(stream, path)
+        meta = DbnChunkMeta(int(md.version), str(md.schema), str(md.dataset),
+                            symbol_map(md, path), path.name, 0)
+        buf = b""
+        pos = 0
+        while True:
+            block = stream.read(READ_BLOCK)
+            buf += block
+            recs = record_sizes(buf)
+            for a, size in recs:
+                ts = _U64.unpack_from(buf, a + TS_EVENT_AT)[0]
+                pos += 1
+                if start_ns is not None and ts < start_ns:
+                    continue
+                if end_ns is not None and ts >= end_ns:
+                    return
+                yield RawDbnRecord(ts, input_index, pos, buf[a:a + size], meta)
+            if recs:
+                used = recs[-1][0] + recs[-1][1]
+                offset += used
+                buf = buf[used:]
+            if not block:
+                if buf:
+                    # A partial record at the end: publish it alone so it is reported.
+                    yield RawDbnRecord(TRAILING, input_index, pos + 1, buf, meta)
+                return
+
+
+def merged(paths: Iterable[Path], start_ns: int | None = None,
+           end_ns: int | None = None) -> Iterator[RawDbnRecord]:
+    """All records of ``paths`` in event-time order; ties keep input order, then file order."""
+    its = [file_records(p, i, start_ns, end_ns) for i, p in enumerate(paths)]
+    return heapq.merge(*its, key=lambda r: (r.ts_event, r.input_index, r.position))
+
+
+@dataclass
+class ReplayStats:
+    events: int = 0
+    chunks: int = 0
+    wall_s: float = 0.0
+    first_ts: int | None = None
+    last_ts: int | None = None
+    capped_waits: int = 0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def achieved_speed(self) -> float:
+        """Event time covered per second of wall time."""
+        if self.first_ts is None or self.last_ts is None or not self.wall_s:
+            return 0.0
+        return (self.last_ts - self.first_ts) / 1e9 / self.wall_s
+
+
+class Pacer:
+    """Maps event time to wall time at ``speed``; a long gap waits at most MAX_WAIT_S."""
+
+    def __init__(self, speed: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.speed = speed
+        self.clock = clock
+        self.sleep = sleep
+        self.t0: float | None = None
+        self.ts0 = 0
+        self.capped = 0
+
+    def wait_until(self, ts_event: int) -> None:
+        if self.speed <= 0:
+            return
+        now = self.clock()
+        if self.t0 is None:
+            self.t0, self.ts0 = now, ts_event
+            return
+        due = self.t0 + (ts_event - self.ts0) / 1e9 / self.speed
+        wait = due - now
+        if wait > MAX_WAIT_S:
+            # A closure or halt: wait the cap, then continue as if the gap were that long.
+            self.capped += 1
+            self.t0 -= wait - MAX_WAIT_S
+            wait = MAX_WAIT_S
+        if wait > 0:
+            self.sleep(wait)
+
+
+def replay(paths: list[Path], send: Callable[[bytes, list[tuple[str, Any]]], None],
+           speed: float = 0.0, start_ns: int | None = None, end_ns: int | None = None,
+           max_records: int = 512,
+           progress: Callable[[ReplayStats], None] | None = None) -> ReplayStats:
+    """Replay ``paths`` through ``send(value, headers)``; returns the statistics."""
+    stats = ReplayStats()
+    pacer = Pacer(speed)
+    sessions = {i: "replay-" + file_session_id(p) for i, p in enumerate(paths)}
+    frame_seq = dict.fromkeys(sessions, 0)
+    t_start = time.monotonic()
+    pending: list[RawDbnRecord] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        first = pending[0]
+        frame_seq[first.input_index] += 1
+        data = b"".join(r.data for r in pending)
+        recv = 0 if first.ts_event == TRAILING else record_ts_recv(data, 0)
+        headers = make_headers(RawSource.REPLAY, recv, sessions[first.input_index],
+                               frame_seq[first.input_index], feed=first.meta.schema,
+                               extra=[(H_DBN, META_ENCODER.encode(first.meta))])
+        send(data, headers)
+        stats.chunks += 1
+        pending.clear()
+
+    for rec in merged(paths, start_ns, end_ns):
+        whole = rec.ts_event != TRAILING
+        if pending:
+            last = pending[-1]
+            same_run = last.input_index == rec.input_index
+            # A packet (records sharing a sequence number) is never split across chunks.
+            packet_continues = (same_run and whole and last.ts_event != TRAILING
+                                and record_sequence(rec.data, 0)
+                                == record_sequence(last.data, 0))
+            due_later = speed > 0 and rec.ts_event > last.ts_event
+            if not packet_continues and (not same_run or not whole
+                                         or len(pending) >= max_records or due_later):
+                flush()
+        if not pending and whole:
+            pacer.wait_until(rec.ts_event)
+        pending.append(rec)
+        if whole:
+            stats.events += 1
+            stats.first_ts = rec.ts_event if stats.first_ts is None else stats.first_ts
+            stats.last_ts = rec.ts_event
+        if progress is not None and stats.events % 10_000 == 0:
+            stats.wall_s = time.monotonic() - t_start
+            progress(stats)
+    flush()
+    stats.wall_s = time.monotonic() - t_start
+    stats.capped_waits = pacer.capped
+    return stats
+
+
+def replay_to_kafka(paths: list[Path], kafka_conf: dict[str, Any], topic: str,
+                    speed: float = 0.0, start_ns: int | None = None, end_ns: int | None = None,
+                    progress: Callable[[ReplayStats], None] | None = None) -> ReplayStats:
+    """Replay DBN files into the raw ``topic`` (one key per dataset, so order is kept)."""
+    from confluent_kafka import Producer
+
+    from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
+    from infra.topics import MAX_MESSAGE_BYTES
+
+    producer = Producer({**kafka_conf, **TANSU_PRODUCER_NO_AUTOCREATE,
+                         "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 0 if speed > 0 else 10, "compression.type": "zstd",
+                         "message.max.bytes": MAX_MESSAGE_BYTES})
+
+    def send(value: bytes, headers: list[tuple[str, Any]]) -> None:
+        while True:
+            try:
+                producer.produce(topic, value, b"replay:dbn", headers=headers)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        producer.poll(0)
+
+    stats = replay(paths, send, speed, start_ns, end_ns, progress=progress)
+    if producer.flush(60):
+        raise RuntimeError("the broker did not acknowledge every replayed chunk")
+    return stats
