@@ -62,7 +62,7 @@ def test_demo_command_ends_by_itself_with_output_on_every_topic(tmp_path: Path) 
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for topic in ("market.stocks.quotes", "market.stocks.trades", "market.options.quotes",
-                  "market.options.trades"):
+                  "market.options.trades", "market.futures.trades", "market.futures.mbp10"):
         line = next(ln for ln in proc.stdout.splitlines() if f"out: {topic}" in ln)
         assert int(line.split()[-2]) > 0, line
     assert "market.deadletter" in proc.stdout

@@ -67,7 +67,8 @@ def test_every_command_has_help() -> None:
     for args in (["--help"], ["up", "--help"], ["down", "--help"], ["demo", "--help"],
                  ["topics", "create", "--help"], ["schemas", "check", "--help"],
                  ["schemas", "register", "--help"], ["connect", "massive-ws", "--help"],
-                 ["flow", "run", "--help"]):
+                 ["flow", "run", "--help"], ["dbn", "generate", "--help"],
+                 ["dbn", "publish", "--help"], ["dbn", "replay", "--help"]):
         res = run(args, {}, timeout=60)
         assert res.returncode == 0 and "Usage" in res.stdout, (args, res.stderr)
 

@@ -1,12 +1,14 @@
 """``tickflow demo``: the whole pipeline on the embedded stack, for a bounded time.
 
-simulator --(massive SDK)--> connectors --> raw topics --> dataflow (2 workers)
+simulator --(massive SDK)--> connectors --> raw topics <-- replay of generated ES DBN files
+  raw topics --> dataflow (2 workers)
   --> normalized Avro topics + dead letters + market.health, and the Parquet lake.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -20,12 +22,15 @@ from rich.table import Table
 
 from connectors.lake import summarize
 from connectors.massive_ws import WsConfig, WsStats, run_ws
+from connectors.replay import replay_to_kafka
 from flows.runner import flow_argv
+from infra.dbn_generator import generate_day
 from infra.stack import EmbeddedStack, StackInfo
 from infra.topics import (
     DEAD_LETTER,
     HEALTH,
     NORMALIZED_TOPICS,
+    RAW_DATABENTO,
     RAW_MASSIVE_OPTIONS,
     RAW_MASSIVE_STOCKS,
 )
@@ -85,11 +90,16 @@ def run_demo(seconds: float, workers: int, state_dir: Path, console: Console,
         console.print(f"  broker {info.broker}  registry {info.registry_url}  "
                       f"simulator {info.simulator}")
         ws = asyncio.run(_stream(stack, seconds, console))
+        day = generate_day(run_dir / "dbn", dt.date(2025, 11, 13), seed=7, n_trades=3000,
+                           n_mbp10=12000)
+        replay_to_kafka([day.trades, day.mbp10], stack.kafka_config(), RAW_DATABENTO, speed=0)
+        console.print(f"replayed {day.n_trades + day.n_mbp10} ES records from {run_dir / 'dbn'}")
         env = {**info.env(), "TICKFLOW_LAKE_ROOT": str(lake_root)}
         console.print(f"running the dataflow ({workers} workers) over the raw log ...")
         flow_s = run_flow_bounded(env, workers)
         kconf = stack.kafka_config()
-        raw = {t: count(kconf, t) for t in (RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS)}
+        raw = {t: count(kconf, t) for t in (RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS,
+                                            RAW_DATABENTO)}
         counts = {t: count(kconf, t) for t in (*NORMALIZED_TOPICS, HEALTH, DEAD_LETTER)}
         result = DemoResult(raw, counts, summarize(lake_root), lake_root, info, ws, flow_s)
     print_summary(result, console)
@@ -101,7 +111,7 @@ def print_summary(r: DemoResult, console: Console) -> None:
     t.add_column("where")
     t.add_column("records", justify="right")
     for topic, n in r.raw_frames.items():
-        t.add_row(f"in:  {topic} (raw frames)", str(n))
+        t.add_row(f"in:  {topic} (raw records)", str(n))
     for topic, n in r.topic_counts.items():
         t.add_row(f"out: {topic}", str(n))
     for et, s in r.lake.items():
