@@ -1,26 +1,49 @@
-"""Massive live WebSocket -> raw Kafka topic, through the real ``massive`` SDK.
+"""Massive live WebSocket -> raw Kafka topic.
 
-The SDK authenticates, subscribes and reconnects; in raw mode it hands us each frame's text
-exactly as received, which we encode back to the same UTF-8 bytes and write unchanged, with
-receipt time and frame_seq stamped at the moment of receipt.
+Our own client over ``websockets`` speaking Massive's protocol, because the connector needs
+what the ``massive`` SDK's client does not expose: the moment a connection drops and comes
+back (to report the exact loss window), a validated auth and subscribe exchange, and changes
+of subscriptions on the live connection (StrikeManager).
+
+* auth: the server must answer ``auth_success``; ``auth_failed`` is an ``AuthFailed`` error
+  with the server's words (never the key), retried with exponential backoff 1 s .. 60 s with
+  jitter, like every other connection failure;
+* every reconnect re-subscribes everything current, and reports the window between the last
+  frame before the drop and the moment the new connection was subscribed as a loss window
+  for all of the connection's symbols, so the dataflow marks a gap;
+* each frame is written raw, byte-exact, with receipt time and frame_seq stamped on
+  arrival; the reader never blocks on Kafka (``RawWriter``'s bounded queue).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from massive import WebSocketClient
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from connectors.raw_writer import RawWriter
+from connectors.raw_writer import DEFAULT_QUEUE_SIZE, RawWriter
 from infra.topics import RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
 from tickflow.raw import RawSource
 
 log = logging.getLogger(__name__)
+# websockets logs every frame at DEBUG, the auth frame (with the API key) included. Its logger
+# for our connections is pinned to INFO, so no log level setting can make the key appear.
+_ws_log = logging.getLogger(f"{__name__}.websockets")
+_ws_log.setLevel(logging.INFO)
+
+_STATUS_PREFIX = b'[{"ev":"status"'
+
+
+class AuthFailed(RuntimeError):
+    """The server refused the API key (the key itself is never part of the message)."""
 
 
 @dataclass
@@ -32,10 +55,17 @@ class WsConfig:
     subscriptions: list[str]
     api_key: str = field(repr=False)
     secure: bool = True
+    backoff_min_s: float = 1.0
+    backoff_max_s: float = 60.0
+    queue_size: int = DEFAULT_QUEUE_SIZE
 
     @property
     def topic(self) -> str:
         return RAW_MASSIVE_OPTIONS if self.market == "options" else RAW_MASSIVE_STOCKS
+
+    @property
+    def url(self) -> str:
+        return f"ws{'s' if self.secure else ''}://{self.host}/{self.market}"
 
 
 @dataclass
@@ -44,43 +74,163 @@ class WsStats:
     bytes: int = 0
     dropped: int = 0
     written: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    auth_failures: int = 0
+    subscribe_errors: int = 0
+    loss_windows: int = 0
 
 
-async def run_ws(cfg: WsConfig, kafka_conf: dict[str, Any], duration_s: float | None = None
-                 ) -> WsStats:
-    """Stream one connection to its raw topic, for ``duration_s`` seconds or until cancelled."""
+def channel_symbol(channel: str) -> str:
+    """``Q.SPY`` -> ``SPY``; ``T.O:SPY251216C00676000`` -> the contract; ``Q.*`` -> ``*``."""
+    return channel.split(".", 1)[1] if "." in channel else channel
+
+
+class MassiveWsConnector:
+    """A resilient connection that writes every frame to the raw topic."""
+
+    def __init__(self, cfg: WsConfig, writer: RawWriter, rng: random.Random | None = None
+                 ) -> None:
+        self.cfg = cfg
+        self.writer = writer
+        self.subs: set[str] = set(cfg.subscriptions)
+        self.stats = WsStats()
+        self._ws: ClientConnection | None = None
+        self._last_frame_ns: int | None = None
+        self._rng = rng or random.Random()
+
+    def symbols(self) -> list[str]:
+        return sorted({channel_symbol(c) for c in self.subs})
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential from backoff_min_s to backoff_max_s, with jitter (50-100 %)."""
+        base = min(self.cfg.backoff_max_s, self.cfg.backoff_min_s * (2 ** max(0, attempt - 1)))
+        return base * (0.5 + 0.5 * self._rng.random())
+
+    async def subscribe(self, *channels: str) -> None:
+        """Add channels; sent on the live connection at once (and after every reconnect)."""
+        new = [c for c in channels if c not in self.subs]
+        self.subs.update(new)
+        if new and self._ws is not None:
+            await self._ws.send(json.dumps({"action": "subscribe", "params": ",".join(new)}))
+
+    async def unsubscribe(self, *channels: str) -> None:
+        gone = [c for c in channels if c in self.subs]
+        self.subs.difference_update(gone)
+        if gone and self._ws is not None:
+            await self._ws.send(json.dumps({"action": "unsubscribe", "params": ",".join(gone)}))
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if not any(m.get("status") == "connected" for m in hello):
+            raise ConnectionError(f"unexpected greeting from {self.cfg.url}: {hello!r}"[:300])
+        await ws.send(json.dumps({"action": "auth", "params": self.cfg.api_key}))
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        statuses = {m.get("status") for m in reply if isinstance(m, dict)}
+        if "auth_success" not in statuses:
+            msg = "; ".join(str(m.get("message", m.get("status"))) for m in reply)
+            raise AuthFailed(f"Massive refused the API key for {self.cfg.url}: {msg}")
+        if self.subs:
+            params = ",".join(sorted(self.subs))
+            await ws.send(json.dumps({"action": "subscribe", "params": params}))
+
+    def _check_status(self, data: bytes) -> None:
+        """Status frames (subscribe answers, server notices): count and log the errors."""
+        try:
+            msgs = json.loads(data)
+        except ValueError:
+            return
+        for m in msgs:
+            if isinstance(m, dict) and m.get("ev") == "status" and m.get("status") not in (
+                    "success", "connected", "auth_success"):
+                self.stats.subscribe_errors += 1
+                log.warning("massive status", extra={"status": m.get("status"),
+                                                     "detail": m.get("message")})
+
+    async def run(self, stop: asyncio.Event | None = None) -> WsStats:
+        """Connect, stream and reconnect until ``stop`` is set (or the task is cancelled)."""
+        stop = stop or asyncio.Event()
+        attempt = 0
+        while not stop.is_set():
+            try:
+                async with connect(self.cfg.url, max_size=None, open_timeout=10,
+                                   close_timeout=1, logger=_ws_log) as ws:
+                    await self._handshake(ws)
+                    self._ws = ws
+                    self.stats.connects += 1
+                    attempt = 0
+                    if self._last_frame_ns is not None:
+                        now = time.time_ns()
+                        self.writer.report_loss(self._last_frame_ns, now, "disconnect",
+                                                self.symbols() or ["*"])
+                        self.stats.loss_windows += 1
+                    await self._read(ws, stop)
+            except AuthFailed as exc:
+                self.stats.auth_failures += 1
+                log.error("%s", exc)
+            except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError,
+                    ConnectionError, ValueError) as exc:
+                self.stats.disconnects += 1
+                log.warning("massive connection lost", extra={"url": self.cfg.url,
+                                                              "error": type(exc).__name__})
+            finally:
+                self._ws = None
+            if stop.is_set():
+                break
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.backoff(attempt))
+        return self.stats
+
+    async def _read(self, ws: ClientConnection, stop: asyncio.Event) -> None:
+        writer, stats = self.writer, self.stats
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            while True:
+                recv = asyncio.ensure_future(ws.recv())
+                done, _ = await asyncio.wait({recv, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if recv not in done:
+                    recv.cancel()
+                    return
+                frame = recv.result()
+                received_ns = time.time_ns()
+                data = frame.encode() if isinstance(frame, str) else frame
+                stats.frames += 1
+                stats.bytes += len(data)
+                if data.startswith(_STATUS_PREFIX):
+                    self._check_status(data)
+                if not writer.offer(data, received_ns):
+                    stats.dropped += 1
+                self._last_frame_ns = received_ns
+        finally:
+            stopper.cancel()
+
+
+async def run_ws(cfg: WsConfig, kafka_conf: dict[str, Any], duration_s: float | None = None,
+                 connector_hook: Any = None) -> WsStats:
+    """Stream one connection to its raw topic for ``duration_s`` seconds (or until cancelled)."""
     writer = RawWriter(kafka_conf, cfg.topic, key=f"massive_ws:{cfg.market}",
-                       source=RawSource.MASSIVE_WS, feed=cfg.market)
-    stats = WsStats()
-    client = WebSocketClient(api_key=cfg.api_key, feed=cfg.host, market=cfg.market, raw=True,
-                             secure=cfg.secure, subscriptions=list(cfg.subscriptions),
-                             max_reconnects=None)
-
-    async def on_frame(frame: str | bytes) -> None:
-        received_ns = time.time_ns()
-        data = frame.encode() if isinstance(frame, str) else frame
-        stats.frames += 1
-        stats.bytes += len(data)
-        if not writer.offer(data, received_ns):
-            stats.dropped += 1
-
-    task = asyncio.create_task(client.connect(on_frame))
+                       source=RawSource.MASSIVE_WS, feed=cfg.market, queue_size=cfg.queue_size)
+    conn = MassiveWsConnector(cfg, writer)
+    writer.overflow_symbols = conn.symbols() or ["*"]
+    if connector_hook is not None:
+        connector_hook(conn)
+    stop = asyncio.Event()
+    task = asyncio.create_task(conn.run(stop))
     try:
         if duration_s is None:
             await task
         else:
             done, _ = await asyncio.wait({task}, timeout=duration_s)
             if task in done:
-                task.result()  # surface an auth failure or a fatal connection error
+                task.result()
     finally:
-        if not task.done():
-            with contextlib.suppress(Exception):
-                await client.close()
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
         await asyncio.to_thread(writer.close)
-        stats.written = writer.written
+    stats = conn.stats
+    stats.written = writer.written
     log.info("massive ws session ended", extra={"market": cfg.market, "frames": stats.frames,
                                                 "dropped": stats.dropped})
     return stats

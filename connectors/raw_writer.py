@@ -2,7 +2,8 @@
 
 The connector's socket reader only stamps a frame (receipt time, frame_seq) and hands it to
 ``RawWriter.offer``, which never blocks: when the queue is full the frame is dropped and
-counted, and its frame_seq is used up, so the loss stays visible in the raw log.
+counted, its frame_seq is used up (so the loss stays visible in the raw log), and as soon as
+there is room again a ``loss_window`` record reports the overflow window downstream.
 """
 
 from __future__ import annotations
@@ -15,15 +16,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from confluent_kafka import KafkaException, Producer
 
 from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
 from infra.topics import MAX_MESSAGE_BYTES
-from tickflow.raw import RawSource, RecordKind, make_headers
+from tickflow.raw import LossWindow, RawSource, RecordKind, make_headers
 
 log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE_SIZE = 100_000
+LOSS_ENCODER = msgspec.json.Encoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,10 @@ class RawWriter:
         self.written = 0
         self.dropped = 0
         self.failed = 0
+        self.loss_windows = 0
+        # Overflow not yet reported: (first dropped receipt ns, last dropped, frames).
+        self._overflow: tuple[int, int, int] | None = None
+        self.overflow_symbols: list[str] = ["*"]
         self._q: queue.Queue[_Pending | None] = queue.Queue(maxsize=queue_size)
         self._producer = Producer({
             **kafka_conf,
@@ -62,15 +69,32 @@ class RawWriter:
     def offer(self, value: bytes, received_ns: int | None = None,
               kind: RecordKind = RecordKind.VENDOR) -> bool:
         """Queue one raw record; False (and counted) if the queue is full."""
+        recv = received_ns or time.time_ns()
+        if self._overflow is not None and not self._q.full():
+            start, end, n = self._overflow
+            self._overflow = None
+            self.report_loss(start, end, "queue overflow", self.overflow_symbols, n)
         self.frame_seq += 1
-        headers = make_headers(self.source, received_ns or time.time_ns(), self.session_id,
-                               self.frame_seq, self.feed, kind)
+        headers = make_headers(self.source, recv, self.session_id, self.frame_seq, self.feed,
+                               kind)
         try:
             self._q.put_nowait(_Pending(value, headers))
             return True
         except queue.Full:
             self.dropped += 1
+            start, _, n = self._overflow or (recv, recv, 0)
+            self._overflow = (start, recv, n + 1)
+            if n == 0:
+                log.warning("raw queue full: dropping frames", extra={"topic": self.topic})
             return False
+
+    def report_loss(self, start_ns: int, end_ns: int, reason: str, symbols: list[str],
+                    frames_lost: int = 0) -> bool:
+        """Queue a ``loss_window`` record: data of ``symbols`` ("*" = every symbol of this
+        connection) may be missing between the two receipt times."""
+        body = LOSS_ENCODER.encode(LossWindow(start_ns, end_ns, reason, symbols, frames_lost))
+        self.loss_windows += 1
+        return self.offer(body, end_ns, RecordKind.LOSS_WINDOW)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
@@ -99,7 +123,18 @@ class RawWriter:
             p.poll(0)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Drain the queue and wait until the broker acknowledged everything."""
+        """Report any overflow not yet reported, drain the queue and wait until the broker
+        acknowledged everything."""
+        if self._overflow is not None:
+            start, end, n = self._overflow
+            self._overflow = None
+            self.frame_seq += 1
+            body = LOSS_ENCODER.encode(LossWindow(start, end, "queue overflow",
+                                                  self.overflow_symbols, n))
+            self.loss_windows += 1
+            self._q.put(_Pending(body, make_headers(self.source, end, self.session_id,
+                                                    self.frame_seq, self.feed,
+                                                    RecordKind.LOSS_WINDOW)))
         self._q.put(None)
         self._thread.join(timeout)
         remaining = self._producer.flush(timeout)

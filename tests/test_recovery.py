@@ -38,9 +38,9 @@ def raw_frames(n: int) -> list[tuple[int, bytes]]:
     return out
 
 
-def produce(settings: Settings, frames: list[tuple[int, bytes]]) -> None:
+def produce(settings: Settings, frames: list[tuple[int, bytes]], first_seq: int = 1) -> None:
     p = Producer({**settings.kafka_config(), "linger.ms": 20})
-    for i, (recv, value) in enumerate(frames, start=1):
+    for i, (recv, value) in enumerate(frames, start=first_seq):
         p.produce(RAW_MASSIVE_STOCKS, value, b"massive_ws:stocks",
                   headers=make_headers(RawSource.MASSIVE_WS, recv, "s1", i, "stocks"))
     assert p.flush(30) == 0
@@ -66,30 +66,30 @@ def topic_ids(settings: Settings, topic: str) -> Counter[str]:
 @pytest.mark.slow
 def test_kill_9_at_random_points_loses_nothing(settings: Settings, tmp_path: Path) -> None:
     frames = raw_frames(FRAMES)
-    produce(settings, frames)
     want = expected(frames)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
            "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-           "TICKFLOW_LAKE_ROOT": str(settings.lake_root), "TICKFLOW_TAIL": "0",
+           "TICKFLOW_LAKE_ROOT": str(settings.lake_root), "TICKFLOW_TAIL": "1",
            "TICKFLOW_RAW_TOPICS": RAW_MASSIVE_STOCKS}
     argv = flow_argv(2, tmp_path / "recovery", snapshot_secs=1)
     rng = random.Random(20261124)
-    kills, finished = 0, False
     log = (tmp_path / "flow.log").open("w")
-    for _ in range(30):
+    # Six rounds: new raw data arrives, the flow (following the log) is killed with SIGKILL
+    # at a random point while it works on it: no close(), no final snapshot.
+    rounds = 6
+    per = FRAMES // rounds
+    for r in range(rounds):
+        produce(settings, frames[r * per:(r + 1) * per], first_seq=r * per + 1)
         proc = subprocess.Popen(argv, env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + (rng.uniform(1.5, 4.0) if kills < 6 else 180)
-        while proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.kill()  # SIGKILL: no close(), no final snapshot
-            proc.wait()
-            kills += 1
-            continue
-        assert proc.returncode == 0, (tmp_path / "flow.log").read_text()[-3000:]
-        finished = True
-        break
-    assert finished and kills >= 5, f"kills={kills} finished={finished}"
+        time.sleep(rng.uniform(1.2, 3.0))
+        assert proc.poll() is None, (tmp_path / "flow.log").read_text()[-3000:]
+        proc.kill()
+        proc.wait()
+    produce(settings, frames[rounds * per:], first_seq=rounds * per + 1)
+    # Then a bounded run resumes from the recovery store and finishes the log.
+    final = subprocess.run(argv, env={**env, "TICKFLOW_TAIL": "0"}, stdout=log, stderr=log,
+                           timeout=300)
+    assert final.returncode == 0, (tmp_path / "flow.log").read_text()[-3000:]
 
     for topic in (STOCK_QUOTES, STOCK_TRADES):
         got = topic_ids(settings, topic)

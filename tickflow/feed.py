@@ -42,6 +42,11 @@ class FeedState:
             return norm
         for sym, *_ in norm.events:
             self.symbols[sym] = recv
+        if any(loss.symbol == "*" for loss in norm.losses):
+            # "*": every symbol of the connection, i.e. every symbol seen on this feed.
+            norm.losses = [Loss(s, w.start_ns, w.end_ns, w.reason, w.code)
+                           for w in norm.losses for s in
+                           (self.symbols if w.symbol == "*" else (w.symbol,))]
         for loss in norm.losses:  # connector-reported: they name the connection's symbols
             self.symbols[loss.symbol] = recv
         prev_recv = self._track_frame(rec, norm, recv)

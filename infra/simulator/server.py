@@ -27,6 +27,9 @@ from websockets.exceptions import ConnectionClosed
 from infra.simulator.market import MarketConfig, SyntheticMarket
 
 log = logging.getLogger("tickflow.simulator")
+# websockets logs frames at DEBUG, client auth frames (API keys) included: never for us.
+_ws_log = logging.getLogger("tickflow.simulator.websockets")
+_ws_log.setLevel(logging.INFO)
 
 TICK_S = 0.02
 
@@ -88,7 +91,7 @@ class SimulatorServer:
 
     async def start(self) -> None:
         self._server = await serve(self._handle, self.cfg.host, self.cfg.port,
-                                   max_size=None, compression=None)
+                                   max_size=None, compression=None, logger=_ws_log)
 
     async def stop(self) -> None:
         if self._server is not None:

@@ -1,0 +1,136 @@
+"""The Massive WebSocket connector against the simulator, on the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from pathlib import Path
+
+import pytest
+from bytewax.testing import run_main
+
+from connectors.massive_ws import MassiveWsConnector, WsConfig, channel_symbol, run_ws
+from connectors.raw_writer import RawWriter
+from flows.normalize import build_flow
+from infra.procs import free_port
+from infra.simulator import Faults, SimulatorConfig, SimulatorServer
+from infra.topics import HEALTH, RAW_MASSIVE_STOCKS
+from schemas.model import BY_TOPIC
+from schemas.serde import decode
+from tickflow.raw import RawSource
+from tickflow.settings import Settings
+from tickflow.topicstats import read_all
+
+KEY = "test-key-never-logged"
+
+
+def sim(**faults: object) -> SimulatorServer:
+    cfg = SimulatorConfig(port=free_port(), rate=2000, api_keys=(KEY,),
+                          faults=Faults(**faults))  # type: ignore[arg-type]
+    return SimulatorServer(cfg).run_in_thread()
+
+
+def cfg(s: SimulatorServer, subs: list[str], **kw: object) -> WsConfig:
+    return WsConfig(f"127.0.0.1:{s.port}", "stocks", subs, api_key=KEY, secure=False,
+                    **kw)  # type: ignore[arg-type]
+
+
+def raw_records(settings: Settings) -> list:
+    return list(read_all(settings.kafka_config(), RAW_MASSIVE_STOCKS))
+
+
+def test_backoff_is_exponential_with_jitter_and_capped() -> None:
+    c = MassiveWsConnector(WsConfig("h", "stocks", [], api_key="k"), writer=None,  # type: ignore[arg-type]
+                           rng=random.Random(1))
+    delays = [c.backoff(a) for a in range(1, 10)]
+    assert 0.5 <= delays[0] <= 1.0 and 1.0 <= delays[1] <= 2.0
+    assert all(30.0 <= d <= 60.0 for d in delays[6:])
+    assert channel_symbol("T.O:SPY251216C00676000") == "O:SPY251216C00676000"
+    assert "s3cr3t-zz" not in repr(WsConfig("h", "stocks", [], api_key="s3cr3t-zz"))
+
+
+def test_disconnect_is_reported_as_a_loss_window_and_a_gap(settings: Settings) -> None:
+    s = sim(disconnect_after_frames=40)
+    try:
+        stats = asyncio.run(run_ws(cfg(s, ["Q.SPY", "T.SPY", "Q.AAPL"], backoff_min_s=0.1),
+                                   settings.kafka_config(), duration_s=3.0))
+    finally:
+        s.stop_thread()
+    assert stats.connects == 2 and stats.disconnects == 1 and stats.loss_windows == 1
+    recs = raw_records(settings)
+    kinds = [dict(m.headers())["kind"] for m in recs]
+    assert kinds.count(b"loss_window") == 1
+    loss = next(m for m in recs if dict(m.headers())["kind"] == b"loss_window")
+    body = json.loads(loss.value())
+    assert body["reason"] == "disconnect" and sorted(body["symbols"]) == ["AAPL", "SPY"]
+    assert body["end_ns"] > body["start_ns"]
+    # Every record written, in order, frame_seq contiguous across the reconnect.
+    seqs = [int(dict(m.headers())["frame_seq"]) for m in recs]
+    assert seqs == list(range(1, len(seqs) + 1))
+    for m in recs:
+        assert KEY.encode() not in m.value()
+
+    run_main(build_flow(settings, [RAW_MASSIVE_STOCKS], tail=False))
+    health = [decode(BY_TOPIC[HEALTH], m.value()) for m in read_all(settings.kafka_config(),
+                                                                    HEALTH)]
+    gaps = {(h["symbol"], h["reason_code"], h["window_start_ns"], h["window_end_ns"])
+            for h in health if h["to_state"] == "GAP_DETECTED"}
+    assert gaps == {(sym, "LOSS_WINDOW", body["start_ns"], body["end_ns"])
+                    for sym in ("SPY", "AAPL")}
+
+
+def test_auth_failure_is_clear_retried_and_never_shows_the_key(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    s = sim()
+    bad = WsConfig(f"127.0.0.1:{s.port}", "stocks", ["Q.SPY"], api_key="wrong-key-123",
+                   secure=False, backoff_min_s=0.2)
+    try:
+        with caplog.at_level("DEBUG"):
+            stats = asyncio.run(run_ws(bad, settings.kafka_config(), duration_s=1.5))
+    finally:
+        s.stop_thread()
+    assert stats.auth_failures >= 2 and stats.connects == 0
+    assert "refused the API key" in caplog.text and "authentication failed" in caplog.text
+    assert "wrong-key-123" not in caplog.text
+
+
+def test_live_subscription_changes_without_reconnecting(settings: Settings) -> None:
+    s = sim()
+    holder: list[MassiveWsConnector] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(run_ws(cfg(s, ["Q.SPY"]), settings.kafka_config(),
+                                          duration_s=2.5, connector_hook=holder.append))
+        await asyncio.sleep(1.0)
+        await holder[0].subscribe("Q.MSFT")
+        await holder[0].unsubscribe("Q.SPY")
+        await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        s.stop_thread()
+    assert holder[0].stats.connects == 1
+    syms = []
+    for m in raw_records(settings):
+        for ev in json.loads(m.value()):
+            if ev["ev"] == "Q":
+                syms.append(ev["sym"])
+    assert syms[0] == "SPY" and syms[-1] == "MSFT" and set(syms) == {"SPY", "MSFT"}
+    first_msft = syms.index("MSFT")
+    assert "SPY" in syms[:first_msft]
+
+
+def test_queue_overflow_is_counted_and_reported(settings: Settings, tmp_path: Path) -> None:
+    w = RawWriter(settings.kafka_config(), RAW_MASSIVE_STOCKS, "k", RawSource.MASSIVE_WS,
+                  "stocks", queue_size=5)
+    # Offer far faster than the writer thread drains a 5-slot queue.
+    accepted = sum(w.offer(b"[]", 1_000 + i) for i in range(2000))
+    w.close()
+    assert w.dropped == 2000 - accepted > 0
+    assert w.loss_windows >= 1
+    recs = raw_records(settings)
+    loss = [json.loads(m.value()) for m in recs if dict(m.headers())["kind"] == b"loss_window"]
+    assert loss and loss[0]["reason"] == "queue overflow" and loss[0]["frames_lost"] > 0
+    assert sum(x["frames_lost"] for x in loss) <= w.dropped
