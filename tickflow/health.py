@@ -63,8 +63,9 @@ class HealthTracker:
         self.corrupt_total = 0
         self.since_corrupt = 0
         self.transitions = 0
-        # Open gap windows (start_ns, end_ns) not yet covered by backfilled data.
-        self.gaps: list[tuple[int, int]] = []
+        # Open gap windows (start_ns, end_ns) -> the backfilled kinds (quotes, trades, ...)
+        # that already cover them.
+        self.gaps: dict[tuple[int, int], set[str]] = {}
 
     def _move(self, to: Health, code: str, reason: str, source: str, ts_event_ns: int,
               ts_recv_ns: int, window: tuple[int, int] | None) -> Event | None:
@@ -96,7 +97,7 @@ class HealthTracker:
             ts_event_ns: int, ts_recv_ns: int) -> Event | None:
         """Data for this symbol may be missing in [start_ns, end_ns]."""
         self.gaps_total += 1
-        self.gaps.append((start_ns, end_ns))
+        self.gaps.setdefault((start_ns, end_ns), set())
         if self.state == Health.HEALTHY:
             return self._move(Health.GAP_DETECTED, code, reason, source, ts_event_ns,
                               ts_recv_ns, (start_ns, end_ns))
@@ -129,9 +130,15 @@ class HealthTracker:
         return None
 
     def backfilled(self, start_ns: int, end_ns: int, source: str, ts_event_ns: int,
-                   ts_recv_ns: int) -> Event | None:
-        """Real data covering [start_ns, end_ns] arrived; close the gaps it covers."""
-        self.gaps = [g for g in self.gaps if not (start_ns <= g[0] and g[1] <= end_ns)]
+                   ts_recv_ns: int, kind: str = "all",
+                   needed: frozenset[str] = frozenset({"all"})) -> Event | None:
+        """A complete backfill of ``kind`` covering [start_ns, end_ns] arrived. A gap closes
+        once every kind in ``needed`` covers it (a stock feed lost quotes and trades)."""
+        for (g0, g1), kinds in list(self.gaps.items()):
+            if start_ns <= g0 and g1 <= end_ns:
+                kinds.add(kind)
+                if needed <= kinds:
+                    del self.gaps[(g0, g1)]
         if self.state == Health.GAP_DETECTED and not self.gaps:
             return self._move(Health.HEALTHY, "BACKFILLED",
                               "every open gap was filled by backfilled data", source,

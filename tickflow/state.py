@@ -12,7 +12,18 @@ from dataclasses import dataclass, field
 from schemas.model import DATA_HEALTH, OPTION_QUOTE, OPTION_TRADE, Event
 from tickflow.dedup import DEFAULT_WINDOW_NS, SequenceWindow
 from tickflow.health import HealthTracker
-from tickflow.normalize.base import BAD_VALUE, CORRUPT_CHUNK, SCHEMA, UNDECODABLE, Loss, Reject
+from tickflow.normalize.base import (
+    BAD_VALUE,
+    CORRUPT_CHUNK,
+    SCHEMA,
+    UNDECODABLE,
+    Fill,
+    Loss,
+    Reject,
+)
+
+# A gap on a Massive feed lost quotes and trades: both must be backfilled to close it.
+BACKFILL_KINDS = frozenset({"quotes", "trades"})
 
 # Rejects that mean this symbol's data is impossible or unreadable.
 CORRUPTING = frozenset({BAD_VALUE, SCHEMA, UNDECODABLE})
@@ -36,6 +47,7 @@ class SymbolBatch:
     events: list[tuple[str, Event, int]] = field(default_factory=list)  # (type, event, key)
     rejects: list[Reject] = field(default_factory=list)
     losses: list[Loss] = field(default_factory=list)
+    fills: list[Fill] = field(default_factory=list)
 
 
 class SymbolState:
@@ -115,6 +127,12 @@ class SymbolState:
             if t:
                 out.append((DATA_HEALTH.name, t))
             out.append((type_name, ev))
+
+        for fill in b.fills:
+            t = h.backfilled(fill.start_ns, fill.end_ns, b.source, fill.end_ns, b.ts_recv_ns,
+                             fill.kind, BACKFILL_KINDS)
+            if t:
+                out.append((DATA_HEALTH.name, t))
         return out
 
     def _enrich_option_trade(self, ev: Event) -> None:

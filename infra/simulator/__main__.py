@@ -20,12 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api-key", action="append", default=[],
                     help="accepted key (repeatable); default: any non-empty key")
     for name in ("malformed-every", "unknown-event-every", "duplicate-every", "drop-every",
-                 "disorder-every", "disconnect-after-frames", "slow-send-ms"):
+                 "disorder-every", "disconnect-after-frames", "slow-send-ms", "http-429-every"):
         ap.add_argument(f"--{name}", type=int, default=0)
     ap.add_argument("--auth-fail", action="store_true", help="refuse every key")
     a = ap.parse_args(argv)
     faults = Faults(a.malformed_every, a.unknown_event_every, a.duplicate_every, a.drop_every,
-                    a.disorder_every, a.disconnect_after_frames, a.auth_fail, a.slow_send_ms)
+                    a.disorder_every, a.disconnect_after_frames, a.auth_fail, a.slow_send_ms,
+                    a.http_429_every)
     cfg = SimulatorConfig(a.host, a.port, a.seed, a.rate, tuple(a.api_key), faults=faults)
 
     async def run() -> None:

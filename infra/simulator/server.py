@@ -20,11 +20,15 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from infra.simulator.market import MarketConfig, SyntheticMarket
+from infra.simulator.rest import handle_rest
 
 log = logging.getLogger("tickflow.simulator")
 # websockets logs frames at DEBUG, client auth frames (API keys) included: never for us.
@@ -46,6 +50,7 @@ class Faults:
     disconnect_after_frames: int = 0  # once per server, then the client may reconnect
     auth_fail: bool = False
     slow_send_ms: int = 0  # pause before each frame (a slow server / slow consumer)
+    http_429_every: int = 0  # every N-th REST request is refused with 429 (rate limit)
 
 
 @dataclass
@@ -82,6 +87,12 @@ class SimulatorServer:
         self._thread: threading.Thread | None = None
         self.connections = 0
         self.frames_sent = 0
+        self.rest_requests = 0
+        # One timeline for the server's life: WebSocket streams and REST history both draw
+        # from a market anchored here, so REST returns exactly what the socket sent.
+        self.anchor_ms = (time.time_ns() // 1_000_000 if cfg.anchor_to_wall_clock
+                          else cfg.market.start_ms)
+        self._t0 = time.monotonic()
 
     @property
     def port(self) -> int:
@@ -91,7 +102,8 @@ class SimulatorServer:
 
     async def start(self) -> None:
         self._server = await serve(self._handle, self.cfg.host, self.cfg.port,
-                                   max_size=None, compression=None, logger=_ws_log)
+                                   max_size=None, compression=None, logger=_ws_log,
+                                   process_request=self._http)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -119,6 +131,35 @@ class SimulatorServer:
             self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(10)
+
+    def market_config(self) -> MarketConfig:
+        return replace(self.cfg.market, seed=self.cfg.seed, rate=self.cfg.rate,
+                       start_ms=self.anchor_ms)
+
+    def now_ms(self) -> int:
+        """Event time the timeline has reached (the simulator's clock)."""
+        return self.anchor_ms + int((time.monotonic() - self._t0) * 1000)
+
+    # -- REST ----------------------------------------------------------------------------
+    def _http(self, conn: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None  # a WebSocket handshake: not ours
+        self.rest_requests += 1
+        auth = request.headers.get("Authorization", "")
+        key = auth[7:] if auth.startswith("Bearer ") else parse_qs(
+            urlsplit(request.path).query).get("apiKey", [""])[-1]
+        if not key or self.cfg.faults.auth_fail or (self.cfg.api_keys
+                                                    and key not in self.cfg.api_keys):
+            return _json_response(401, {"status": "NOT_AUTHORIZED",
+                                        "message": "Unknown API Key"})
+        every = self.cfg.faults.http_429_every
+        if every and self.rest_requests % every == 0:
+            return _json_response(429, {"status": "ERROR", "error": "You've exceeded the "
+                                        "maximum requests per minute"})
+        host = request.headers.get("Host", f"{self.cfg.host}:{self.port}")
+        status, body = handle_rest(request.path, self.market_config(), self.now_ms(),
+                                   f"http://{host}")
+        return _json_response(status, body)
 
     # -- protocol ------------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -181,16 +222,14 @@ class SimulatorServer:
                 await ws.send(json.dumps(reply))
 
     async def _stream(self, ws: ServerConnection, market: str, subs: set[str]) -> None:
-        mcfg = self.cfg.market
-        if self.cfg.anchor_to_wall_clock:
-            mcfg = replace(mcfg, start_ms=time.time_ns() // 1_000_000)
-        mkt = SyntheticMarket(replace(mcfg, seed=self.cfg.seed, rate=self.cfg.rate))
+        mkt = SyntheticMarket(self.market_config())
+        # Skip the history before this connection: it was "sent" to nobody (REST has it).
+        mkt.events(int((time.monotonic() - self._t0) * self.cfg.rate), market)
         f = self.cfg.faults
         frame_no = 0
-        t0 = time.monotonic()
         while True:
             # Generate what the market produced up to now; send it in frames.
-            due = int((time.monotonic() - t0) * self.cfg.rate) - mkt.drawn
+            due = int((time.monotonic() - self._t0) * self.cfg.rate) - mkt.drawn
             events = [e for e in mkt.events(max(0, due), market) if _matches(subs, e)]
             while events:
                 n = mkt.rng.randint(1, self.cfg.max_events_per_frame)
@@ -219,3 +258,11 @@ class SimulatorServer:
                     ws.transport.abort()  # abrupt: no close frame, like a network drop
                     return
             await asyncio.sleep(TICK_S)
+
+
+def _json_response(status: int, body: dict[str, Any]) -> Response:
+    data = json.dumps(body).encode()
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+              429: "Too Many Requests"}.get(status, "Error")
+    return Response(status, reason, Headers({"Content-Type": "application/json",
+                                             "Content-Length": str(len(data))}), data)

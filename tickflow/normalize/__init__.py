@@ -20,7 +20,8 @@ from tickflow.normalize.base import (
 )
 from tickflow.normalize.databento import META_DECODER, normalize_dbn_chunk
 from tickflow.normalize.massive import normalize_ws_frame
-from tickflow.raw import H_DBN, LossWindow, RawRecord, RawSource, RecordKind
+from tickflow.normalize.massive_rest import PROVENANCE_DECODER, normalize_rest_page
+from tickflow.raw import H_DBN, H_PROVENANCE, LossWindow, RawRecord, RawSource, RecordKind
 from tickflow.state import SymbolBatch
 
 # Raw ``source`` header -> Avro Source symbol.
@@ -61,6 +62,16 @@ def normalize_record(rec: RawRecord) -> Normalized:
         except msgspec.DecodeError as exc:
             return Normalized(rejects=[Reject(SCHEMA, f"bad 'dbn' header: {exc}")])
         return normalize_dbn_chunk(rec.value, meta, source)
+    if rec.source == RawSource.MASSIVE_REST.value:
+        prov_raw = rec.header(H_PROVENANCE)
+        if prov_raw is None:
+            return Normalized(rejects=[Reject(MISSING_HEADER,
+                                              "REST page has no 'provenance' header")])
+        try:
+            prov = PROVENANCE_DECODER.decode(prov_raw)
+        except msgspec.DecodeError as exc:
+            return Normalized(rejects=[Reject(SCHEMA, f"bad 'provenance' header: {exc}")])
+        return normalize_rest_page(rec.value, prov, rec.received_ns, source)
     if rec.source in (RawSource.MASSIVE_WS.value, RawSource.REPLAY.value):
         return normalize_ws_frame(rec.value, rec.received_ns, source, options=_is_options(rec))
     return Normalized(rejects=[Reject(UNKNOWN_SOURCE,
@@ -114,4 +125,6 @@ def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBat
             batch(r.symbol).rejects.append(r)
     for loss in norm.losses:
         batch(loss.symbol).losses.append(loss)
+    for fill in norm.fills:
+        batch(fill.symbol).fills.append(fill)
     return dlq, list(batches.values())

@@ -40,6 +40,15 @@ class Loss(NamedTuple):
     code: str = "LOSS_WINDOW"
 
 
+class Fill(NamedTuple):
+    """A complete backfill of ``kind`` ("quotes", "trades") for ``symbol`` over a window."""
+
+    symbol: str
+    start_ns: int
+    end_ns: int
+    kind: str
+
+
 @dataclass(slots=True)
 class Normalized:
     """Canonical events, rejects and loss windows.
@@ -53,3 +62,4 @@ class Normalized:
     events: list[tuple[str, str, Event, int]] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     losses: list[Loss] = field(default_factory=list)
+    fills: list[Fill] = field(default_factory=list)
