@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,11 +30,13 @@ connect_app = typer.Typer(help="Source connectors: vendor feeds -> raw topics.",
 flow_app = typer.Typer(help="The normalization dataflow.", no_args_is_help=True)
 dbn_app = typer.Typer(help="Databento DBN files: generate, publish, replay.",
                       no_args_is_help=True)
+backfill_app = typer.Typer(help="Massive REST backfill into the raw log.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(connect_app, name="connect")
 app.add_typer(flow_app, name="flow")
 app.add_typer(dbn_app, name="dbn")
+app.add_typer(backfill_app, name="backfill")
 
 console = Console()
 err = Console(stderr=True)
@@ -267,6 +270,63 @@ def dbn_replay(
                   f"{stats.wall_s:.1f}s, {stats.events_per_s:,.0f} events/s, achieved speed "
                   f"{stats.achieved_speed:.2f}x (requested {speed or 'max'}), "
                   f"{stats.capped_waits} long waits capped")
+
+
+def _run_backfill(requests: list[Any]) -> None:
+    from rich.progress import Progress
+
+    from connectors.massive_rest import BackfillError, BackfillStats, backfill
+
+    s = get_settings()
+    if s.massive_api_key is None:
+        err.print("MASSIVE_API_KEY is not set")
+        raise typer.Exit(2)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("backfill", total=None)
+        t0 = time.monotonic()
+
+        def show(st: BackfillStats) -> None:
+            rate = st.events / max(1e-9, time.monotonic() - t0)
+            progress.update(task, description=f"backfill: {st.pages} pages, {st.events:,} "
+                            f"events, {rate:,.0f} events/s")
+
+        try:
+            stats = backfill(requests, s.massive_api_key.get_secret_value(),
+                             s.massive_rest_url, s.kafka_config(),
+                             s.state_dir / "backfill-checkpoints.json", progress=show)
+        except BackfillError as exc:
+            err.print(f"[red]{exc}[/]")
+            raise typer.Exit(1) from None
+    console.print(f"backfill: {stats.pages} pages, {stats.events:,} events; "
+                  f"{stats.skipped_done} request(s) already done")
+
+
+@backfill_app.command("run")
+def backfill_run(
+    ticker: Annotated[list[str], typer.Option(help="Ticker (repeatable), e.g. SPY")],
+    start_ns: Annotated[int, typer.Option(help="Window start, UTC ns (inclusive)")],
+    end_ns: Annotated[int, typer.Option(help="Window end, UTC ns (inclusive)")],
+    quotes: Annotated[bool, typer.Option(help="Backfill quotes")] = True,
+    trades: Annotated[bool, typer.Option(help="Backfill trades")] = True,
+) -> None:
+    """Backfill quotes and trades for tickers and a time range (resumable, idempotent)."""
+    from connectors.massive_rest import BackfillRequest
+
+    kinds = [k for k, on in (("quotes", quotes), ("trades", trades)) if on]
+    _run_backfill([BackfillRequest(t, k, start_ns, end_ns) for t in ticker for k in kinds])
+
+
+@backfill_app.command("gaps")
+def backfill_gaps() -> None:
+    """Backfill every open gap reported on market.health (from its start until now)."""
+    from connectors.massive_rest import gap_fill_requests, open_gaps
+
+    gaps = open_gaps(get_settings().kafka_config())
+    if not gaps:
+        console.print("no open gaps on market.health")
+        return
+    console.print(f"open gaps: {', '.join(sorted(gaps))}")
+    _run_backfill(gap_fill_requests(gaps, until_ns=time.time_ns()))
 
 
 @app.command()
