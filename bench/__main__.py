@@ -1,0 +1,108 @@
+"""``python -m bench``: our core path against Baseline N on the same frames, in one run.
+
+Prints a table of events/s and ratios, and writes ``bench/results.json`` with the raw
+figures, machine facts and versions. Speed targets live here, not in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import baseline_n
+from infra.simulator.market import MarketConfig, SyntheticMarket
+from schemas.model import ALL_EVENTS
+from schemas.serde import AvroEncoder
+from tickflow.feed import FeedState
+from tickflow.normalize import route
+from tickflow.raw import RawRecord
+from tickflow.state import SymbolState
+
+RECV0 = 1_763_049_600_000_000_000
+
+
+def busy_open_frames(n_frames: int, per_frame: int = 20, seed: int = 1) -> list[bytes]:
+    """Stock frames of a busy open (about 78 % quotes), ``per_frame`` events each."""
+    m = SyntheticMarket(MarketConfig(seed=seed, symbols=("SPY", "QQQ", "AAPL", "MSFT")))
+    return [json.dumps(m.events(per_frame, "stocks"), separators=(",", ":")).encode()
+            for _ in range(n_frames)]
+
+
+def core_path(frames: list[bytes]) -> int:
+    """Raw frames -> normalized, deduplicated, health-tracked, latency-annotated events ->
+    Confluent-framed Avro bytes: the dataflow's steps without the engine and the broker."""
+    encoders = {et.name: AvroEncoder(et, 1) for et in ALL_EVENTS}
+    feed = FeedState()
+    states: dict[str, SymbolState] = {}
+    n = 0
+    for i, value in enumerate(frames):
+        rec = RawRecord("raw", 0, i, None, value, (), source="massive_ws",
+                        received_ns=RECV0 + i * 1000, session_id="s", frame_seq=i + 1,
+                        feed="stocks")
+        _, batches = route(rec, feed.process(rec))
+        for b in batches:
+            st = states.get(b.symbol)
+            if st is None:
+                st = states[b.symbol] = SymbolState(b.symbol)
+            for type_name, ev in st.process(b):
+                encoders[type_name].encode(ev)
+                n += 1
+    return n
+
+
+def timed(fn: Any, *args: Any, repeat: int = 3) -> tuple[int, float]:
+    """(events, best seconds of ``repeat`` runs)."""
+    best = float("inf")
+    n = 0
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        n = fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return n, best
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--frames", type=int, default=10_000, help="frames of 20 events")
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
+    args = ap.parse_args()
+    frames = busy_open_frames(args.frames)
+    n_base, t_base = timed(baseline_n.run, frames, RECV0)
+    n_core, t_core = timed(core_path, frames)
+    rows = [("Baseline N (json -> dataclass -> asdict -> json)", n_base, t_base),
+            ("core path (normalize, dedup, health, latency, Avro)", n_core, t_core)]
+    base_rate = n_base / t_base
+    table = Table(title=f"tickflow bench: {len(frames):,} frames, one process, one core")
+    for col in ("path", "events", "seconds", "events/s", "x Baseline N"):
+        table.add_column(col, justify="right" if col != "path" else "left")
+    for name, n, t in rows:
+        table.add_row(name, f"{n:,}", f"{t:.2f}", f"{n / t:,.0f}", f"{n / t / base_rate:.2f}")
+    Console().print(table)
+    result = {
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
+                    "cpus": os.cpu_count()},
+        "versions": {p: version(p) for p in ("msgspec", "cavro", "bytewax", "confluent-kafka")},
+        "frames": len(frames),
+        "results": [{"path": name, "events": n, "seconds": t, "events_per_s": n / t,
+                     "ratio_vs_baseline_n": n / t / base_rate} for name, n, t in rows],
+        "targets": {"core path vs Baseline N": ">= 10x"},
+    }
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"raw figures: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
