@@ -106,3 +106,16 @@ def test_state_survives_deepcopy_like_a_snapshot() -> None:
     st.process(batch(quote(1, S), quote(2, 2 * S)))
     snap = copy.deepcopy(st)
     assert [e["sequence"] for _, e in snap.process(batch(quote(2, 2 * S), quote(3, 3 * S)))] == [3]
+
+
+def test_crossed_beyond_tolerance_is_corruption_but_a_small_cross_is_only_flagged() -> None:
+    def q(seq: int, bid: int, ask: int) -> tuple[str, dict, int]:
+        t, ev, k = quote(seq, seq * S)
+        ev.update(bid_px_e9=bid, ask_px_e9=ask, spread_state="CROSSED")
+        return t, ev, k
+
+    st = SymbolState("SPY")
+    out = st.process(batch(q(1, 100_010_000_000, 100_000_000_000)))  # 0.01 %: flagged only
+    assert [t for t, _ in out] == ["stock_quote"]
+    out = st.process(batch(q(2, 103_000_000_000, 100_000_000_000)))  # 3 %: impossible
+    assert [e["reason_code"] for t, e in out if t == "data_health"] == ["CROSSED_MARKET"]

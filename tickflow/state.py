@@ -31,6 +31,9 @@ CORRUPTING = frozenset({BAD_VALUE, SCHEMA, UNDECODABLE})
 # Event time running backwards by more than this within one symbol and type is corruption;
 # smaller disorder is normal across exchanges and only counted.
 DEFAULT_TIME_TOLERANCE_NS = 5 * 1_000_000_000
+# A crossed quote (bid > ask) happens for an instant between venues and is only flagged on
+# the event; crossed by more than this fraction of the ask, it is impossible data.
+CROSSED_TOLERANCE = 0.01
 
 
 @dataclass(slots=True)
@@ -108,24 +111,18 @@ class SymbolState:
                 h.duplicates_total += 1
                 self.dup_by_source[b.source] = self.dup_by_source.get(b.source, 0) + 1
                 continue
-            last = self.last_ts.get(type_name)
-            if last is not None and ts < last:
-                self.disorder += 1
-                if ts < last - self.tolerance_ns:
-                    t = h.corrupt("TIME_REGRESSION",
-                                  f"event time ran back {(last - ts) / 1e9:.3f}s",
-                                  b.source, ts, b.ts_recv_ns)
-                    if t:
-                        out.append((DATA_HEALTH.name, t))
+            problem = self._impossible(type_name, ev, ts)
+            if problem is not None:
+                h.events_total += 1
+                t = h.corrupt(*problem, b.source, ts, b.ts_recv_ns)
             else:
-                self.last_ts[type_name] = ts
+                t = h.valid(b.source, ts, b.ts_recv_ns)
+            if t:
+                out.append((DATA_HEALTH.name, t))
             if type_name == OPTION_QUOTE.name:
                 self.quote = (ev["bid_px_e9"], ev["ask_px_e9"])
             elif type_name == OPTION_TRADE.name:
                 self._enrich_option_trade(ev)
-            t = h.valid(b.source, ts, b.ts_recv_ns)
-            if t:
-                out.append((DATA_HEALTH.name, t))
             out.append((type_name, ev))
 
         for fill in b.fills:
@@ -134,6 +131,24 @@ class SymbolState:
             if t:
                 out.append((DATA_HEALTH.name, t))
         return out
+
+    def _impossible(self, type_name: str, ev: Event, ts: int) -> tuple[str, str] | None:
+        """(reason code, reason) when a decodable event is still impossible data. Such an
+        event is kept and published (it is what the vendor sent) but counts as corruption,
+        not as valid data on the way back to HEALTHY."""
+        last = self.last_ts.get(type_name)
+        if last is not None and ts < last:
+            self.disorder += 1
+            if ts < last - self.tolerance_ns:
+                return "TIME_REGRESSION", f"event time ran back {(last - ts) / 1e9:.3f}s"
+        else:
+            self.last_ts[type_name] = ts
+        if ev.get("spread_state") == "CROSSED" and (
+                ev["bid_px_e9"] - ev["ask_px_e9"] > CROSSED_TOLERANCE * ev["ask_px_e9"]):
+            return "CROSSED_MARKET", (f"bid {ev['bid_px_e9'] / 1e9} above ask "
+                                      f"{ev['ask_px_e9'] / 1e9} by more than "
+                                      f"{CROSSED_TOLERANCE:.0%}")
+        return None
 
     def _enrich_option_trade(self, ev: Event) -> None:
         """The contract's NBBO at trade time and the aggressor it implies."""
