@@ -8,10 +8,13 @@
   (ts_event_ns, sequence), zstd, with provenance (raw topic, partition, offsets, sources,
   schema) in the file metadata, atomically (temp file + rename).
 * Files are named like the Kafka Connect S3 sink: by raw topic, partition and the raw offset
-  of the first row (``part-<topic>-<partition>-<offset>.parquet``), and a file closes after a
-  number of rows or a span of event time. Within one raw partition the order is fixed, so a
-  replay of the same raw offsets rewrites the same files instead of adding duplicates,
-  however records of different partitions interleave.
+  of the first row (``part-<topic>-<partition>-<offset>.parquet``). File boundaries depend on
+  the raw log only: every file lies inside one bucket of ``bucket_records`` raw offsets
+  (the same grid for all symbols), and inside a bucket a file also closes after a number of
+  rows or a span of event time, counted from the bucket's start. So a replay of the same raw
+  offsets, or of everything from any bucket start (where ``tickflow replay reset`` puts a
+  reset), rewrites the same files instead of adding duplicates, however records of different
+  partitions interleave.
 
 ``LakeBuffer`` is plain Python; ``LakeSink`` adapts it to Bytewax, keeping unwritten rows in its
 recovery snapshot so a restart neither loses nor repeats them.
@@ -37,6 +40,7 @@ from schemas.arrow import arrow_schema
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
 
 DEFAULT_MAX_ROWS = 250_000
+DEFAULT_BUCKET_RECORDS = 1_000_000  # raw records per file-boundary bucket
 DEFAULT_MAX_SPAN_NS = 3600 * 1_000_000_000  # one file per symbol and hour at most
 NS_PER_DAY = 86_400 * 1_000_000_000
 _EPOCH = dt.date(1970, 1, 1)
@@ -49,6 +53,7 @@ class PartitionKey(NamedTuple):
     day: int  # UTC date as days since 1970-01-01
     raw_topic: str
     raw_partition: int
+    bucket: int  # raw_offset // bucket_records
 
 
 @dataclass
@@ -117,21 +122,35 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
 
 
 class LakeBuffer:
-    """Open files per (event type, symbol, date, raw partition)."""
+    """Open files per (event type, symbol, date, raw partition, offset bucket)."""
 
     def __init__(self, root: Path, max_rows: int = DEFAULT_MAX_ROWS,
                  max_span_ns: int = DEFAULT_MAX_SPAN_NS,
-                 pending: dict[PartitionKey, OpenFile] | None = None) -> None:
+                 pending: dict[PartitionKey, OpenFile] | None = None,
+                 bucket_records: int = DEFAULT_BUCKET_RECORDS) -> None:
         self.root = root
         self.max_rows = max_rows
         self.max_span_ns = max_span_ns
+        self.bucket_records = bucket_records
         self.pending: dict[PartitionKey, OpenFile] = pending or {}
         self.files_written: list[Path] = []
+        # Newest bucket seen per raw partition: older buckets' files are complete.
+        self.buckets: dict[tuple[str, int], int] = {}
+        for k in self.pending:
+            self.buckets[(k.raw_topic, k.raw_partition)] = max(
+                k.bucket, self.buckets.get((k.raw_topic, k.raw_partition), k.bucket))
 
     def add(self, type_name: str, ev: Event, raw_topic: str, raw_partition: int,
             raw_offset: int) -> None:
+        bucket = raw_offset // self.bucket_records
+        part = (raw_topic, raw_partition)
+        if self.buckets.get(part, bucket) < bucket:
+            for k in [k for k in self.pending if (k.raw_topic, k.raw_partition) == part
+                      and k.bucket < bucket]:
+                self.flush(k)
+        self.buckets[part] = max(bucket, self.buckets.get(part, bucket))
         key = PartitionKey(type_name, ev["symbol"], ev["ts_event_ns"] // NS_PER_DAY, raw_topic,
-                           raw_partition)
+                           raw_partition, bucket)
         f = self.pending.get(key)
         if f is not None and (len(f.rows) >= self.max_rows
                               or ev["ts_event_ns"] - f.rows[0]["ts_event_ns"] >= self.max_span_ns):
@@ -182,11 +201,13 @@ class LakeSink(FixedPartitionedSink[LakeRows, _Pending]):
     """Bytewax sink for ``LakeRows`` keyed by symbol."""
 
     def __init__(self, root: Path, parts: int = 4, max_rows: int = DEFAULT_MAX_ROWS,
-                 max_span_ns: int = DEFAULT_MAX_SPAN_NS) -> None:
+                 max_span_ns: int = DEFAULT_MAX_SPAN_NS,
+                 bucket_records: int = DEFAULT_BUCKET_RECORDS) -> None:
         self._root = root
         self._parts = parts
         self._max_rows = max_rows
         self._max_span_ns = max_span_ns
+        self._bucket_records = bucket_records
 
     def list_parts(self) -> list[str]:
         return [f"lake-{i}" for i in range(self._parts)]
@@ -197,7 +218,7 @@ class LakeSink(FixedPartitionedSink[LakeRows, _Pending]):
     def build_part(self, step_id: str, for_part: str,
                    resume_state: _Pending | None) -> _LakePartition:
         return _LakePartition(LakeBuffer(self._root, self._max_rows, self._max_span_ns,
-                                         resume_state))
+                                         resume_state, self._bucket_records))
 
 
 def read_partition(root: Path, event_type: str, symbol: str, day: dt.date) -> pa.Table:

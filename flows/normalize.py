@@ -105,7 +105,7 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     out = op.merge("outputs", per_symbol, split.trues)
     encoded = op.map("encode", out, make_encode(s))
     op.output("kafka", encoded, KafkaOutSink(s.kafka_config()))
-    op.output("lake", per_symbol, LakeSink(s.lake_root))
+    op.output("lake", per_symbol, LakeSink(s.lake_root, bucket_records=s.lake_bucket_records))
     return flow
 
 

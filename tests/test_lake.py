@@ -83,3 +83,23 @@ def test_interleaving_of_raw_partitions_does_not_change_files(tmp_path: Path) ->
             (p.name, pq.read_table(p).column("sequence").to_pylist())
             for p in (tmp_path / str(n)).rglob("*.parquet")))
     assert trees[0] == trees[1] and len(trees[0]) == 4
+
+
+def test_replay_from_a_bucket_start_rewrites_the_same_files(tmp_path: Path) -> None:
+    rows = [(off, trade("SPY" if off % 3 else "QQQ", off, T0 + off * S)) for off in range(50)]
+
+    def write(root: Path, start: int) -> dict[str, list[int]]:
+        buf = LakeBuffer(root, max_rows=4, bucket_records=10)
+        for off, row in rows:
+            if off >= start:
+                buf.add("stock_trade", row, RAW, 0, off)
+        buf.flush_all()
+        return {str(p.relative_to(root)): pq.read_table(p).column("sequence").to_pylist()
+                for p in sorted(root.rglob("*.parquet"))}
+
+    full = write(tmp_path / "a", 0)
+    # A replay from offset 20 (a bucket start) over the existing lake: nothing changes.
+    assert write(tmp_path / "a", 20) == full
+    # Every file lies inside one bucket of 10 offsets.
+    for seqs in full.values():
+        assert len({s // 10 for s in seqs}) == 1 and len(seqs) <= 4
