@@ -28,6 +28,7 @@ from bytewax.dataflow import Dataflow
 from connectors.kafka_sink import KafkaOutSink, OutRecord
 from connectors.kafka_source import RawKafkaSource
 from connectors.lake import LakeRows, LakeSink
+from connectors.offsets import read_floor
 from infra.topics import RAW_DATABENTO, RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
 from schemas.model import DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
@@ -68,11 +69,19 @@ def symbol_step(state: SymbolState | None, batch: SymbolBatch) -> tuple[SymbolSt
                            state.process(batch))
 
 
-def make_encode(settings: Settings) -> Any:
+def make_encode(settings: Settings, floor: dict[str, int]) -> Any:
+    """Avro for the Kafka sink. Records below the replay floor (set by ``tickflow replay
+    reset``) were published before: they rebuild state and lake, but publish nothing."""
+
     def encode(key_item: tuple[str, LakeRows | list[tuple[str, Event]]]
                ) -> tuple[str, list[OutRecord]]:
         key, item = key_item
-        events = item.events if isinstance(item, LakeRows) else item
+        if isinstance(item, LakeRows):
+            below = item.raw_offset < floor.get(f"{item.raw_topic}:{item.raw_partition}", -1)
+            events = [] if below else item.events
+        else:
+            events = [(t, d) for t, d in item if d["raw_offset"] >= floor.get(
+                f"{d['raw_topic']}:{d['raw_partition']}", -1)]
         out: list[OutRecord] = []
         for type_name, ev in events:
             enc = _encoder(settings, type_name)
@@ -103,7 +112,7 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
     per_symbol = op.stateful_map("symbol_state", split.falses, symbol_step)
     out = op.merge("outputs", per_symbol, split.trues)
-    encoded = op.map("encode", out, make_encode(s))
+    encoded = op.map("encode", out, make_encode(s, read_floor(s.state_dir, s.consumer_group)))
     op.output("kafka", encoded, KafkaOutSink(s.kafka_config()))
     op.output("lake", per_symbol, LakeSink(s.lake_root, bucket_records=s.lake_bucket_records))
     return flow

@@ -69,7 +69,8 @@ def test_every_command_has_help() -> None:
                  ["schemas", "register", "--help"], ["connect", "massive-ws", "--help"],
                  ["flow", "run", "--help"], ["dbn", "generate", "--help"],
                  ["dbn", "publish", "--help"], ["dbn", "replay", "--help"],
-                 ["backfill", "run", "--help"], ["backfill", "gaps", "--help"]):
+                 ["backfill", "run", "--help"], ["backfill", "gaps", "--help"],
+                 ["replay", "reset", "--help"]):
         res = run(args, {}, timeout=60)
         assert res.returncode == 0 and "Usage" in res.stdout, (args, res.stderr)
 

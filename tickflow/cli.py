@@ -31,12 +31,14 @@ flow_app = typer.Typer(help="The normalization dataflow.", no_args_is_help=True)
 dbn_app = typer.Typer(help="Databento DBN files: generate, publish, replay.",
                       no_args_is_help=True)
 backfill_app = typer.Typer(help="Massive REST backfill into the raw log.", no_args_is_help=True)
+replay_app = typer.Typer(help="Replay the raw log through the dataflow.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(connect_app, name="connect")
 app.add_typer(flow_app, name="flow")
 app.add_typer(dbn_app, name="dbn")
 app.add_typer(backfill_app, name="backfill")
+app.add_typer(replay_app, name="replay")
 
 console = Console()
 err = Console(stderr=True)
@@ -327,6 +329,62 @@ def backfill_gaps() -> None:
         return
     console.print(f"open gaps: {', '.join(sorted(gaps))}")
     _run_backfill(gap_fill_requests(gaps, until_ns=time.time_ns()))
+
+
+@replay_app.command("reset")
+def replay_reset(
+    topic: Annotated[list[str] | None, typer.Option(help="Raw topic (repeatable); default all")
+                     ] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group; default the dataflow's")
+                     ] = None,
+    to_earliest: Annotated[bool, typer.Option("--to-earliest")] = False,
+    to_latest: Annotated[bool, typer.Option("--to-latest")] = False,
+    to_datetime: Annotated[str | None, typer.Option(
+        "--to-datetime", help="ISO 8601, e.g. 2025-11-13T15:00:00Z")] = None,
+    to_offset: Annotated[int | None, typer.Option("--to-offset")] = None,
+    shift_by: Annotated[int | None, typer.Option("--shift-by")] = None,
+    execute: Annotated[bool, typer.Option("--execute", help="Apply (default: dry run)")
+                       ] = False,
+    recovery_dir: Annotated[Path | None, typer.Option(
+        help="The dataflow's recovery store, discarded on --execute")] = None,
+) -> None:
+    """Reset the dataflow's consumer group, like kafka-consumer-groups --reset-offsets.
+
+    Prints the plan (dry run) unless --execute. The start is aligned down to the lake's
+    file grid; records between it and the requested point rebuild state and lake without
+    publishing again. Stop the dataflow first.
+    """
+    import datetime as dt
+
+    from connectors.offsets import ResetError, execute_reset, plan_reset
+    from infra.topics import RAW_TOPICS
+
+    s = get_settings()
+    ts_ms = None
+    if to_datetime is not None:
+        ts_ms = int(dt.datetime.fromisoformat(to_datetime.replace("Z", "+00:00"))
+                    .timestamp() * 1000)
+    g = group or s.consumer_group
+    try:
+        rows = plan_reset(s.kafka_config(), g, list(topic or RAW_TOPICS),
+                          to_earliest=to_earliest, to_latest=to_latest, to_datetime_ms=ts_ms,
+                          to_offset=to_offset, shift_by=shift_by,
+                          bucket_records=s.lake_bucket_records)
+        t = Table("topic", "partition", "current", "requested", "start (aligned)", "log end",
+                  "to reprocess", title=f"reset plan for group {g}")
+        for r in rows:
+            t.add_row(r.topic, str(r.partition), "-" if r.current is None else str(r.current),
+                      str(r.requested), str(r.start), str(r.end), str(r.end - r.start))
+        console.print(t)
+        if execute:
+            execute_reset(s.kafka_config(), g, rows, s.state_dir, recovery_dir)
+            console.print("[green]executed[/]: offsets committed, replay floor recorded"
+                          + (", recovery store discarded" if recovery_dir else ""))
+        else:
+            console.print("dry run: nothing changed (add --execute to apply)")
+    except ResetError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
 
 
 @app.command()
