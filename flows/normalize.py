@@ -29,6 +29,7 @@ from connectors.kafka_sink import KafkaOutSink, OutRecord
 from connectors.kafka_source import RawKafkaSource
 from connectors.lake import LakeRows, LakeSink
 from connectors.offsets import read_floor
+from flows import metrics
 from infra.topics import RAW_DATABENTO, RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
 from schemas.model import DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
@@ -55,6 +56,7 @@ def feed_step(state: FeedState | None, rec: RawRecord
     """Normalize one raw record: ``(symbol, SymbolBatch)`` items plus one dead-letter item."""
     if state is None:
         state = FeedState()
+    metrics.RAW_IN.labels(rec.topic).inc()
     dlq, batches = route(rec, state.process(rec))
     items: list[tuple[str, Any]] = [(b.symbol, b) for b in batches]
     if dlq:
@@ -65,8 +67,11 @@ def feed_step(state: FeedState | None, rec: RawRecord
 def symbol_step(state: SymbolState | None, batch: SymbolBatch) -> tuple[SymbolState, LakeRows]:
     if state is None:
         state = SymbolState(batch.symbol)
-    return state, LakeRows(batch.raw_topic, batch.raw_partition, batch.raw_offset,
-                           state.process(batch))
+    dups = state.health.duplicates_total
+    out = state.process(batch)
+    if state.health.duplicates_total != dups:
+        metrics.DUPLICATES.labels(batch.source).inc(state.health.duplicates_total - dups)
+    return state, LakeRows(batch.raw_topic, batch.raw_partition, batch.raw_offset, out)
 
 
 def make_encode(settings: Settings, floor: dict[str, int]) -> Any:
@@ -82,6 +87,7 @@ def make_encode(settings: Settings, floor: dict[str, int]) -> Any:
         else:
             events = [(t, d) for t, d in item if d["raw_offset"] >= floor.get(
                 f"{d['raw_topic']}:{d['raw_partition']}", -1)]
+        metrics.observe(events)
         out: list[OutRecord] = []
         for type_name, ev in events:
             enc = _encoder(settings, type_name)
@@ -103,6 +109,9 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     if tail is None:
         tail = os.environ.get("TICKFLOW_TAIL", "1") not in ("0", "false", "no")
 
+    port = int(os.environ.get("TICKFLOW_METRICS_PORT", "0"))
+    if port:  # one endpoint per process: give each process of a cluster its own port
+        metrics.serve(port, os.environ.get("TICKFLOW_METRICS_ADDR", "127.0.0.1"))
     flow = Dataflow("tickflow_normalize")
     raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
                                                s.consumer_group, tail=tail))

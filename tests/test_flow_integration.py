@@ -136,3 +136,43 @@ def test_separate_consumer_decodes_with_only_broker_and_registry(settings: Setti
     assert len(records) == 5
     assert all(r["price_e9"] == 100_020_000_000 and r["symbol"] in ("SPY", "AAPL")
                for r in records)
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}}") or (not labels and line.startswith(name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_endpoint_and_health_command(settings: Settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import httpx
+
+    from infra.procs import free_port
+
+    port = free_port()
+    monkeypatch.setenv("TICKFLOW_METRICS_PORT", str(port))
+    produce_frames(settings.kafka_config(), standard_frames())
+    url = f"http://127.0.0.1:{port}/metrics"
+    flow = build_flow(settings, [RAW_MASSIVE_STOCKS], tail=False)
+    before = httpx.get(url).text
+    run_main(flow)
+    after = httpx.get(url).text
+
+    def delta(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    assert delta("tickflow_events_out_total", type="stock_quote") == 36
+    assert delta("tickflow_dead_letters_total", reason="UNDECODABLE") == 1
+    assert delta("tickflow_duplicates_total", source="MASSIVE_WS") == 4
+    assert delta("tickflow_health_transitions_total", to_state="GAP_DETECTED") == 2
+    assert delta("tickflow_latency_seconds_count", type="stock_trade") == 36
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "COLUMNS": "200"}
+    res = subprocess.run([sys.executable, "-m", "tickflow.cli", "health"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "SPY" in res.stdout and "AAPL" in res.stdout and "GAP_DETECTED" in res.stdout
+    assert "last 2 transitions" in res.stdout

@@ -331,6 +331,50 @@ def backfill_gaps() -> None:
     _run_backfill(gap_fill_requests(gaps, until_ns=time.time_ns()))
 
 
+@app.command()
+def health(
+    symbol: Annotated[list[str] | None, typer.Option(help="Only these symbols")] = None,
+    recent: Annotated[int, typer.Option(help="Recent transitions to list")] = 10,
+) -> None:
+    """Per-symbol DataHealth now, and the most recent transitions (from market.health)."""
+    import datetime as dt
+
+    from infra.topics import HEALTH
+    from schemas.model import DATA_HEALTH
+    from schemas.serde import decode
+    from tickflow.topicstats import read_all
+
+    wanted = set(symbol or [])
+    events = [decode(DATA_HEALTH, m.value() or b"")
+              for m in read_all(get_settings().kafka_config(), HEALTH)]
+    events = [e for e in events if not wanted or e["symbol"] in wanted]
+    events.sort(key=lambda e: (e["ts_event_ns"], e["event_id"]))
+    latest: dict[str, dict[str, Any]] = {}
+    for e in events:
+        latest[e["symbol"]] = e
+
+    def when(ns: int) -> str:
+        return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+    colors = {"HEALTHY": "green", "GAP_DETECTED": "yellow", "CORRUPTED": "red",
+              "RECOVERING": "cyan"}
+    t = Table("symbol", "state", "since (event time, UTC)", "reason", "gaps", "corrupt",
+              "duplicates", title="DataHealth")
+    for sym, e in sorted(latest.items()):
+        st = e["to_state"]
+        t.add_row(sym, f"[{colors.get(st, 'white')}]{st}[/]", when(e["ts_event_ns"]),
+                  e["reason_code"], str(e["gaps_total"]), str(e["corrupt_total"]),
+                  str(e["duplicates_total"]))
+    console.print(t if latest else "no DataHealth transitions yet: every symbol is HEALTHY")
+    if events:
+        r = Table("event time (UTC)", "symbol", "from", "to", "reason",
+                  title=f"last {min(recent, len(events))} transitions")
+        for e in events[-recent:]:
+            r.add_row(when(e["ts_event_ns"]), e["symbol"], e["from_state"], e["to_state"],
+                      e["reason"][:60])
+        console.print(r)
+
+
 @replay_app.command("reset")
 def replay_reset(
     topic: Annotated[list[str] | None, typer.Option(help="Raw topic (repeatable); default all")
