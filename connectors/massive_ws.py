@@ -24,6 +24,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -58,6 +59,8 @@ class WsConfig:
     backoff_min_s: float = 1.0
     backoff_max_s: float = 60.0
     queue_size: int = DEFAULT_QUEUE_SIZE
+    # Frames the broker cannot take while it is unreachable wait here (bounded, in order).
+    spool_path: Path | None = None
 
     @property
     def topic(self) -> str:
@@ -210,7 +213,8 @@ async def run_ws(cfg: WsConfig, kafka_conf: dict[str, Any], duration_s: float | 
                  connector_hook: Any = None) -> WsStats:
     """Stream one connection to its raw topic for ``duration_s`` seconds (or until cancelled)."""
     writer = RawWriter(kafka_conf, cfg.topic, key=f"massive_ws:{cfg.market}",
-                       source=RawSource.MASSIVE_WS, feed=cfg.market, queue_size=cfg.queue_size)
+                       source=RawSource.MASSIVE_WS, feed=cfg.market, queue_size=cfg.queue_size,
+                       spool_path=cfg.spool_path)
     conn = MassiveWsConnector(cfg, writer)
     writer.overflow_symbols = conn.symbols() or ["*"]
     if connector_hook is not None:

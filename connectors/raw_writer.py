@@ -14,11 +14,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
 from confluent_kafka import KafkaException, Producer
 
+from connectors.spool import Spool, SpoolFull
 from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
 from infra.topics import MAX_MESSAGE_BYTES
 from tickflow.raw import LossWindow, RawSource, RecordKind, make_headers
@@ -39,7 +41,9 @@ class RawWriter:
     """One connector session's raw output: ``offer`` frames, ``close`` to flush and stop."""
 
     def __init__(self, kafka_conf: dict[str, Any], topic: str, key: str, source: RawSource,
-                 feed: str = "", queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+                 feed: str = "", queue_size: int = DEFAULT_QUEUE_SIZE,
+                 spool_path: Path | None = None, spool_max_bytes: int = 1 << 30,
+                 producer_buffer: int = 20_000) -> None:
         self.topic = topic
         self.key = key.encode()
         self.source = source
@@ -54,6 +58,11 @@ class RawWriter:
         self._overflow: tuple[int, int, int] | None = None
         self.overflow_symbols: list[str] = ["*"]
         self._q: queue.Queue[_Pending | None] = queue.Queue(maxsize=queue_size)
+        # When the broker is unreachable the producer's own buffer fills; what does not fit
+        # goes to the spool (if configured) and is drained, in order, when the broker returns.
+        self.spool = Spool(spool_path, spool_max_bytes) if spool_path else None
+        self.spooled = 0
+        self.spool_dropped = 0
         self._producer = Producer({
             **kafka_conf,
             **TANSU_PRODUCER_NO_AUTOCREATE,
@@ -61,6 +70,9 @@ class RawWriter:
             "acks": "all",
             "linger.ms": 2,
             "message.max.bytes": MAX_MESSAGE_BYTES,
+            # Never expire a record while the broker is away: it waits here or in the spool.
+            "message.timeout.ms": 0,
+            "queue.buffering.max.messages": producer_buffer,
         })
         self._thread = threading.Thread(target=self._run, name=f"raw-writer-{topic}",
                                          daemon=True)
@@ -104,22 +116,51 @@ class RawWriter:
             log.error("raw record delivery failed", extra={"topic": self.topic,
                                                            "error": str(err)})
 
+    def _try_produce(self, value: bytes, headers: list[tuple[str, str | bytes | None]]) -> bool:
+        try:
+            self._producer.produce(self.topic, value, self.key, headers=headers,
+                                   on_delivery=self._on_delivery)
+            return True
+        except BufferError:
+            return False
+        except KafkaException as exc:
+            log.error("raw produce failed: %s", exc)
+            return False
+
+    def _drain_spool(self) -> bool:
+        """Move spooled records to the producer, oldest first; True when the spool is empty."""
+        sp = self.spool
+        while sp is not None and len(sp):
+            rec = sp.peek()
+            if rec is None or not self._try_produce(rec[1], rec[0]):  # type: ignore[arg-type]
+                return False
+            sp.pop()
+        return True
+
     def _run(self) -> None:
         p = self._producer
         while True:
-            item = self._q.get()
+            try:
+                item = self._q.get(timeout=0.2)
+            except queue.Empty:
+                self._drain_spool()
+                p.poll(0.05)
+                continue
             if item is None:
                 break
             while True:
-                try:
-                    p.produce(self.topic, item.value, self.key, headers=item.headers,
-                              on_delivery=self._on_delivery)
+                # Keep order: nothing goes to the producer while older records wait in the spool.
+                if self._drain_spool() and self._try_produce(item.value, item.headers):
                     break
-                except BufferError:
-                    p.poll(0.05)
-                except KafkaException as exc:
-                    log.error("raw produce failed: %s", exc)
-                    p.poll(0.5)
+                if self.spool is not None:
+                    try:
+                        self.spool.append(item.headers, item.value)  # type: ignore[arg-type]
+                        self.spooled += 1
+                    except SpoolFull:
+                        self.spool_dropped += 1
+                        log.error("spool full: a raw record was lost", extra={"topic": self.topic})
+                    break
+                p.poll(0.05)  # no spool: wait for the producer to make room
             p.poll(0)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -137,6 +178,9 @@ class RawWriter:
                                                     RecordKind.LOSS_WINDOW)))
         self._q.put(None)
         self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        while not self._drain_spool() and time.monotonic() < deadline:
+            self._producer.poll(0.1)
         remaining = self._producer.flush(timeout)
         if remaining:
             raise RuntimeError(f"{remaining} raw records not acknowledged by the broker")

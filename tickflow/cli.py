@@ -154,7 +154,8 @@ def connect_massive_ws(
         err.print("MASSIVE_API_KEY is not set")
         raise typer.Exit(2)
     cfg = WsConfig(s.massive_ws_host, market, [c for c in subscribe.split(",") if c],
-                   api_key=s.massive_api_key.get_secret_value(), secure=s.massive_ws_secure)
+                   api_key=s.massive_api_key.get_secret_value(), secure=s.massive_ws_secure,
+                   spool_path=s.state_dir / "spool" / f"massive-{market}.spool")
     stats = asyncio.run(run_ws(cfg, s.kafka_config(), seconds))
     console.print(f"frames {stats.frames}, written {stats.written}, dropped {stats.dropped}")
 
