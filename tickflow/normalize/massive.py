@@ -108,7 +108,7 @@ def spread_state(bid: int | None, ask: int | None) -> str:
     return "LOCKED" if bid == ask else "CROSSED"
 
 
-def _side(price: float, size: int, what: str) -> tuple[int | None, int]:
+def _side(price: float, size: float, what: str) -> tuple[int | None, int]:
     """(price_e9 or None for an empty side, size); raises ValueError on impossible values."""
     if price == 0 and size == 0:
         return None, 0
@@ -116,7 +116,18 @@ def _side(price: float, size: int, what: str) -> tuple[int | None, int]:
         raise ValueError(f"{what} price {price} is not positive")
     if size < 0:
         raise ValueError(f"{what} size {size} is negative")
-    return px_e9(price), size
+    return px_e9(price), int(size)
+
+
+def quote_sides(bid: float, bid_size: float, ask: float, ask_size: float
+                ) -> tuple[int | None, int, int | None, int]:
+    """The quote rule for every Massive source: a side with 0 price and 0 size is empty (a
+    one-sided quote is valid), both sides empty or a non-positive price is impossible."""
+    bid_px, bid_sz = _side(bid, bid_size, "bid")
+    ask_px, ask_sz = _side(ask, ask_size, "ask")
+    if bid_px is None and ask_px is None:
+        raise ValueError("quote has no price on either side")
+    return bid_px, bid_sz, ask_px, ask_sz
 
 
 def _envelope(sym: str, t_ms: int, seq: int, recv_ns: int, source: str) -> Event:
@@ -133,11 +144,7 @@ def _envelope(sym: str, t_ms: int, seq: int, recv_ns: int, source: str) -> Event
 
 
 def _sides(m: _StockQuote | _OptionQuote) -> tuple[int | None, int, int | None, int]:
-    bid, bid_sz = _side(m.bp, m.bs, "bid")
-    ask, ask_sz = _side(m.ap, m.as_, "ask")
-    if bid is None and ask is None:
-        raise ValueError("quote has no price on either side")
-    return bid, bid_sz, ask, ask_sz
+    return quote_sides(m.bp, m.bs, m.ap, m.as_)
 
 
 def _stock_quote(m: _StockQuote, recv_ns: int, source: str) -> Event:
@@ -159,7 +166,8 @@ def _stock_quote(m: _StockQuote, recv_ns: int, source: str) -> Event:
     return ev
 
 
-def _trade_px(price: float, size: int) -> int:
+def trade_price(price: float, size: float) -> int:
+    """The trade rule for every Massive source: price_e9 of a positive price, size >= 0."""
     if price <= 0:
         raise ValueError(f"trade price {price} is not positive")
     if size < 0:
@@ -169,7 +177,7 @@ def _trade_px(price: float, size: int) -> int:
 
 def _stock_trade(m: _StockTrade, recv_ns: int, source: str) -> Event:
     ev = _envelope(m.sym, m.t, m.q, recv_ns, source)
-    ev["price_e9"] = _trade_px(m.p, m.s)
+    ev["price_e9"] = trade_price(m.p, m.s)
     ev["size"] = m.s
     ev["exchange"] = m.x
     ev["trade_id"] = m.i
@@ -206,7 +214,7 @@ def _option_quote(m: _OptionQuote, recv_ns: int, source: str) -> Event:
 def _option_trade(m: _OptionTrade, recv_ns: int, source: str) -> Event:
     ev = _envelope(m.sym, m.t, m.q, recv_ns, source)
     _option_fields(ev, m.sym)
-    ev["price_e9"] = _trade_px(m.p, m.s)
+    ev["price_e9"] = trade_price(m.p, m.s)
     ev["size"] = m.s
     ev["exchange"] = m.x
     ev["conditions"] = m.c or []

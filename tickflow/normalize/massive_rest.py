@@ -21,8 +21,13 @@ from tickflow.normalize.base import (
     Normalized,
     Reject,
 )
-from tickflow.normalize.massive import ROUND_LOT, ROUND_LOT_CUTOFF_NS, spread_state
-from tickflow.prices import px_e9
+from tickflow.normalize.massive import (
+    ROUND_LOT,
+    ROUND_LOT_CUTOFF_NS,
+    quote_sides,
+    spread_state,
+    trade_price,
+)
 from tickflow.symbols import BadTicker, parse_option_ticker
 
 
@@ -83,14 +88,6 @@ _QUOTES = msgspec.json.Decoder(_QuotePage)
 _TRADES = msgspec.json.Decoder(_TradePage)
 
 
-def _side(price: float, size: float) -> tuple[int | None, int]:
-    if price == 0 and size == 0:
-        return None, 0
-    if price <= 0 or size < 0:
-        raise ValueError(f"impossible quote side (price {price}, size {size})")
-    return px_e9(price), int(size)
-
-
 def _base(sym: str, ts: int, seq: int, recv: int, source: str) -> Event:
     return {"event_id": f"{sym}|{ts}|{seq}", "symbol": sym, "ts_event_ns": ts,
             "ts_recv_ns": recv, "latency_ns": recv - ts, "source": source, "sequence": seq}
@@ -125,10 +122,8 @@ def normalize_rest_page(value: bytes, prov: RestProvenance, recv: int, source: s
                       right=contract.right, strike_e9=contract.strike_e9)
         try:
             if isinstance(r, _Quote):
-                bid, bs = _side(r.bid_price, r.bid_size)
-                ask, as_ = _side(r.ask_price, r.ask_size)
-                if bid is None and ask is None:
-                    raise ValueError("quote has no price on either side")
+                bid, bs, ask, as_ = quote_sides(r.bid_price, r.bid_size, r.ask_price,
+                                                r.ask_size)
                 if not option and r.sip_timestamp < ROUND_LOT_CUTOFF_NS:
                     bs, as_ = bs * ROUND_LOT, as_ * ROUND_LOT
                 ev.update(bid_px_e9=bid, bid_size=bs, bid_exchange=r.bid_exchange,
@@ -139,9 +134,8 @@ def normalize_rest_page(value: bytes, prov: RestProvenance, recv: int, source: s
                               tape=r.tape)
                 type_name = OPTION_QUOTE.name if option else STOCK_QUOTE.name
             else:
-                if r.price <= 0 or r.size < 0:
-                    raise ValueError(f"impossible trade (price {r.price}, size {r.size})")
-                ev.update(price_e9=px_e9(r.price), size=int(r.size), exchange=r.exchange,
+                ev.update(price_e9=trade_price(r.price, r.size), size=int(r.size),
+                          exchange=r.exchange,
                           conditions=r.conditions or [])
                 if option:
                     ev.update(opt_bid_px_e9=None, opt_ask_px_e9=None, aggressor="MID")
