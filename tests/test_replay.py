@@ -100,3 +100,28 @@ def test_replay_alone_gives_the_file_events_marked_replay(settings: Settings,
     book = list(read_all(settings.kafka_config(), FUTURES_MBP10))
     assert len(trades) == 200 and len(book) == 600
     assert {t["source"] for t in trades} == {"REPLAY"}
+
+
+def test_lake_replay_republishes_lake_rows_time_ordered_marked_replay(
+        settings: Settings, tmp_path: Path) -> None:
+    import pyarrow.dataset as ds
+
+    from connectors.replay import replay_lake
+
+    g = generate_day(tmp_path, DAY, seed=10, n_trades=150, n_mbp10=450)
+    publish_file(g.trades, settings.kafka_config(), RAW_DATABENTO)
+    publish_file(g.mbp10, settings.kafka_config(), RAW_DATABENTO)
+    run_main(build_flow(settings, [RAW_DATABENTO], tail=False))
+    before = list(read_all(settings.kafka_config(), FUTURES_TRADES))
+    stats = replay_lake(settings.lake_root, ["futures_trade", "mbp10"],
+                        settings.kafka_config(), settings.registry_config(), speed=0)
+    assert stats.events == 600
+    after = [decode(BY_TOPIC[FUTURES_TRADES], m.value())
+             for m in read_all(settings.kafka_config(), FUTURES_TRADES)]
+    replayed = after[len(before):]
+    lake = ds.dataset(settings.lake_root / "futures_trade", format="parquet").to_table()
+    by_id = {r["event_id"]: r for r in lake.to_pylist()}
+    assert len(replayed) == 150 and {r["source"] for r in replayed} == {"REPLAY"}
+    assert [r["ts_event_ns"] for r in replayed] == sorted(r["ts_event_ns"] for r in replayed)
+    for r in replayed:
+        assert {**r, "source": "DATABENTO_DBN"} == by_id[r["event_id"]]

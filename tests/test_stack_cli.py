@@ -70,7 +70,8 @@ def test_every_command_has_help() -> None:
                  ["flow", "run", "--help"], ["dbn", "generate", "--help"],
                  ["dbn", "publish", "--help"], ["dbn", "replay", "--help"],
                  ["backfill", "run", "--help"], ["backfill", "gaps", "--help"],
-                 ["replay", "reset", "--help"], ["health", "--help"]):
+                 ["replay", "reset", "--help"], ["replay", "lake", "--help"],
+                 ["health", "--help"]):
         res = run(args, {}, timeout=60)
         assert res.returncode == 0 and "Usage" in res.stdout, (args, res.stderr)
 
