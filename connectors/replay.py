@@ -295,3 +295,29 @@ def replay_lake(root: Path, event_types: list[str], kafka_conf: dict[str, Any],
     stats.wall_s = time.monotonic() - t0
     stats.capped_waits = pacer.capped
     return stats
+
+
+def _day_paths(root: Path, day: Any, include_trades: bool, include_mbp10: bool) -> list[Path]:
+    from connectors.databento_dbn import DbnReader
+
+    reader = DbnReader(root)
+    schemas = [s for s, on in (("trades", include_trades), ("mbp-10", include_mbp10)) if on]
+    return [reader.file_for(day, s) for s in schemas]
+
+
+def replay_date(root: Path, day: Any, send: Callable[[bytes, list[tuple[str, Any]]], None],
+                start_ns: int | None = None, end_ns: int | None = None,
+                include_trades: bool = True, include_mbp10: bool = True,
+                speed: float = 0.0) -> ReplayStats:
+    """The prototype's API: replay one date's files (trades and/or MBP-10), time-ordered."""
+    return replay(_day_paths(root, day, include_trades, include_mbp10), send, speed,
+                  start_ns, end_ns)
+
+
+def replay_continuous(root: Path, days: list[Any],
+                      send: Callable[[bytes, list[tuple[str, Any]]], None],
+                      include_trades: bool = True, include_mbp10: bool = True,
+                      speed: float = 0.0) -> list[ReplayStats]:
+    """Replay several dates in sequence (closures between them wait at most 5 s each)."""
+    return [replay_date(root, d, send, None, None, include_trades, include_mbp10, speed)
+            for d in days]

@@ -125,3 +125,16 @@ def test_lake_replay_republishes_lake_rows_time_ordered_marked_replay(
     assert [r["ts_event_ns"] for r in replayed] == sorted(r["ts_event_ns"] for r in replayed)
     for r in replayed:
         assert {**r, "source": "DATABENTO_DBN"} == by_id[r["event_id"]]
+
+
+def test_replay_date_and_continuous_api(tmp_path: Path) -> None:
+    from connectors.replay import replay_continuous, replay_date
+
+    d2 = DAY + dt.timedelta(days=1)
+    generate_day(tmp_path, DAY, seed=1, n_trades=20, n_mbp10=50)
+    generate_day(tmp_path, d2, seed=2, n_trades=30, n_mbp10=40)
+    sent: list[bytes] = []
+    st = replay_date(tmp_path, DAY, lambda v, h: sent.append(v), include_mbp10=False)
+    assert st.events == 20
+    stats = replay_continuous(tmp_path, [DAY, d2], lambda v, h: sent.append(v))
+    assert [s.events for s in stats] == [70, 70]
