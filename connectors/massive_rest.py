@@ -38,7 +38,7 @@ from tickflow.raw import RawSource, make_headers
 
 log = logging.getLogger(__name__)
 
-PAGE_LIMIT = 50_000
+PAGE_LIMIT = 50_000  # the vendor's maximum; TICKFLOW_BACKFILL_PAGE_LIMIT lowers it
 FATAL_STATUSES = {"NOT_AUTHORIZED", "NOT_FOUND", "BAD_REQUEST", "AUTH_ERROR"}
 
 
@@ -117,8 +117,10 @@ class Backfiller:
 
     def __init__(self, client: RESTClient, kafka_conf: dict[str, Any], checkpoints: Checkpoints,
                  topic: str = RAW_MASSIVE_REST, max_attempts: int = 6,
-                 backoff_s: float = 1.0) -> None:
+                 backoff_s: float = 1.0, page_limit: int | None = None) -> None:
         self.client = client
+        self.page_limit = page_limit or int(os.environ.get("TICKFLOW_BACKFILL_PAGE_LIMIT",
+                                                           PAGE_LIMIT))
         self.checkpoints = checkpoints
         self.topic = topic
         self.max_attempts = max_attempts
@@ -137,7 +139,8 @@ class Backfiller:
                     lister = (self.client.list_quotes if req.endpoint == "quotes"
                               else self.client.list_trades)
                     resp = lister(req.ticker, timestamp_gte=req.start_ns,
-                                  timestamp_lte=req.end_ns, limit=PAGE_LIMIT, sort="timestamp",
+                                  timestamp_lte=req.end_ns, limit=self.page_limit,
+                                  sort="timestamp",
                                   order="asc", raw=True)
                 else:
                     # The SDK's own pagination follows next_url through this same call.
@@ -176,7 +179,7 @@ class Backfiller:
             prov = RestProvenance(
                 vendor="massive", endpoint=req.endpoint, ticker=req.ticker,
                 params={"timestamp.gte": req.start_ns, "timestamp.lte": req.end_ns,
-                        "limit": PAGE_LIMIT, "sort": "timestamp", "order": "asc"},
+                        "limit": self.page_limit, "sort": "timestamp", "order": "asc"},
                 page=cp.pages + 1, complete=next_path is None, window_start_ns=req.start_ns,
                 window_end_ns=req.end_ns, sdk_version=_sdk_version(),
                 tool_version=tickflow.__version__)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -88,15 +91,14 @@ def test_backfill_pages_checkpoints_and_reruns_add_nothing(settings: Settings,
         now = time.time_ns()
         reqs = [BackfillRequest("SPY", "quotes", now - 5 * 10**9, now),
                 BackfillRequest("SPY", "trades", now - 5 * 10**9, now)]
-        import connectors.massive_rest as mr
-        mr.PAGE_LIMIT, saved = 200, mr.PAGE_LIMIT  # small pages: pagination is exercised
+        os.environ["TICKFLOW_BACKFILL_PAGE_LIMIT"] = "200"  # small pages: pagination runs
         try:
             st = backfill(reqs, KEY, f"http://127.0.0.1:{s.port}", settings.kafka_config(),
                           tmp_path / "cp.json")
             again = backfill(reqs, KEY, f"http://127.0.0.1:{s.port}", settings.kafka_config(),
                              tmp_path / "cp.json")
         finally:
-            mr.PAGE_LIMIT = saved
+            del os.environ["TICKFLOW_BACKFILL_PAGE_LIMIT"]
         with pytest.raises(BackfillError, match="NOT_AUTHORIZED") as e:
             backfill(reqs[:1], "wrong", f"http://127.0.0.1:{s.port}", settings.kafka_config(),
                      tmp_path / "cp2.json")
@@ -152,3 +154,54 @@ def test_disconnect_gap_is_filled_by_backfill(settings: Settings, tmp_path: Path
         seqs = [e["sequence"] for e in evs]
         assert len(seqs) == len(set(seqs))
         assert {e["source"] for e in evs} == {"MASSIVE_WS", "MASSIVE_REST"}
+
+
+def test_real_format_sample_accepts_one_sided_quotes() -> None:
+    # A page in the vendor's documented v3 layout (status, request_id, next_url, results),
+    # with a bid side and then an ask side at 0 price and 0 size.
+    raw = (Path(__file__).parent / "data" / "massive_rest_quotes_spy_page.json").read_bytes()
+    out = normalize_rest_page(raw, prov("SPY", "quotes", complete=False), 1763047801000000000,
+                              "MASSIVE_REST")
+    assert out.rejects == [] and out.fills == []
+    states = [(e["sequence"], e["spread_state"], e["bid_px_e9"], e["ask_px_e9"])
+              for _, _, e, _ in out.events]
+    assert states == [(5114, "NORMAL", 676_250_000_000, 676_270_000_000),
+                      (5118, "ONE_SIDED", None, 676_280_000_000),
+                      (5121, "ONE_SIDED", 676_240_000_000, None)]
+    assert out.events[0][2]["ts_event_ns"] == 1763047800123456789  # SIP time, ns exact
+
+
+def test_backfill_killed_mid_run_finishes_with_exactly_the_range(settings: Settings,
+                                                                tmp_path: Path) -> None:
+    from massive import RESTClient
+
+    s = _sim()
+    try:
+        time.sleep(6.0)
+        now = time.time_ns()
+        start, end = now - 5 * 10**9, now
+        env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+               "MASSIVE_API_KEY": KEY, "MASSIVE_REST_URL": f"http://127.0.0.1:{s.port}",
+               "TICKFLOW_STATE_DIR": str(tmp_path / "state"),
+               "TICKFLOW_BACKFILL_PAGE_LIMIT": "40"}
+        cmd = [sys.executable, "-m", "tickflow.cli", "backfill", "run", "--ticker", "SPY",
+               "--start-ns", str(start), "--end-ns", str(end)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(3.0)
+        assert proc.poll() is None, "the backfill ended before it could be killed"
+        proc.kill()  # SIGKILL mid-run
+        proc.wait()
+        mid_pages = len(list(read_all(settings.kafka_config(), RAW_MASSIVE_REST)))
+        assert mid_pages > 0
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        client = RESTClient(api_key=KEY, base=f"http://127.0.0.1:{s.port}")
+        truth = {q.sequence_number for q in client.list_quotes(
+            "SPY", timestamp_gte=start, timestamp_lte=end, limit=50000)}
+    finally:
+        s.stop_thread()
+    run_main(build_flow(settings, [RAW_MASSIVE_REST], tail=False))
+    got = [decode(BY_TOPIC[STOCK_QUOTES], m.value())["sequence"]
+           for m in read_all(settings.kafka_config(), STOCK_QUOTES)]
+    assert len(got) == len(set(got)), "duplicates downstream"
+    assert set(got) == truth and len(truth) > 100
