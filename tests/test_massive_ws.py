@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,30 @@ def test_queue_overflow_is_counted_and_reported(settings: Settings, tmp_path: Pa
     loss = [json.loads(m.value()) for m in recs if dict(m.headers())["kind"] == b"loss_window"]
     assert loss and loss[0]["reason"] == "queue overflow" and loss[0]["frames_lost"] > 0
     assert sum(x["frames_lost"] for x in loss) <= w.dropped
+
+
+@pytest.mark.parametrize("fault", [
+    {"duplicate_every": 7}, {"drop_every": 9}, {"malformed_every": 11},
+    {"unknown_event_every": 5}, {"disorder_every": 6}, {"disconnect_after_frames": 30},
+    {"slow_send_ms": 20}], ids=lambda f: next(iter(f)))
+def test_every_frame_sent_is_written_or_reported_lost(settings: Settings, fault: dict) -> None:
+    s = sim(**fault)
+    # Stop the market before the client stops, so no frame is still on the wire at the end.
+    pause = threading.Timer(2.0, lambda: setattr(s, "paused", True))
+    pause.start()
+    try:
+        stats = asyncio.run(run_ws(cfg(s, ["Q.*", "T.*"], backoff_min_s=0.2),
+                                   settings.kafka_config(), duration_s=2.6))
+    finally:
+        pause.cancel()
+        s.stop_thread()
+    recs = raw_records(settings)
+    data = [m for m in recs if dict(m.headers())["kind"] == b"vendor"
+            and not m.value().startswith(b'[{"ev":"status"')]
+    losses = [json.loads(m.value()) for m in recs if dict(m.headers())["kind"] == b"loss_window"]
+    lost_frames = sum(x["frames_lost"] for x in losses)
+    assert s.frames_sent > 20
+    assert s.frames_sent == len(data) + lost_frames
+    assert stats.dropped == 0 and stats.written == len(recs)
+    if "disconnect_after_frames" in fault:
+        assert [x["reason"] for x in losses] == ["disconnect"]

@@ -67,7 +67,8 @@ class SimulatorConfig:
 
 
 def _status(status: str, message: str) -> str:
-    return json.dumps([{"ev": "status", "status": status, "message": message}])
+    return json.dumps([{"ev": "status", "status": status, "message": message}],
+                      separators=(",", ":"))
 
 
 def _matches(subs: set[str], ev: dict[str, Any]) -> bool:
@@ -88,6 +89,7 @@ class SimulatorServer:
         self.connections = 0
         self.frames_sent = 0
         self.rest_requests = 0
+        self.paused = False  # stop streaming (tests: let in-flight frames land, then count)
         # One timeline for the server's life: WebSocket streams and REST history both draw
         # from a market anchored here, so REST returns exactly what the socket sent.
         self.anchor_ms = (time.time_ns() // 1_000_000 if cfg.anchor_to_wall_clock
@@ -219,7 +221,7 @@ class SimulatorServer:
                 else:
                     reply = [{"ev": "status", "status": "error",
                               "message": f"unknown action {action!r}"}]
-                await ws.send(json.dumps(reply))
+                await ws.send(json.dumps(reply, separators=(",", ":")))
 
     async def _stream(self, ws: ServerConnection, market: str, subs: set[str]) -> None:
         mkt = SyntheticMarket(self.market_config())
@@ -228,6 +230,12 @@ class SimulatorServer:
         f = self.cfg.faults
         frame_no = 0
         while True:
+            if self.paused:
+                try:  # idle, but notice a closed connection (server shutdown) at once
+                    await asyncio.wait_for(ws.wait_closed(), TICK_S)
+                    return
+                except TimeoutError:
+                    continue
             # Generate what the market produced up to now; send it in frames.
             due = int((time.monotonic() - self._t0) * self.cfg.rate) - mkt.drawn
             events = [e for e in mkt.events(max(0, due), market) if _matches(subs, e)]
@@ -248,13 +256,17 @@ class SimulatorServer:
                     continue
                 if f.slow_send_ms:
                     await asyncio.sleep(f.slow_send_ms / 1000)
+                if self.paused:
+                    break
                 await ws.send(text)
                 self.frames_sent += 1
                 if f.duplicate_every and frame_no % f.duplicate_every == 0:
                     await ws.send(text)
+                    self.frames_sent += 1
                 if (f.disconnect_after_frames and not self._disconnected
                         and frame_no >= f.disconnect_after_frames):
                     self._disconnected = True
+                    await asyncio.sleep(0.05)  # what was sent reaches the client first
                     ws.transport.abort()  # abrupt: no close frame, like a network drop
                     return
             await asyncio.sleep(TICK_S)
