@@ -23,6 +23,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,8 @@ class MassiveWsConnector:
         self._ws: ClientConnection | None = None
         self._last_frame_ns: int | None = None
         self._rng = rng or random.Random()
+        # Optional consumer of each frame after it is queued (e.g. a StrikeFollower).
+        self.frame_hook: Callable[[bytes], Awaitable[None]] | None = None
 
     def symbols(self) -> list[str]:
         return sorted({channel_symbol(c) for c in self.subs})
@@ -205,6 +208,8 @@ class MassiveWsConnector:
                 if not writer.offer(data, received_ns):
                     stats.dropped += 1
                 self._last_frame_ns = received_ns
+                if self.frame_hook is not None:
+                    await self.frame_hook(data)
         finally:
             stopper.cancel()
 

@@ -162,3 +162,39 @@ def test_every_frame_sent_is_written_or_reported_lost(settings: Settings, fault:
     assert stats.dropped == 0 and stats.written == len(recs)
     if "disconnect_after_frames" in fault:
         assert [x["reason"] for x in losses] == ["disconnect"]
+
+
+def test_moving_spot_changes_option_subscriptions_live(settings: Settings) -> None:
+    import datetime as dt
+
+    from connectors.strikes_live import run_live
+    from tickflow.strikes import StrikeManager
+    from tickflow.symbols import parse_option_ticker
+
+    s = sim()
+    today = dt.datetime.fromtimestamp(s.anchor_ms / 1000, dt.UTC).date()
+    manager = StrikeManager("SPY", [today], strikes_each_side=2)
+    seen: dict[str, set[str]] = {}
+
+    def strikes(channels: set[str]) -> set[float]:
+        return {parse_option_ticker(c.split(".", 1)[1]).strike for c in channels}
+
+    async def main() -> tuple:
+        opt_cfg = WsConfig(f"127.0.0.1:{s.port}", "options", [], api_key=KEY, secure=False)
+        live = asyncio.create_task(run_live(cfg(s, ["Q.SPY", "T.SPY"]), opt_cfg, manager,
+                                            settings.kafka_config(), 4.0))
+        await asyncio.sleep(1.5)
+        seen["before"] = set(s.live_subscriptions("options"))
+        s.shifts["SPY"] = 500  # the underlying jumps by $5.00
+        await asyncio.sleep(1.5)
+        seen["after"] = set(s.live_subscriptions("options"))
+        return await live
+
+    try:
+        _, options_stats = asyncio.run(main())
+    finally:
+        s.stop_thread()
+    assert strikes(seen["before"]) == {674.0, 675.0, 676.0, 677.0, 678.0}
+    assert strikes(seen["after"]) == {679.0, 680.0, 681.0, 682.0, 683.0}
+    assert len(seen["after"]) == 5 * 2 * 2
+    assert options_stats.connects == 1  # changed on the live connection

@@ -160,6 +160,42 @@ def connect_massive_ws(
     console.print(f"frames {stats.frames}, written {stats.written}, dropped {stats.dropped}")
 
 
+@connect_app.command("massive-live")
+def connect_massive_live(
+    underlying: Annotated[str, typer.Option(help="Stock whose options follow its spot")] = "SPY",
+    stocks: Annotated[str, typer.Option(help="Stock channels")] = "Q.SPY,T.SPY",
+    strikes: Annotated[int, typer.Option(help="Strikes each side of spot")] = 10,
+    strike_step: Annotated[float, typer.Option(help="Strike spacing in dollars")] = 1.0,
+    expiry: Annotated[list[str] | None, typer.Option(
+        help="Expiries YYYY-MM-DD (repeatable); default today (0DTE)")] = None,
+    seconds: Annotated[float | None, typer.Option(help="Stop after this long")] = None,
+) -> None:
+    """Stocks and options connections together; option subscriptions stay within +/- N
+    strikes of spot, changed live as spot moves."""
+    import datetime as dt
+
+    from connectors.massive_ws import WsConfig
+    from connectors.strikes_live import run_live
+    from tickflow.strikes import StrikeManager
+
+    s = get_settings()
+    if s.massive_api_key is None:
+        err.print("MASSIVE_API_KEY is not set")
+        raise typer.Exit(2)
+    key = s.massive_api_key.get_secret_value()
+    days = [dt.date.fromisoformat(d) for d in expiry] if expiry else [
+        dt.datetime.now(dt.UTC).date()]
+    manager = StrikeManager(underlying, days, strikes, round(strike_step * 1_000_000_000))
+    spool = s.state_dir / "spool"
+    stk = WsConfig(s.massive_ws_host, "stocks", [c for c in stocks.split(",") if c], api_key=key,
+                   secure=s.massive_ws_secure, spool_path=spool / "massive-stocks.spool")
+    opt = WsConfig(s.massive_ws_host, "options", [], api_key=key, secure=s.massive_ws_secure,
+                   spool_path=spool / "massive-options.spool")
+    st, ot = asyncio.run(run_live(stk, opt, manager, s.kafka_config(), seconds))
+    console.print(f"stocks: {st.frames} frames, options: {ot.frames} frames, "
+                  f"{len(manager.current)} option channels at the end")
+
+
 @flow_app.command("run", context_settings={"allow_extra_args": True,
                                            "ignore_unknown_options": True})
 def flow_run(

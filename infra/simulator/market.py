@@ -68,6 +68,9 @@ class SyntheticMarket:
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.cfg.seed)
+        # Price shifts in cents per stock (a test moves "the market" with them); the server
+        # shares one dict with every connection's market.
+        self.shifts: dict[str, int] = {}
         self.drawn = 0
         self.stocks = {s: _Instrument(s, 2 * START_PRICES_CENTS.get(s, 10_000))
                        for s in self.cfg.symbols}
@@ -98,7 +101,7 @@ class SyntheticMarket:
         inst = self.stocks[sym]
         self._walk(inst)
         spread = self.rng.choice((1, 1, 1, 2, 2, 3))
-        bid = (inst.mid2 - spread) // 2
+        bid = (inst.mid2 - spread) // 2 + self.shifts.get(sym, 0)
         ask = bid + spread
         inst.last_bid, inst.last_ask = bid, ask
         bs = self.rng.choice((100, 100, 200, 300, 400, 500, 800, 1000, 37, 1500))
@@ -132,7 +135,9 @@ class SyntheticMarket:
     # -- options -------------------------------------------------------------------------
     def _reprice_option(self, inst: _Instrument) -> None:
         und = self.stocks.get(self.cfg.option_underlying)
-        spot2 = und.mid2 if und else 2 * START_PRICES_CENTS.get(self.cfg.option_underlying, 10_000)
+        spot2 = (und.mid2 if und else 2 * START_PRICES_CENTS.get(self.cfg.option_underlying,
+                                                                  10_000))
+        spot2 += 2 * self.shifts.get(self.cfg.option_underlying, 0)
         strike_cents = int(inst.symbol[-8:]) // 10
         right = inst.symbol[-9]
         intrinsic = max(0, (spot2 // 2 - strike_cents) if right == "C" else

@@ -90,6 +90,9 @@ class SimulatorServer:
         self.frames_sent = 0
         self.rest_requests = 0
         self.paused = False  # stop streaming (tests: let in-flight frames land, then count)
+        self.shifts: dict[str, int] = {}  # cents added to a stock's prices (move the market)
+        # Live subscriptions per open connection: (market, channels), seen from the server.
+        self.subscriptions: dict[int, tuple[str, set[str]]] = {}
         # One timeline for the server's life: WebSocket streams and REST history both draw
         # from a market anchored here, so REST returns exactly what the socket sent.
         self.anchor_ms = (time.time_ns() // 1_000_000 if cfg.anchor_to_wall_clock
@@ -134,6 +137,14 @@ class SimulatorServer:
         if self._thread is not None:
             self._thread.join(10)
 
+    def live_subscriptions(self, market: str) -> set[str]:
+        """Channels subscribed right now on the server's open ``market`` connections."""
+        out: set[str] = set()
+        for m, subs in list(self.subscriptions.values()):
+            if m == market:
+                out |= subs
+        return out
+
     def market_config(self) -> MarketConfig:
         return replace(self.cfg.market, seed=self.cfg.seed, rate=self.cfg.rate,
                        start_ms=self.anchor_ms)
@@ -176,11 +187,13 @@ class SimulatorServer:
             if not await self._auth(ws):
                 return
             subs: set[str] = set()
+            self.subscriptions[id(ws)] = (market, subs)
             reader = asyncio.create_task(self._read_commands(ws, subs))
             try:
                 await self._stream(ws, market, subs)
             finally:
                 reader.cancel()
+                self.subscriptions.pop(id(ws), None)
         except ConnectionClosed:
             return
 
@@ -225,6 +238,7 @@ class SimulatorServer:
 
     async def _stream(self, ws: ServerConnection, market: str, subs: set[str]) -> None:
         mkt = SyntheticMarket(self.market_config())
+        mkt.shifts = self.shifts
         # Skip the history before this connection: it was "sent" to nobody (REST has it).
         mkt.events(int((time.monotonic() - self._t0) * self.cfg.rate), market)
         f = self.cfg.faults
