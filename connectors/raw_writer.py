@@ -8,6 +8,7 @@ there is room again a ``loss_window`` record reports the overflow window downstr
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -23,7 +24,7 @@ from confluent_kafka import KafkaException, Producer
 from connectors.spool import Spool, SpoolFull
 from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
 from infra.topics import MAX_MESSAGE_BYTES
-from tickflow.raw import LossWindow, RawSource, RecordKind, make_headers
+from tickflow.raw import H_KIND, H_RECEIVED_NS, LossWindow, RawSource, RecordKind, make_headers
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class RawWriter:
         self.spool = Spool(spool_path, spool_max_bytes) if spool_path else None
         self.spooled = 0
         self.spool_dropped = 0
+        # Records lost to a full spool, not yet reported: (first receipt ns, last, count,
+        # headers of the last one). Touched by the writer thread only.
+        self._spool_loss: tuple[int, int, int, list[tuple[str, str | bytes | None]]] | None = None
         self._producer = Producer({
             **kafka_conf,
             **TANSU_PRODUCER_NO_AUTOCREATE,
@@ -127,6 +131,23 @@ class RawWriter:
             log.error("raw produce failed: %s", exc)
             return False
 
+    def _report_spool_loss(self) -> None:
+        """Once there is room again, a loss_window record reports what the full spool lost.
+        It reuses the frame_seq of the last lost record (that number is gone anyway)."""
+        if self._spool_loss is None:
+            return
+        first, last, n, last_headers = self._spool_loss
+        body = LOSS_ENCODER.encode(LossWindow(first, last, "spool full", self.overflow_symbols,
+                                              n))
+        headers = [(k, RecordKind.LOSS_WINDOW.value.encode() if k == H_KIND else v)
+                   for k, v in last_headers]
+        assert self.spool is not None
+        # In order: behind what the spool holds, or straight to the producer once it is empty.
+        if len(self.spool) or not self._try_produce(body, headers):
+            self.spool.append(headers, body)  # type: ignore[arg-type]  # SpoolFull: try later
+        self._spool_loss = None
+        self.loss_windows += 1
+
     def _drain_spool(self) -> bool:
         """Move spooled records to the producer, oldest first; True when the spool is empty."""
         sp = self.spool
@@ -148,6 +169,9 @@ class RawWriter:
                 continue
             if item is None:
                 break
+            if self._spool_loss is not None:
+                with contextlib.suppress(SpoolFull):
+                    self._report_spool_loss()
             while True:
                 # Keep order: nothing goes to the producer while older records wait in the spool.
                 if self._drain_spool() and self._try_produce(item.value, item.headers):
@@ -158,7 +182,12 @@ class RawWriter:
                         self.spooled += 1
                     except SpoolFull:
                         self.spool_dropped += 1
-                        log.error("spool full: a raw record was lost", extra={"topic": self.topic})
+                        recv = _received_ns(item.headers)
+                        first, _, n, _ = self._spool_loss or (recv, recv, 0, item.headers)
+                        self._spool_loss = (first, recv, n + 1, item.headers)
+                        if n == 0:
+                            log.error("spool full: raw records are being lost",
+                                      extra={"topic": self.topic})
                     break
                 p.poll(0.05)  # no spool: wait for the producer to make room
             p.poll(0)
@@ -179,8 +208,20 @@ class RawWriter:
         self._q.put(None)
         self._thread.join(timeout)
         deadline = time.monotonic() + timeout
-        while not self._drain_spool() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if self._spool_loss is not None:
+                with contextlib.suppress(SpoolFull):
+                    self._report_spool_loss()
+            if self._drain_spool() and self._spool_loss is None:
+                break
             self._producer.poll(0.1)
         remaining = self._producer.flush(timeout)
         if remaining:
             raise RuntimeError(f"{remaining} raw records not acknowledged by the broker")
+
+
+def _received_ns(headers: list[tuple[str, str | bytes | None]]) -> int:
+    for k, v in headers:
+        if k == H_RECEIVED_NS and isinstance(v, bytes):
+            return int(v)
+    return 0

@@ -55,3 +55,31 @@ def test_frames_offered_while_the_broker_is_down_all_arrive_in_order(tmp_path: P
         values = [m.value() for m in read_all(conf, RAW_MASSIVE_STOCKS)]
     assert values == [b'[{"n":%d}]' % i for i in range(n)]
     assert w.failed == 0 and w.spool is not None and len(w.spool) == 0
+
+
+def test_what_a_full_spool_cannot_keep_is_reported_as_a_loss_window(tmp_path: Path) -> None:
+    import json
+
+    port = free_port()
+    conf = {"bootstrap.servers": f"127.0.0.1:{port}"}
+    w = RawWriter(conf, RAW_MASSIVE_STOCKS, "massive_ws:stocks", RawSource.MASSIVE_WS, "stocks",
+                  spool_path=tmp_path / "raw.spool", spool_max_bytes=20_000, producer_buffer=50)
+    n = 1500
+    for i in range(n):
+        w.offer(b'[{"n":%d}]' % i, 1_000_000 + i)
+    deadline = time.monotonic() + 10
+    while w.spooled + w.spool_dropped < n - 60 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert w.spool_dropped > 0
+    with TansuBroker("127.0.0.1", port, tmp_path / "broker.log"):
+        create_topics(conf, topic_specs(1, 1))
+        w.offer(b'[{"n":"after"}]', 2_000_000)  # room again: the loss is reported
+        w.close(timeout=60)
+        recs = list(read_all(conf, RAW_MASSIVE_STOCKS))
+    kinds = [dict(m.headers())["kind"] for m in recs]
+    losses = [json.loads(m.value()) for m, k in zip(recs, kinds, strict=True)
+              if k == b"loss_window"]
+    vendor = sum(1 for k in kinds if k == b"vendor")
+    assert sum(x["frames_lost"] for x in losses) == w.spool_dropped
+    assert vendor + w.spool_dropped == n + 1  # every frame: delivered or reported lost
+    assert all(x["reason"] == "spool full" for x in losses)
