@@ -103,3 +103,28 @@ def test_replay_from_a_bucket_start_rewrites_the_same_files(tmp_path: Path) -> N
     # Every file lies inside one bucket of 10 offsets.
     for seqs in full.values():
         assert len({s // 10 for s in seqs}) == 1 and len(seqs) <= 4
+
+
+def test_query_prunes_partitions_and_filters_time(tmp_path: Path) -> None:
+    from connectors.lake_query import query
+
+    day2 = T0 + 86_400 * S
+    buf = LakeBuffer(tmp_path)
+    for i in range(10):
+        buf.add("stock_trade", trade("SPY", i, T0 + i * S), RAW, 0, i)
+        buf.add("stock_trade", trade("O:SPY251216C00676000", i, T0 + i * S), RAW, 0, i)
+        buf.add("stock_trade", trade("SPY", 100 + i, day2 + i * S), RAW, 0, 100 + i)
+    buf.flush_all()
+    t = query(tmp_path, "stock_trade", ["SPY"], T0 + 3 * S, T0 + 7 * S)
+    assert t.column("sequence").to_pylist() == [3, 4, 5, 6]
+    assert query(tmp_path, "stock_trade", ["O:SPY251216C00676000"]).num_rows == 10
+    assert query(tmp_path, "stock_trade", None, day2, None).column("sequence").to_pylist() == [
+        100 + i for i in range(10)]
+    assert query(tmp_path, "stock_trade", ["QQQ"]).num_rows == 0
+    # Pruning: a day outside the range is never opened (an unreadable file there is fine).
+    bad = partition_dir(tmp_path, "stock_trade", "SPY", DAY + dt.timedelta(days=5))
+    bad.mkdir(parents=True)
+    (bad / "part-x-0-00000000000000000000.parquet").write_bytes(b"not parquet")
+    assert query(tmp_path, "stock_trade", ["SPY"], T0, T0 + 86_400 * S).num_rows == 10
+    with pytest.raises(ValueError, match="unknown event type"):
+        query(tmp_path, "nope")

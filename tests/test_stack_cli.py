@@ -71,7 +71,8 @@ def test_every_command_has_help() -> None:
                  ["dbn", "publish", "--help"], ["dbn", "replay", "--help"],
                  ["backfill", "run", "--help"], ["backfill", "gaps", "--help"],
                  ["replay", "reset", "--help"], ["replay", "lake", "--help"],
-                 ["health", "--help"], ["connect", "massive-live", "--help"]):
+                 ["health", "--help"], ["connect", "massive-live", "--help"],
+                 ["query", "--help"]):
         res = run(args, {}, timeout=60)
         assert res.returncode == 0 and "Usage" in res.stdout, (args, res.stderr)
 

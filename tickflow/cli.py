@@ -369,6 +369,47 @@ def backfill_gaps() -> None:
 
 
 @app.command()
+def query(
+    event_type: Annotated[str, typer.Argument(help="stock_quote, stock_trade, option_quote, "
+                                                   "option_trade, futures_trade, mbp10")],
+    symbol: Annotated[list[str] | None, typer.Option(help="Symbols (repeatable)")] = None,
+    start: Annotated[str | None, typer.Option(help="From (ISO time, UTC), inclusive")] = None,
+    end: Annotated[str | None, typer.Option(help="To (ISO time, UTC), exclusive")] = None,
+    limit: Annotated[int, typer.Option(help="Rows to print")] = 20,
+    out: Annotated[Path | None, typer.Option(help="Write all rows to this .parquet or .csv")
+                   ] = None,
+) -> None:
+    """Read the Parquet lake: one event type, symbols, a time range (partition-pruned)."""
+    import datetime as dt
+
+    from connectors.lake_query import query as lake_query
+
+    def ns(v: str | None) -> int | None:
+        if v is None:
+            return None
+        return int(dt.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 10**9)
+
+    table = lake_query(get_settings().lake_root, event_type, list(symbol or []) or None,
+                       ns(start), ns(end))
+    if out is not None:
+        if out.suffix == ".csv":
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(table, out)
+        else:
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, out, compression="zstd")
+        console.print(f"{table.num_rows} rows -> {out}")
+        return
+    cols = [c for c in table.column_names if c != "levels"][:10]
+    t = Table(*cols, title=f"{event_type}: {table.num_rows} rows (first {limit} shown)")
+    for row in table.slice(0, limit).to_pylist():
+        t.add_row(*[str(row[c]) for c in cols])
+    console.print(t)
+
+
+@app.command()
 def health(
     symbol: Annotated[list[str] | None, typer.Option(help="Only these symbols")] = None,
     recent: Annotated[int, typer.Option(help="Recent transitions to list")] = 10,

@@ -1,0 +1,61 @@
+"""The lake's query side: event type, symbols, time range -> Arrow (pandas, polars).
+
+Partition pruning: only the ``symbol=`` directories asked for are listed, and only the
+``date=`` directories the time range touches; within files, pyarrow filters on
+``ts_event_ns``. Rows come back sorted by (ts_event_ns, sequence).
+
+DuckDB reads the same files directly, e.g.::
+
+    SELECT * FROM read_parquet('data/lake/stock_trade/symbol=SPY/date=*/*.parquet')
+    ORDER BY ts_event_ns;
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from connectors.lake import NS_PER_DAY, escape_symbol
+from schemas.arrow import arrow_schema
+from schemas.model import BY_NAME, MARKET_EVENTS
+
+_EPOCH = dt.date(1970, 1, 1)
+
+
+def query(root: Path, event_type: str, symbols: list[str] | None = None,
+          start_ns: int | None = None, end_ns: int | None = None,
+          columns: list[str] | None = None) -> pa.Table:
+    """Rows of ``event_type`` for ``symbols`` (all when None) with
+    ``start_ns <= ts_event_ns < end_ns``."""
+    if event_type not in {e.name for e in MARKET_EVENTS}:
+        raise ValueError(f"unknown event type {event_type!r}; one of "
+                         f"{sorted(e.name for e in MARKET_EVENTS)}")
+    schema = arrow_schema(BY_NAME[event_type])
+    base = root / event_type
+    sym_dirs = ([base / f"symbol={escape_symbol(s)}" for s in symbols] if symbols
+                else sorted(base.glob("symbol=*")))
+    lo_day = None if start_ns is None else start_ns // NS_PER_DAY
+    hi_day = None if end_ns is None else (end_ns - 1) // NS_PER_DAY
+    files = []
+    for d in sym_dirs:
+        for day_dir in sorted(d.glob("date=*")):
+            day = (dt.date.fromisoformat(day_dir.name[5:]) - _EPOCH).days
+            if (lo_day is not None and day < lo_day) or (hi_day is not None and day > hi_day):
+                continue  # pruned: no file of that day is opened
+            files += sorted(str(f) for f in day_dir.glob("part-*.parquet"))
+    if not files:
+        t = schema.empty_table()
+        return t.select(columns) if columns else t
+    expr = None
+    if start_ns is not None:
+        expr = pc.field("ts_event_ns") >= start_ns
+    if end_ns is not None:
+        cond = pc.field("ts_event_ns") < end_ns
+        expr = cond if expr is None else expr & cond
+    table = ds.dataset(files, schema=schema, format="parquet").to_table(filter=expr)
+    table = table.sort_by([("ts_event_ns", "ascending"), ("sequence", "ascending")])
+    return table.select(columns) if columns else table
