@@ -72,3 +72,30 @@ def test_replay_is_byte_identical_and_worker_count_does_not_matter(settings: Set
         assert set(second[t]) == set(first[t]), t
         assert all(n == 2 for n in second[t].values()), t
     assert lake_rows(settings.lake_root) == first_lake
+
+
+def test_two_processes_give_the_same_output_as_one(settings: Settings, tmp_path: Path) -> None:
+    from infra.procs import free_port
+
+    produce(settings, raw_frames(300))
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+           "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+           "TICKFLOW_LAKE_ROOT": str(settings.lake_root), "TICKFLOW_TAIL": "0",
+           "TICKFLOW_RAW_TOPICS": RAW_MASSIVE_STOCKS}
+    run_flow(settings, workers=1)
+    single = payloads(settings)
+    single_lake = lake_rows(settings.lake_root)
+
+    reset_group_to_start(settings)
+    addrs = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    procs = [subprocess.Popen([*flow_argv(1), "-i", str(i), "-a", addrs], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for i in (0, 1)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()[-3000:]
+    both = payloads(settings)
+    for t in OUT_TOPICS:
+        assert set(both[t]) == set(single[t]), t
+        assert all(n == 2 for n in both[t].values()), t
+    assert lake_rows(settings.lake_root) == single_lake
