@@ -88,9 +88,13 @@ class Checkpoints:
         os.replace(tmp, self.path)
 
 
+class _Ts(msgspec.Struct):
+    sip_timestamp: int = 0
+
+
 class _Next(msgspec.Struct):
     next_url: str | None = None
-    results: list[msgspec.Raw] = []
+    results: list[_Ts] = []
 
 
 @dataclass
@@ -100,6 +104,9 @@ class BackfillStats:
     skipped_done: int = 0
     retries: int = 0
     requests: list[str] = field(default_factory=list)
+    total_requests: int = 0
+    # Share of all requests' time ranges covered so far (for a progress bar's ETA).
+    done_fraction: float = 0.0
 
 
 def _fatal(exc: BadResponse) -> str | None:
@@ -198,6 +205,11 @@ class Backfiller:
             self.checkpoints.save()
             stats.pages += 1
             stats.events += len(page.results)
+            span = max(1, req.end_ns - req.start_ns)
+            covered = 1.0 if cp.done or not page.results else min(
+                1.0, (page.results[-1].sip_timestamp - req.start_ns) / span)
+            finished = len(stats.requests) + stats.skipped_done
+            stats.done_fraction = (finished + covered) / max(1, stats.total_requests)
             if progress is not None:
                 progress(stats)
             if cp.done:
@@ -220,7 +232,7 @@ def backfill(requests: list[BackfillRequest], api_key: str, base_url: str,
     """Run every request (skipping finished ones); returns the statistics."""
     client = RESTClient(api_key=api_key, base=base_url.rstrip("/"), retries=3)
     b = Backfiller(client, kafka_conf, Checkpoints(checkpoint_path))
-    stats = BackfillStats()
+    stats = BackfillStats(total_requests=len(requests))
     for req in requests:
         b.run(req, stats, progress)
     return stats

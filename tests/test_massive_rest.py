@@ -105,7 +105,7 @@ def test_backfill_pages_checkpoints_and_reruns_add_nothing(settings: Settings,
         assert "wrong" not in str(e.value)
     finally:
         s.stop_thread()
-    assert st.pages > 2 and st.events > 400
+    assert st.pages > 2 and st.events > 400 and st.done_fraction == 1.0
     assert again.pages == 0 and again.skipped_done == 2
     pages = list(read_all(settings.kafka_config(), RAW_MASSIVE_REST))
     assert len(pages) == st.pages

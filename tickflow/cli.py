@@ -320,14 +320,17 @@ def _run_backfill(requests: list[Any]) -> None:
     if s.massive_api_key is None:
         err.print("MASSIVE_API_KEY is not set")
         raise typer.Exit(2)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("backfill", total=None)
+    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                  console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("backfill", total=1.0)
         t0 = time.monotonic()
 
         def show(st: BackfillStats) -> None:
             rate = st.events / max(1e-9, time.monotonic() - t0)
-            progress.update(task, description=f"backfill: {st.pages} pages, {st.events:,} "
-                            f"events, {rate:,.0f} events/s")
+            progress.update(task, completed=st.done_fraction, description=(
+                f"backfill: {st.pages} pages, {st.events:,} events, {rate:,.0f} events/s"))
 
         try:
             stats = backfill(requests, s.massive_api_key.get_secret_value(),
