@@ -183,14 +183,26 @@ def test_backfill_killed_mid_run_finishes_with_exactly_the_range(settings: Setti
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
                "MASSIVE_API_KEY": KEY, "MASSIVE_REST_URL": f"http://127.0.0.1:{s.port}",
                "TICKFLOW_STATE_DIR": str(tmp_path / "state"),
-               "TICKFLOW_BACKFILL_PAGE_LIMIT": "40"}
+               "TICKFLOW_BACKFILL_PAGE_LIMIT": "20"}
         cmd = [sys.executable, "-m", "tickflow.cli", "backfill", "run", "--ticker", "SPY",
                "--start-ns", str(start), "--end-ns", str(end)]
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(3.0)
-        assert proc.poll() is None, "the backfill ended before it could be killed"
-        proc.kill()  # SIGKILL mid-run
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        # Kill it (SIGKILL) once a few pages are checkpointed: mid-run, whatever the speed.
+        cp = tmp_path / "state" / "backfill-checkpoints.json"
+        killed = False
+        deadline = time.monotonic() + 120
+        while not killed and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                pages = sum(v["pages"] for v in json.loads(cp.read_text()).values())
+            except (OSError, ValueError):
+                pages = 0
+            if pages >= 3:
+                proc.kill()
+                killed = True
+            time.sleep(0.005)
         proc.wait()
+        assert killed, "the backfill ended before it could be killed"
         mid_pages = len(list(read_all(settings.kafka_config(), RAW_MASSIVE_REST)))
         assert mid_pages > 0
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
