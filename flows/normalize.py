@@ -31,7 +31,7 @@ from connectors.lake import LakeRows, LakeSink
 from connectors.offsets import read_floor
 from flows import metrics
 from infra.topics import RAW_DATABENTO, RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
-from schemas.model import DEAD_LETTER, Event
+from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
 from tickflow.feed import FeedState
 from tickflow.normalize import route
@@ -51,17 +51,23 @@ def _encoder(settings: Settings, type_name: str) -> AvroEncoder:
     return _encoders[type_name]
 
 
-def feed_step(state: FeedState | None, rec: RawRecord
-              ) -> tuple[FeedState, list[tuple[str, Any]]]:
-    """Normalize one raw record: ``(symbol, SymbolBatch)`` items plus one dead-letter item."""
-    if state is None:
-        state = FeedState()
-    metrics.RAW_IN.labels(rec.topic).inc()
-    dlq, batches = route(rec, state.process(rec))
-    items: list[tuple[str, Any]] = [(b.symbol, b) for b in batches]
-    if dlq:
-        items.append((DLQ_KEY, [(DEAD_LETTER.name, d) for d in dlq]))
-    return state, items
+def make_feed_step(drift_threshold_ns: int) -> Any:
+    def feed_step(state: FeedState | None, rec: RawRecord
+                  ) -> tuple[FeedState, list[tuple[str, Any]]]:
+        """Normalize one raw record: ``(symbol, SymbolBatch)`` items, plus one item with its
+        dead letters and clock alerts (keyed apart: they skip the per-symbol state)."""
+        if state is None:
+            state = FeedState(drift_threshold_ns=drift_threshold_ns)
+        metrics.RAW_IN.labels(rec.topic).inc()
+        norm = state.process(rec)
+        dlq, batches = route(rec, norm)
+        items: list[tuple[str, Any]] = [(b.symbol, b) for b in batches]
+        side = [(DEAD_LETTER.name, d) for d in dlq] + [(CLOCK_ALERT.name, a)
+                                                       for a in norm.alerts]
+        if side:
+            items.append((DLQ_KEY, side))
+        return state, items
+    return feed_step
 
 
 def symbol_step(state: SymbolState | None, batch: SymbolBatch) -> tuple[SymbolState, LakeRows]:
@@ -91,8 +97,10 @@ def make_encode(settings: Settings, floor: dict[str, int]) -> Any:
         out: list[OutRecord] = []
         for type_name, ev in events:
             enc = _encoder(settings, type_name)
-            # Market and health records are keyed by symbol; dead letters by raw coordinates.
-            k = ev["event_id"] if type_name == DEAD_LETTER.name else ev["symbol"]
+            # Market and health records are keyed by symbol; dead letters by raw
+            # coordinates; clock alerts by feed.
+            k = (ev["event_id"] if type_name == DEAD_LETTER.name else
+                 ev["feed"] if type_name == CLOCK_ALERT.name else ev["symbol"])
             out.append((enc.event_type.topic, k.encode(), enc.encode(ev)))
         return key, out
     return encode
@@ -116,7 +124,8 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
                                                s.consumer_group, tail=tail))
     by_feed = op.key_on("by_raw_partition", raw, lambda r: f"{r.topic}:{r.partition}")
-    per_feed = op.stateful_map("feed_state", by_feed, feed_step)
+    per_feed = op.stateful_map("feed_state", by_feed,
+                               make_feed_step(s.clock_drift_ms * 1_000_000))
     items = op.flat_map("items", per_feed, lambda kv: kv[1])
     split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
     per_symbol = op.stateful_map("symbol_state", split.falses, symbol_step)

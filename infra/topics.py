@@ -25,6 +25,7 @@ OPTION_QUOTES = "market.options.quotes"
 FUTURES_TRADES = "market.futures.trades"
 FUTURES_MBP10 = "market.futures.mbp10"
 HEALTH = "market.health"
+ALERTS = "market.alerts"
 DEAD_LETTER = "market.deadletter"
 NORMALIZED_TOPICS = (
     STOCK_QUOTES,
@@ -60,7 +61,7 @@ def topic_specs(raw_partitions: int = 4, normalized_partitions: int = 4) -> list
     size = {"max.message.bytes": str(MAX_MESSAGE_BYTES)}
     specs = [TopicSpec(t, raw_partitions, {**RAW_CONFIG, **size}) for t in RAW_TOPICS]
     specs += [TopicSpec(t, normalized_partitions, dict(NORMALIZED_CONFIG)) for t in
-              (*NORMALIZED_TOPICS, HEALTH)]
+              (*NORMALIZED_TOPICS, HEALTH, ALERTS)]
     specs.append(TopicSpec(DEAD_LETTER, normalized_partitions, {**DEAD_LETTER_CONFIG, **size}))
     for s in specs:
         missing = [k for k in TANSU_EXPLICIT_TOPIC_CONFIG_KEYS if k not in s.config]

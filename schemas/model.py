@@ -57,6 +57,7 @@ FUTURES_TRADE = EventType("futures_trade", "futures_trade.avsc", topics.FUTURES_
 MBP10 = EventType("mbp10", "mbp10.avsc", topics.FUTURES_MBP10)
 DATA_HEALTH = EventType("data_health", "data_health.avsc", topics.HEALTH)
 DEAD_LETTER = EventType("dead_letter", "dead_letter.avsc", topics.DEAD_LETTER)
+CLOCK_ALERT = EventType("clock_alert", "clock_alert.avsc", topics.ALERTS)
 
 MARKET_EVENTS: tuple[EventType, ...] = (
     STOCK_QUOTE,
@@ -66,6 +67,6 @@ MARKET_EVENTS: tuple[EventType, ...] = (
     FUTURES_TRADE,
     MBP10,
 )
-ALL_EVENTS: tuple[EventType, ...] = (*MARKET_EVENTS, DATA_HEALTH, DEAD_LETTER)
+ALL_EVENTS: tuple[EventType, ...] = (*MARKET_EVENTS, DATA_HEALTH, DEAD_LETTER, CLOCK_ALERT)
 BY_NAME: dict[str, EventType] = {e.name: e for e in ALL_EVENTS}
 BY_TOPIC: dict[str, EventType] = {e.topic: e for e in ALL_EVENTS}

@@ -9,9 +9,13 @@ receipt time of the next one). The symbol memory is bounded by receipt time.
 
 from __future__ import annotations
 
-from tickflow.normalize import normalize_record
+from tickflow.latency import DEFAULT_THRESHOLD_NS, ClockMonitor
+from tickflow.normalize import SOURCE_SYMBOL, normalize_record
 from tickflow.normalize.base import CORRUPT_CHUNK, SCHEMA, UNDECODABLE, Loss, Normalized
-from tickflow.raw import H_DBN, RawRecord
+from tickflow.raw import H_DBN, RawRecord, RawSource
+
+# Live feeds whose receipt times are real receipt times (a backfill's are hours late).
+WATCHED_SOURCES = frozenset({RawSource.MASSIVE_WS.value, RawSource.DATABENTO_DBN.value})
 
 # Symbols not seen on the feed for this long (receipt time) are forgotten.
 DEFAULT_SYMBOL_TTL_NS = 6 * 3600 * 1_000_000_000
@@ -21,10 +25,11 @@ MAX_SESSIONS = 64
 class FeedState:
     """Frame continuity per connector session and the symbols seen, for one raw partition."""
 
-    __slots__ = ("frame_gaps", "last_prune_ns", "sessions", "symbol_ttl_ns", "symbols",
-                 "undecodable")
+    __slots__ = ("clocks", "drift_threshold_ns", "frame_gaps", "last_prune_ns", "sessions",
+                 "symbol_ttl_ns", "symbols", "undecodable")
 
-    def __init__(self, symbol_ttl_ns: int = DEFAULT_SYMBOL_TTL_NS) -> None:
+    def __init__(self, symbol_ttl_ns: int = DEFAULT_SYMBOL_TTL_NS,
+                 drift_threshold_ns: int = DEFAULT_THRESHOLD_NS) -> None:
         # session id -> (last frame_seq, its received_ns); insertion order = recency
         self.sessions: dict[str, tuple[int, int]] = {}
         # symbol -> last received_ns
@@ -33,6 +38,9 @@ class FeedState:
         self.frame_gaps = 0
         self.undecodable = 0
         self.last_prune_ns = 0
+        self.drift_threshold_ns = drift_threshold_ns
+        # Clock offset per source (REST backfills are late by design: not watched).
+        self.clocks: dict[str, ClockMonitor] = {}
 
     def process(self, rec: RawRecord) -> Normalized:
         """Normalize one raw record, adding loss windows for feed-level losses."""
@@ -40,8 +48,14 @@ class FeedState:
         recv = rec.received_ns
         if recv is None:
             return norm
-        for sym, *_ in norm.events:
+        lat_sum = 0
+        last_ts = 0
+        for sym, _, ev, _ in norm.events:
             self.symbols[sym] = recv
+            lat_sum += ev["latency_ns"]
+            last_ts = ev["ts_event_ns"]
+        if norm.events and rec.source in WATCHED_SOURCES:
+            self._watch_clock(rec, recv, lat_sum / len(norm.events), last_ts, norm)
         if any(loss.symbol == "*" for loss in norm.losses):
             # "*": every symbol of the connection, i.e. every symbol seen on this feed.
             norm.losses = [Loss(s, w.start_ns, w.end_ns, w.reason, w.code)
@@ -61,6 +75,26 @@ class FeedState:
             self._feed_loss(norm, start, recv, code, f"undecodable record at {rec.coordinates}")
         self._prune(recv)
         return norm
+
+    def _watch_clock(self, rec: RawRecord, recv: int, mean_latency: float, ts_event: int,
+                     norm: Normalized) -> None:
+        mon = self.clocks.get(rec.source)
+        if mon is None:
+            mon = self.clocks[rec.source] = ClockMonitor(self.drift_threshold_ns)
+        kind = mon.observe(mean_latency)
+        if kind is None:
+            return
+        norm.alerts.append({
+            "event_id": f"{rec.coordinates}:clock:{kind}",
+            "source": SOURCE_SYMBOL.get(rec.source, "UNKNOWN"),
+            "feed": f"{rec.topic}:{rec.partition}", "raw_topic": rec.topic,
+            "raw_partition": rec.partition, "raw_offset": rec.offset,
+            "ts_event_ns": ts_event, "ts_recv_ns": recv, "kind": kind,
+            "offset_ns": round(mon.fast), "baseline_ns": round(mon.baseline),
+            "threshold_ns": mon.threshold_ns,
+            "reason": (f"exchange-to-receipt offset {mon.fast / 1e6:.1f} ms vs baseline "
+                       f"{mon.baseline / 1e6:.1f} ms (threshold {mon.threshold_ns / 1e6:.0f} ms)"),
+        })
 
     def _track_frame(self, rec: RawRecord, norm: Normalized, recv: int) -> int | None:
         """Update the session's frame_seq; returns the previous frame's receipt time."""

@@ -4,7 +4,7 @@ separate steps; this is the boundary for using them on their own."""
 
 from __future__ import annotations
 
-from schemas.model import DEAD_LETTER, Event
+from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
 from tickflow.feed import FeedState
 from tickflow.health import Health
 from tickflow.normalize import route
@@ -32,8 +32,10 @@ class MarketDataNormalizer:
         fs = self._feeds.get(feed)
         if fs is None:
             fs = self._feeds[feed] = FeedState()
-        dlq, batches = route(rec, fs.process(rec))
+        norm = fs.process(rec)
+        dlq, batches = route(rec, norm)
         out: list[tuple[str, Event]] = [(DEAD_LETTER.name, d) for d in dlq]
+        out += [(CLOCK_ALERT.name, a) for a in norm.alerts]
         for b in batches:
             st = self._states.get(b.symbol)
             if st is None:

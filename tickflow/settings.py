@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     raw_partitions: int = Field(default=4, ge=1, alias="TICKFLOW_RAW_PARTITIONS")
     normalized_partitions: int = Field(default=4, ge=1, alias="TICKFLOW_NORMALIZED_PARTITIONS")
     consumer_group: str = Field(default="tickflow-normalize", alias="TICKFLOW_CONSUMER_GROUP")
+    clock_drift_ms: int = Field(
+        default=250, ge=1, alias="TICKFLOW_CLOCK_DRIFT_MS",
+        description="Exchange-vs-receipt offset drift that raises a clock alert")
     lake_bucket_records: int = Field(
         default=1_000_000, ge=1, alias="TICKFLOW_LAKE_BUCKET_RECORDS",
         description="Raw records per lake file-boundary bucket; resets align to it")

@@ -63,3 +63,4 @@ class Normalized:
     rejects: list[Reject] = field(default_factory=list)
     losses: list[Loss] = field(default_factory=list)
     fills: list[Fill] = field(default_factory=list)
+    alerts: list[Event] = field(default_factory=list)  # ClockAlert events of the feed
