@@ -1,22 +1,21 @@
 """A small schema registry speaking the Confluent Schema Registry REST API.
 
 Enough of the API for confluent-kafka's ``SchemaRegistryClient``, ``AvroSerializer`` and
-``AvroDeserializer``: register, look up (by id, by subject and schema), subject versions
-(latest and by number), soft and permanent deletes, global and per-subject compatibility
-config, and the compatibility test endpoint. Compatibility is decided by the ``avro``
-package's ``ReaderWriterCompatibilityChecker``; nothing here invents Avro rules.
+``AvroDeserializer``: register, look up (by id, by subject and schema), subject versions,
+soft and permanent deletes, global and per-subject compatibility config, and the
+compatibility test endpoints. Compatibility is decided by the ``avro`` package's
+``ReaderWriterCompatibilityChecker``; nothing here invents Avro evolution rules.
 
 State is one JSON file, written atomically (temp file, fsync, rename) after every change, so
 ids and versions survive a restart. It listens on 127.0.0.1 unless told otherwise. Production
 points ``SCHEMA_REGISTRY_URL`` at a real Confluent / Karapace / Apicurio / Redpanda registry.
 
-    python -m infra.registry --port 18081 --data-dir .tickflow/registry
+    python -m infra.registry --host 127.0.0.1 --port 18081 --data-dir .tickflow/registry
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -24,8 +23,8 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,13 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import avro.errors
 import avro.schema
-
-from schemas.check import reader_writer_problems
+from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
 log = logging.getLogger("tickflow.registry")
 
 LEVELS = ("NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL",
           "FULL_TRANSITIVE")
+DEFAULT_LEVEL = "BACKWARD"
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 
 
@@ -48,26 +47,96 @@ class RegistryError(Exception):
 
     def __init__(self, status: int, code: int, message: str) -> None:
         super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+        self.status, self.code, self.message = status, code, message
 
 
-def _not_found_subject(subject: str) -> RegistryError:
+def _no_subject(subject: str) -> RegistryError:
     return RegistryError(404, 40401, f"Subject '{subject}' not found.")
 
 
-def _parse(schema_str: str) -> avro.schema.Schema:
+# -- Avro ---------------------------------------------------------------------------------
+
+# JSON types a field default may have, per Avro type (the spec's default-value table).
+_DEFAULT_TYPES: dict[str, tuple[type, ...]] = {
+    "null": (type(None),), "boolean": (bool,), "int": (int,), "long": (int,),
+    "float": (int, float), "double": (int, float), "bytes": (str,), "string": (str,),
+    "fixed": (str,), "enum": (str,), "array": (list,), "map": (dict,), "record": (dict,),
+}
+
+
+def _check_defaults(schema: avro.schema.Schema, seen: set[int]) -> None:
+    """Refuse a field default of the wrong JSON type. ``avro.schema.parse`` accepts
+    ``{"type": "int", "default": "x"}``; Confluent refuses it, and a reader would fail on it
+    only much later, when it first needs the default."""
+    if id(schema) in seen:
+        return
+    seen.add(id(schema))
+    if isinstance(schema, avro.schema.RecordSchema):
+        for f in schema.fields:
+            if f.has_default:
+                # A union's default belongs to its first branch.
+                t = f.type.schemas[0] if isinstance(f.type, avro.schema.UnionSchema) else f.type
+                ok = _DEFAULT_TYPES.get(t.type, (object,))
+                if not isinstance(f.default, ok) or (isinstance(f.default, bool)
+                                                     and bool not in ok):
+                    raise RegistryError(422, 42201, f"Invalid schema: default {f.default!r} "
+                                        f"of field '{f.name}' is not a valid {t.type}")
+            _check_defaults(f.type, seen)
+    elif isinstance(schema, avro.schema.ArraySchema):
+        _check_defaults(schema.items, seen)
+    elif isinstance(schema, avro.schema.MapSchema):
+        _check_defaults(schema.values, seen)
+    elif isinstance(schema, avro.schema.UnionSchema):
+        for s in schema.schemas:
+            _check_defaults(s, seen)
+
+
+def parse_schema(schema_str: str) -> avro.schema.Schema:
+    """Parse and validate an Avro schema, or raise the 422 Confluent answers."""
     try:
-        return avro.schema.parse(schema_str)
-    except (avro.errors.SchemaParseException, json.JSONDecodeError, TypeError,
-            ValueError) as exc:
+        parsed = avro.schema.parse(schema_str)
+    except (avro.errors.AvroException, json.JSONDecodeError, TypeError, ValueError) as exc:
         raise RegistryError(422, 42201, f"Invalid schema: {exc}") from None
+    _check_defaults(parsed, set())
+    return parsed
 
 
-def _canonical(parsed: avro.schema.Schema) -> str:
+def canonical(parsed: avro.schema.Schema) -> str:
+    """The identity of a schema: whitespace, key order and namespace spelling do not matter."""
     return json.dumps(parsed.to_json(), sort_keys=True, separators=(",", ":"))
 
+
+def _field_path(schema_json: Any, location: str) -> str:
+    """'/fields/1/type' -> "field 'price_e9'", by walking the schema's JSON."""
+    node, names = schema_json, []
+    parts = [p for p in location.split("/") if p]
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            if i > 0 and parts[i - 1] == "fields" and isinstance(node, dict):
+                names.append(str(node.get("name")))
+        else:
+            break
+    return f"field '{'.'.join(names)}'" if names else f"location {location}"
+
+
+def reader_problems(reader: avro.schema.Schema, writer: avro.schema.Schema) -> list[str]:
+    """Why ``reader`` cannot read data written with ``writer`` (empty when it can)."""
+    res = ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
+    if res.compatibility is SchemaCompatibilityType.compatible:
+        return []
+    # The checker merges what it finds into unpaired sets, so they are reported side by side.
+    kinds = ", ".join(sorted({i.value.upper() for i in res.incompatibilities}))
+    # A missing default is reported as the bare field name; every other message is a phrase.
+    msgs = "; ".join(f"reader field '{m}' has no default" if re.fullmatch(r"[A-Za-z_]\w*", m)
+                     else m for m in sorted(res.messages))
+    where = ", ".join(_field_path(reader.to_json(), loc) for loc in sorted(res.locations))
+    return [f"{kinds}: {msgs} (at {where})"]
+
+
+# -- state --------------------------------------------------------------------------------
 
 @dataclass
 class Version:
@@ -78,46 +147,45 @@ class Version:
 
 @dataclass
 class State:
-    """Everything the registry knows; the JSON file is exactly this."""
+    """Everything the registry knows; the JSON file is exactly this. A soft-deleted subject is
+    one whose versions are all soft-deleted."""
 
     next_id: int = 1
-    schemas: dict[int, str] = field(default_factory=dict)  # id -> schema string
-    canon: dict[str, int] = field(default_factory=dict)  # canonical form -> id
+    schemas: dict[int, str] = field(default_factory=dict)  # id -> schema string as registered
+    canon: dict[str, int] = field(default_factory=dict)  # canonical form -> id (derived)
     subjects: dict[str, list[Version]] = field(default_factory=dict)
-    subject_deleted: dict[str, bool] = field(default_factory=dict)
-    global_level: str = "BACKWARD"
+    global_level: str = DEFAULT_LEVEL
     subject_level: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "next_id": self.next_id,
-            "schemas": {str(k): v for k, v in self.schemas.items()},
-            "subjects": {s: [[v.version, v.schema_id, v.deleted] for v in vs]
-                         for s, vs in self.subjects.items()},
-            "subject_deleted": self.subject_deleted,
-            "global_level": self.global_level,
-            "subject_level": self.subject_level,
-        }
+        return {"next_id": self.next_id, "schemas": {str(k): v for k, v in self.schemas.items()},
+                "subjects": {s: [[v.version, v.schema_id, v.deleted] for v in vs]
+                             for s, vs in self.subjects.items()},
+                "global_level": self.global_level, "subject_level": self.subject_level}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> State:
         st = cls(next_id=d["next_id"], global_level=d["global_level"],
-                 subject_level=d["subject_level"], subject_deleted=d["subject_deleted"])
+                 subject_level=d["subject_level"])
         st.schemas = {int(k): v for k, v in d["schemas"].items()}
-        st.canon = {_canonical(_parse(v)): k for k, v in st.schemas.items()}
+        st.canon = {canonical(avro.schema.parse(v)): k for k, v in st.schemas.items()}
         st.subjects = {s: [Version(*v) for v in vs] for s, vs in d["subjects"].items()}
+        for s, gone in d.get("subject_deleted", {}).items():  # older files kept a flag
+            for v in st.subjects.get(s, []) if gone else []:
+                v.deleted = True
         return st
 
 
 class Registry:
-    """The registry's logic, independent of HTTP. Thread-safe."""
+    """The registry's logic, independent of HTTP. Every public method holds one lock: the
+    registry is tiny and a global order keeps id and version allocation race-free."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / "registry.json"
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = threading.Lock()
-        self.st = State.from_json(json.loads(self.path.read_text())) if self.path.exists() \
-            else State()
+        self.path = data_dir / "registry.json"
+        self.lock = threading.RLock()
+        self.st = (State.from_json(json.loads(self.path.read_text())) if self.path.exists()
+                   else State())
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
@@ -126,139 +194,194 @@ class Registry:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
-
-    # -- reads ---------------------------------------------------------------------------
-    def _live(self, subject: str, include_deleted: bool = False) -> list[Version]:
-        vs = self.st.subjects.get(subject)
-        if vs is None or (self.st.subject_deleted.get(subject) and not include_deleted):
-            raise _not_found_subject(subject)
-        live = [v for v in vs if include_deleted or not v.deleted]
-        if not live:
-            raise _not_found_subject(subject)
-        return live
-
-    def _version(self, subject: str, version: str, include_deleted: bool = False) -> Version:
-        live = self._live(subject, include_deleted)
-        if version in ("latest", "-1"):
-            return live[-1]
+        # fsync the directory too, or the rename itself may not survive a power cut.
+        fd = os.open(self.path.parent, os.O_RDONLY)
         try:
-            n = int(version)
-        except ValueError:
-            raise RegistryError(422, 42202, f"Invalid version {version!r}") from None
-        for v in live:
-            if v.version == n:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _versions(self, subject: str, deleted: bool = False) -> list[Version]:
+        vs = [v for v in self.st.subjects.get(subject, []) if deleted or not v.deleted]
+        if not vs:
+            raise _no_subject(subject)
+        return vs
+
+    def _version(self, subject: str, version: str, deleted: bool = False) -> Version:
+        vs = self._versions(subject, deleted)
+        if version in ("latest", "-1"):
+            return vs[-1]
+        if not version.isdigit() or not 1 <= int(version) < 2**31:
+            raise RegistryError(422, 42202, f"The specified version '{version}' is not a valid "
+                                "version id. Allowed values are between [1, 2^31-1] and 'latest'")
+        for v in vs:
+            if v.version == int(version):
                 return v
         raise RegistryError(404, 40402, f"Version {version} not found.")
 
-    def version_body(self, subject: str, v: Version) -> dict[str, Any]:
+    def _body(self, subject: str, v: Version) -> dict[str, Any]:
         return {"subject": subject, "version": v.version, "id": v.schema_id,
-                "schemaType": "AVRO", "schema": self.st.schemas[v.schema_id]}
+                "schema": self.st.schemas[v.schema_id]}
 
-    def level(self, subject: str | None) -> str:
-        if subject is not None and subject in self.st.subject_level:
-            return self.st.subject_level[subject]
-        return self.st.global_level
+    def _problems(self, new: avro.schema.Schema, against: list[Version], level: str
+                  ) -> list[str]:
+        out: list[str] = []
+        for v in against:
+            old = avro.schema.parse(self.st.schemas[v.schema_id])
+            if level.startswith(("BACKWARD", "FULL")):  # the new schema reads old data
+                out += [f"BACKWARD vs version {v.version}: {p}" for p in reader_problems(new, old)]
+            if level.startswith(("FORWARD", "FULL")):  # old readers read new data
+                out += [f"FORWARD vs version {v.version}: {p}" for p in reader_problems(old, new)]
+        return out
 
-    def check(self, subject: str, new: avro.schema.Schema, against: list[Version] | None = None
-              ) -> list[str]:
-        """Why ``new`` may not join ``subject`` under its compatibility level."""
-        level = self.level(subject)
-        if level == "NONE":
-            return []
-        try:
-            live = against if against is not None else self._live(subject)
-        except RegistryError:
-            return []
-        targets = live if level.endswith("TRANSITIVE") else live[-1:]
-        problems: list[str] = []
-        for v in targets:
-            old = _parse(self.st.schemas[v.schema_id])
-            if level.startswith(("BACKWARD", "FULL")):
-                problems += [f"BACKWARD vs version {v.version}: {p}"
-                             for p in reader_writer_problems(new, old)]
-            if level.startswith(("FORWARD", "FULL")):
-                problems += [f"FORWARD vs version {v.version}: {p}"
-                             for p in reader_writer_problems(old, new)]
-        return problems
+    def _targets(self, subject: str, level: str) -> list[Version]:
+        """The versions a new schema is judged against under ``level``."""
+        live = [v for v in self.st.subjects.get(subject, []) if not v.deleted]
+        return [] if level == "NONE" else live if level.endswith("TRANSITIVE") else live[-1:]
 
-    # -- writes --------------------------------------------------------------------------
-    def register(self, subject: str, schema_str: str) -> dict[str, Any]:
-        parsed = _parse(schema_str)
-        key = _canonical(parsed)
+    # -- reads ------------------------------------------------------------------------------
+    def subjects(self, deleted: bool, deleted_only: bool, prefix: str) -> list[str]:
         with self.lock:
+            out = []
+            for s, vs in self.st.subjects.items():
+                live = any(not v.deleted for v in vs)
+                if s.startswith(prefix) and (not live if deleted_only else live or deleted):
+                    out.append(s)
+            return sorted(out)
+
+    def versions(self, subject: str, deleted: bool, deleted_only: bool) -> list[int]:
+        with self.lock:
+            if deleted_only:
+                if subject not in self.st.subjects:
+                    raise _no_subject(subject)
+                return [v.version for v in self.st.subjects[subject] if v.deleted]
+            return [v.version for v in self._versions(subject, deleted)]
+
+    def get_version(self, subject: str, version: str, deleted: bool) -> dict[str, Any]:
+        with self.lock:
+            return self._body(subject, self._version(subject, version, deleted))
+
+    def schema(self, schema_id: int) -> str:
+        with self.lock:
+            if schema_id not in self.st.schemas:
+                raise RegistryError(404, 40403, f"Schema {schema_id} not found")
+            return self.st.schemas[schema_id]
+
+    def uses(self, schema_id: int, deleted: bool, subject: str | None) -> list[dict[str, Any]]:
+        """The subject-versions that hold ``schema_id``."""
+        with self.lock:
+            self.schema(schema_id)
+            return [{"subject": s, "version": v.version} for s, vs in self.st.subjects.items()
+                    for v in vs if v.schema_id == schema_id and (deleted or not v.deleted)
+                    and subject in (None, s)]
+
+    def lookup(self, subject: str, schema_str: str, deleted: bool) -> dict[str, Any]:
+        key = canonical(parse_schema(schema_str))
+        with self.lock:
+            sid = self.st.canon.get(key)
+            for v in reversed(self._versions(subject, deleted)):
+                if v.schema_id == sid:
+                    return self._body(subject, v)
+        raise RegistryError(404, 40403, f"Schema not found under subject '{subject}'")
+
+    def level(self, subject: str | None = None) -> str:
+        with self.lock:
+            if subject is None:
+                return self.st.global_level
+            return self.st.subject_level.get(subject, self.st.global_level)
+
+    def subject_level(self, subject: str, default_to_global: bool) -> str:
+        with self.lock:
+            lvl = self.st.subject_level.get(subject)
+            if lvl is None and not default_to_global:
+                raise RegistryError(404, 40408, f"Subject '{subject}' does not have "
+                                    "subject-level compatibility configured")
+            return lvl or self.st.global_level
+
+    def test(self, subject: str, schema_str: str, version: str | None) -> list[str]:
+        """Why ``schema_str`` may not join ``subject``: against one version (``version``,
+        direction from the level, no transitivity) or, with None, as registration would."""
+        new = parse_schema(schema_str)
+        with self.lock:
+            level = self.level(subject)
+            if version is None:
+                return self._problems(new, self._targets(subject, level), level)
+            target = self._version(subject, version)
+            return [] if level == "NONE" else self._problems(new, [target], level)
+
+    # -- writes -----------------------------------------------------------------------------
+    def register(self, subject: str, schema_str: str, normalize: bool) -> dict[str, Any]:
+        parsed = parse_schema(schema_str)
+        key = canonical(parsed)
+        with self.lock:
+            sid = self.st.canon.get(key)
             vs = self.st.subjects.get(subject, [])
-            if self.st.subject_deleted.get(subject):
-                vs = []  # a soft-deleted subject starts again (its versions stay for ids)
             for v in vs:
-                if not v.deleted and self.st.canon.get(key) == v.schema_id:
+                if not v.deleted and v.schema_id == sid:  # idempotent: same schema, same answer
                     return {"id": v.schema_id, "version": v.version}
-            problems = self.check(subject, parsed, [v for v in vs if not v.deleted] or None)
+            level = self.level(subject)
+            problems = self._problems(parsed, self._targets(subject, level), level)
             if problems:
                 raise RegistryError(409, 409, (
-                    f"Schema being registered is incompatible with an earlier schema for "
-                    f"subject '{subject}' (compatibility {self.level(subject)}): "
-                    + "; ".join(problems)))
-            sid = self.st.canon.get(key)
-            if sid is None:
+                    f"Schema being registered is incompatible with an earlier schema for subject "
+                    f"'{subject}' (compatibility {level}): " + "; ".join(problems)))
+            if sid is None:  # ids are global: identical schemas share one across subjects
                 sid = self.st.next_id
                 self.st.next_id += 1
-                self.st.schemas[sid] = schema_str
+                self.st.schemas[sid] = key if normalize else schema_str
                 self.st.canon[key] = sid
-            all_vs = self.st.subjects.setdefault(subject, [])
-            number = max((v.version for v in all_vs), default=0) + 1
-            if self.st.subject_deleted.pop(subject, None):
-                for v in all_vs:
-                    v.deleted = True
-            all_vs.append(Version(number, sid))
+            # Numbers are never reused, even after a soft delete of the whole subject.
+            number = max((v.version for v in vs), default=0) + 1
+            self.st.subjects.setdefault(subject, []).append(Version(number, sid))
             self._save()
             return {"id": sid, "version": number}
-
-    def lookup(self, subject: str, schema_str: str) -> dict[str, Any]:
-        key = _canonical(_parse(schema_str))
-        with self.lock:
-            for v in self._live(subject):
-                if self.st.canon.get(key) == v.schema_id:
-                    return self.version_body(subject, v)
-        raise RegistryError(404, 40403, "Schema not found.")
 
     def delete_subject(self, subject: str, permanent: bool) -> list[int]:
         with self.lock:
             vs = self.st.subjects.get(subject)
-            if vs is None:
-                raise _not_found_subject(subject)
+            if not vs:
+                raise _no_subject(subject)
+            live = [v.version for v in vs if not v.deleted]
             if permanent:
-                if not self.st.subject_deleted.get(subject) and any(not v.deleted for v in vs):
-                    raise RegistryError(409, 40405, f"Subject '{subject}' was not deleted first "
+                if live:
+                    raise RegistryError(404, 40405, f"Subject '{subject}' was not deleted first "
                                         "before being permanently deleted")
                 del self.st.subjects[subject]
-                self.st.subject_deleted.pop(subject, None)
                 self.st.subject_level.pop(subject, None)
                 out = [v.version for v in vs]
             else:
-                if self.st.subject_deleted.get(subject):
-                    raise RegistryError(404, 40404, f"Subject '{subject}' was soft deleted.")
-                out = [v.version for v in vs if not v.deleted]
-                self.st.subject_deleted[subject] = True
+                if not live:
+                    raise RegistryError(404, 40404, f"Subject '{subject}' was soft deleted. "
+                                        "Set permanent=true to delete permanently")
+                for v in vs:
+                    v.deleted = True
+                out = live
             self._save()
             return out
 
     def delete_version(self, subject: str, version: str, permanent: bool) -> int:
         with self.lock:
-            v = self._version(subject, version, include_deleted=permanent)
+            v = self._version(subject, version, deleted=True)
+            if permanent and not v.deleted:
+                raise RegistryError(404, 40407, f"Subject '{subject}' Version {v.version} was "
+                                    "not deleted first before being permanently deleted")
+            if not permanent and v.deleted:
+                raise RegistryError(404, 40406, f"Subject '{subject}' Version {v.version} was "
+                                    "soft deleted. Set permanent=true to delete permanently")
             if permanent:
-                if not v.deleted:
-                    raise RegistryError(409, 40407, f"Version {v.version} of subject "
-                                        f"'{subject}' was not deleted first")
                 self.st.subjects[subject].remove(v)
+                if not self.st.subjects[subject]:
+                    del self.st.subjects[subject]
             else:
                 v.deleted = True
             self._save()
             return v.version
 
-    def set_level(self, subject: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        level = body.get("compatibility") or body.get("compatibilityLevel")
+    def set_level(self, subject: str | None, body: Any) -> str:
+        b = body if isinstance(body, dict) else {}
+        level = str(b.get("compatibility") or b.get("compatibilityLevel") or "").upper()
         if level not in LEVELS:
-            raise RegistryError(422, 42203, f"Invalid compatibility level {level!r}; "
+            raise RegistryError(422, 42203, f"Invalid compatibility level {level or None!r}; "
                                 f"expected one of {', '.join(LEVELS)}")
         with self.lock:
             if subject is None:
@@ -266,161 +389,126 @@ class Registry:
             else:
                 self.st.subject_level[subject] = level
             self._save()
-        return {"compatibility": level, "compatibilityLevel": level}
+            return level
 
-
-Route = tuple[str, re.Pattern[str], str]
-_S = r"(?P<subject>[^/]+)"
-_V = r"(?P<version>[^/]+)"
-ROUTES: list[Route] = [(m, re.compile(f"^{p}$"), h) for m, p, h in [
-    ("GET", "/subjects", "list_subjects"),
-    ("GET", "/schemas/types", "schema_types"),
-    ("GET", r"/schemas/ids/(?P<id>\d+)", "schema_by_id"),
-    ("GET", r"/schemas/ids/(?P<id>\d+)/schema", "raw_schema_by_id"),
-    ("GET", r"/schemas/ids/(?P<id>\d+)/versions", "versions_by_id"),
-    ("GET", r"/schemas/ids/(?P<id>\d+)/subjects", "subjects_by_id"),
-    ("GET", f"/subjects/{_S}/versions", "list_versions"),
-    ("POST", f"/subjects/{_S}/versions", "register"),
-    ("POST", f"/subjects/{_S}", "lookup"),
-    ("DELETE", f"/subjects/{_S}", "delete_subject"),
-    ("GET", f"/subjects/{_S}/versions/{_V}", "get_version"),
-    ("GET", f"/subjects/{_S}/versions/{_V}/schema", "get_version_schema"),
-    ("DELETE", f"/subjects/{_S}/versions/{_V}", "delete_version"),
-    ("GET", "/config", "get_global_config"),
-    ("PUT", "/config", "put_global_config"),
-    ("GET", f"/config/{_S}", "get_subject_config"),
-    ("PUT", f"/config/{_S}", "put_subject_config"),
-    ("DELETE", f"/config/{_S}", "delete_subject_config"),
-    ("POST", f"/compatibility/subjects/{_S}/versions/{_V}", "compat_version"),
-    ("POST", f"/compatibility/subjects/{_S}/versions", "compat_all"),
-    ("GET", "/", "root"),
-]]
-
-
-class Api:
-    """HTTP-shaped handlers: (path params, query, body) -> JSON-able response."""
-
-    def __init__(self, reg: Registry) -> None:
-        self.reg = reg
-
-    def root(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return {}
-
-    def list_subjects(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        deleted = q.get("deleted") == "true"
-        st = self.reg.st
-        return sorted(s for s, vs in st.subjects.items()
-                      if deleted or (not st.subject_deleted.get(s) and any(not v.deleted
-                                                                          for v in vs)))
-
-    def schema_types(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return ["AVRO"]
-
-    def _schema(self, p: dict[str, str]) -> str:
-        s = self.reg.st.schemas.get(int(p["id"]))
-        if s is None:
-            raise RegistryError(404, 40403, f"Schema {p['id']} not found")
-        return s
-
-    def schema_by_id(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return {"schema": self._schema(p), "schemaType": "AVRO"}
-
-    def raw_schema_by_id(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return json.loads(self._schema(p))
-
-    def versions_by_id(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        self._schema(p)
-        sid = int(p["id"])
-        return [{"subject": s, "version": v.version} for s, vs in self.reg.st.subjects.items()
-                for v in vs if v.schema_id == sid and not v.deleted]
-
-    def subjects_by_id(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return sorted({x["subject"] for x in self.versions_by_id(p, q, b)})
-
-    def list_versions(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return [v.version for v in self.reg._live(p["subject"], q.get("deleted") == "true")]
-
-    def register(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        _avro_only(b)
-        return self.reg.register(p["subject"], _schema_of(b))
-
-    def lookup(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        _avro_only(b)
-        return self.reg.lookup(p["subject"], _schema_of(b))
-
-    def delete_subject(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return self.reg.delete_subject(p["subject"], q.get("permanent") == "true")
-
-    def get_version(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        v = self.reg._version(p["subject"], p["version"], q.get("deleted") == "true")
-        return self.reg.version_body(p["subject"], v)
-
-    def get_version_schema(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return json.loads(self.get_version(p, q, b)["schema"])
-
-    def delete_version(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return self.reg.delete_version(p["subject"], p["version"], q.get("permanent") == "true")
-
-    def get_global_config(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        lvl = self.reg.st.global_level
-        return {"compatibilityLevel": lvl, "compatibility": lvl}
-
-    def put_global_config(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return self.reg.set_level(None, b or {})
-
-    def get_subject_config(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        lvl = self.reg.st.subject_level.get(p["subject"])
-        if lvl is None:
-            if q.get("defaultToGlobal") != "true":
-                raise RegistryError(404, 40408, f"Subject '{p['subject']}' does not have "
+    def delete_level(self, subject: str | None) -> str:
+        """Drop a subject's level (or reset the global one); returns the level it had."""
+        with self.lock:
+            if subject is None:
+                old, self.st.global_level = self.st.global_level, DEFAULT_LEVEL
+            elif subject in self.st.subject_level:
+                old = self.st.subject_level.pop(subject)
+            else:
+                raise RegistryError(404, 40408, f"Subject '{subject}' does not have "
                                     "subject-level compatibility configured")
-            lvl = self.reg.st.global_level
-        return {"compatibilityLevel": lvl, "compatibility": lvl}
+            self._save()
+            return old
 
-    def put_subject_config(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return self.reg.set_level(p["subject"], b or {})
 
-    def delete_subject_config(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        with self.reg.lock:
-            lvl = self.reg.st.subject_level.pop(p["subject"], None)
-            if lvl is None:
-                raise _not_found_subject(p["subject"])
-            self.reg._save()
-        return {"compatibilityLevel": lvl, "compatibility": lvl}
+# -- HTTP ---------------------------------------------------------------------------------
 
-    def _compat(self, p: dict[str, str], q: dict[str, str], b: Any, versions: list[Version]
-                ) -> Any:
-        _avro_only(b)
-        problems = self.reg.check(p["subject"], _parse(_schema_of(b)), versions)
-        out: dict[str, Any] = {"is_compatible": not problems}
-        if q.get("verbose") == "true":
-            out["messages"] = problems
-        return out
+Query = dict[str, str]
+Handler = Callable[[Registry, dict[str, str], Query, Any], Any]
 
-    def compat_version(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        v = self.reg._version(p["subject"], p["version"])
-        # Against one named version the level's direction applies, without transitivity.
-        return self._compat(p, q, b, [v])
 
-    def compat_all(self, p: dict[str, str], q: dict[str, str], b: Any) -> Any:
-        return self._compat(p, q, b, self.reg._live(p["subject"]))
+def _flag(q: Query, name: str) -> bool:
+    # The client sends both "true" (httpx params) and "True" (hand-formatted query strings).
+    return q.get(name, "").lower() == "true"
 
 
 def _schema_of(body: Any) -> str:
     if not isinstance(body, dict) or not isinstance(body.get("schema"), str):
         raise RegistryError(422, 42201, "Request body must be an object with a 'schema' string")
+    if (body.get("schemaType") or "AVRO").upper() != "AVRO":
+        raise RegistryError(422, 42201, f"Unsupported schemaType {body['schemaType']!r}: "
+                            "this registry serves AVRO only")
+    if body.get("references"):
+        raise RegistryError(422, 42201, "Schema references are not supported by this registry")
     return str(body["schema"])
 
 
-def _avro_only(body: Any) -> None:
-    if isinstance(body, dict) and body.get("schemaType", "AVRO") != "AVRO":
-        raise RegistryError(422, 42201, f"Unsupported schemaType {body['schemaType']!r}: "
-                            "this registry serves AVRO only")
+def _config(level: str) -> dict[str, str]:
+    return {"compatibilityLevel": level, "compatibility": level}
 
 
-def make_handler(api: Api, verbose: bool) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def _compat(problems: list[str], q: Query) -> dict[str, Any]:
+    out: dict[str, Any] = {"is_compatible": not problems}
+    if _flag(q, "verbose"):
+        out["messages"] = problems
+    return out
+
+
+def _compat_all(r: Registry, p: dict[str, str], q: Query, b: Any) -> Any:
+    return _compat(r.test(p["s"], _schema_of(b), None), q)
+
+
+def _compat_one(r: Registry, p: dict[str, str], q: Query, b: Any) -> Any:
+    return _compat(r.test(p["s"], _schema_of(b), p["v"]), q)
+
+
+_S, _V, _ID = r"(?P<s>[^/]+)", r"(?P<v>[^/]+)", r"(?P<id>\d+)"
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "", lambda r, p, q, b: {}),
+    ("GET", "/subjects", lambda r, p, q, b: r.subjects(
+        _flag(q, "deleted"), _flag(q, "deleted_only"), q.get("subjectPrefix", ""))),
+    ("GET", "/schemas/types", lambda r, p, q, b: ["AVRO"]),
+    ("GET", f"/schemas/ids/{_ID}", lambda r, p, q, b: {"schema": r.schema(int(p["id"]))}),
+    ("GET", f"/schemas/ids/{_ID}/schema", lambda r, p, q, b: json.loads(r.schema(int(p["id"])))),
+    ("GET", f"/schemas/ids/{_ID}/versions", lambda r, p, q, b: r.uses(
+        int(p["id"]), _flag(q, "deleted"), q.get("subject"))),
+    ("GET", f"/schemas/ids/{_ID}/subjects", lambda r, p, q, b: sorted({u["subject"] for u in r.uses(
+        int(p["id"]), _flag(q, "deleted"), q.get("subject"))})),
+    ("POST", f"/subjects/{_S}", lambda r, p, q, b: r.lookup(
+        p["s"], _schema_of(b), _flag(q, "deleted"))),
+    ("DELETE", f"/subjects/{_S}", lambda r, p, q, b: r.delete_subject(
+        p["s"], _flag(q, "permanent"))),
+    ("GET", f"/subjects/{_S}/versions", lambda r, p, q, b: r.versions(
+        p["s"], _flag(q, "deleted"), _flag(q, "deleted_only"))),
+    ("POST", f"/subjects/{_S}/versions", lambda r, p, q, b: r.register(
+        p["s"], _schema_of(b), _flag(q, "normalize"))),
+    ("GET", f"/subjects/{_S}/versions/{_V}", lambda r, p, q, b: r.get_version(
+        p["s"], p["v"], _flag(q, "deleted"))),
+    ("DELETE", f"/subjects/{_S}/versions/{_V}", lambda r, p, q, b: r.delete_version(
+        p["s"], p["v"], _flag(q, "permanent"))),
+    ("GET", f"/subjects/{_S}/versions/{_V}/schema", lambda r, p, q, b: json.loads(
+        r.get_version(p["s"], p["v"], _flag(q, "deleted"))["schema"])),
+    ("GET", "/config", lambda r, p, q, b: _config(r.level())),
+    ("PUT", "/config", lambda r, p, q, b: {"compatibility": r.set_level(None, b)}),
+    ("DELETE", "/config", lambda r, p, q, b: _config(r.delete_level(None))),
+    ("GET", f"/config/{_S}", lambda r, p, q, b: _config(r.subject_level(
+        p["s"], _flag(q, "defaultToGlobal")))),
+    ("PUT", f"/config/{_S}", lambda r, p, q, b: {"compatibility": r.set_level(p["s"], b)}),
+    ("DELETE", f"/config/{_S}", lambda r, p, q, b: _config(r.delete_level(p["s"]))),
+    ("POST", f"/compatibility/subjects/{_S}/versions", _compat_all),
+    ("POST", f"/compatibility/subjects/{_S}/versions/{_V}", _compat_one),
+]
+_COMPILED = [(m, re.compile(f"^{p}$"), h) for m, p, h in ROUTES]
+
+
+def route(reg: Registry, method: str, target: str, body: Any) -> Any:
+    """Answer one request (``target`` is the raw path and query) or raise RegistryError."""
+    url = urlsplit(target)
+    path = url.path.rstrip("/")
+    query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+    allowed = False
+    for m, pattern, handler in _COMPILED:
+        match = pattern.match(path)  # match before unquoting: a subject may hold "%2F"
+        if match:
+            allowed = True
+            if m == method:
+                params = {k: unquote(v) for k, v in match.groupdict().items()}
+                return handler(reg, params, query, body)
+    if allowed:
+        raise RegistryError(405, 405, f"Method {method} not allowed on {path}")
+    raise RegistryError(404, 404, f"No such endpoint: {method} {path}")
+
+
+def make_handler(reg: Registry, verbose: bool) -> type[BaseHTTPRequestHandler]:
+    class RequestHandler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the client reuses one connection
+        # Headers and body leave in two writes; with Nagle on, the body waits for the client's
+        # delayed ACK of the headers, ~40 ms per request on loopback.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:
             if verbose:
@@ -434,52 +522,33 @@ def make_handler(api: Api, verbose: bool) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _dispatch(self, method: str) -> None:
-            url = urlsplit(self.path)
-            path = unquote(url.path.rstrip("/")) or "/"
-            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        def _dispatch(self) -> None:
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 try:
-                    body = json.loads(raw) if raw else None
-                except json.JSONDecodeError:
-                    raise RegistryError(400, 400, "Request body is not valid JSON") from None
-                for m, pattern, name in ROUTES:
-                    match = pattern.match(path)
-                    if match and m == method:
-                        self._send(200, getattr(api, name)(match.groupdict(), query, body))
-                        return
-                raise RegistryError(404, 404, f"No route for {method} {path}")
+                    body = json.loads(raw) if raw.strip() else None
+                except json.JSONDecodeError as exc:
+                    raise RegistryError(400, 50005, f"Request body is not JSON: {exc}") from None
+                self._send(200, route(reg, self.command, self.path, body))
             except RegistryError as exc:
                 self._send(exc.status, {"error_code": exc.code, "message": exc.message})
-            except Exception as exc:  # a bug must answer 500, not kill the connection
-                log.exception("registry error")
-                self._send(HTTPStatus.INTERNAL_SERVER_ERROR,
-                           {"error_code": 50001, "message": f"internal error: {exc}"})
+            except Exception as exc:  # a bug must answer 500, not drop the connection
+                log.exception("registry error on %s %s", self.command, self.path)
+                self._send(500, {"error_code": 50001, "message": f"Internal error: {exc}"})
 
-        def do_GET(self) -> None:
-            self._dispatch("GET")
+        do_GET = do_POST = do_PUT = do_DELETE = _dispatch
 
-        def do_POST(self) -> None:
-            self._dispatch("POST")
-
-        def do_PUT(self) -> None:
-            self._dispatch("PUT")
-
-        def do_DELETE(self) -> None:
-            self._dispatch("DELETE")
-
-    return Handler
+    return RequestHandler
 
 
 class RegistryServer:
-    """The registry over HTTP, in a background thread (``start``/``stop``) or in the
-    foreground (``serve_forever``)."""
+    """The registry over HTTP: ``start()`` serves from a background thread, ``stop()`` ends it;
+    ``serve_forever()`` serves in the caller's thread. Port 0 picks a free port (see ``url``)."""
 
-    def __init__(self, host: str, port: int, data_dir: Path, verbose: bool = False) -> None:
-        self.registry = Registry(data_dir)
-        self.httpd = ThreadingHTTPServer((host, port), make_handler(Api(self.registry), verbose))
+    def __init__(self, host: str = "127.0.0.1", port: int = 0,
+                 data_dir: Path = Path(".tickflow/registry"), verbose: bool = False) -> None:
+        self.registry = Registry(Path(data_dir))
+        self.httpd = ThreadingHTTPServer((host, port), make_handler(self.registry, verbose))
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -488,33 +557,54 @@ class RegistryServer:
         host, port = self.httpd.server_address[:2]
         return f"http://{host!s}:{port}"
 
+    def serve_forever(self) -> None:
+        try:
+            self.httpd.serve_forever(poll_interval=0.05)  # stop() waits up to one interval
+        finally:
+            self.httpd.server_close()
+
     def start(self) -> RegistryServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.serve_forever, name="registry", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self.httpd.shutdown()
+        if self._thread is not None:
+            self._thread.join()
         self.httpd.server_close()
+
+    def __enter__(self) -> RegistryServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="tickflow's embedded schema registry "
-                                 "(Confluent REST API subset)")
-    ap.add_argument("--host", default="127.0.0.1", help="Bind address (loopback by default)")
-    ap.add_argument("--port", type=int, default=18081)
-    ap.add_argument("--data-dir", type=Path, default=Path(".tickflow/registry"))
-    ap.add_argument("--verbose", action="store_true", help="Log every request")
+    ap = argparse.ArgumentParser(
+        prog="python -m infra.registry",
+        description="tickflow's embedded schema registry (Confluent REST API subset, Avro)")
+    ap.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    ap.add_argument("--port", type=int, default=18081, help="TCP port (0: any free port)")
+    ap.add_argument("--data-dir", type=Path, default=Path(".tickflow/registry"),
+                    help="where registry.json is kept")
+    ap.add_argument("--verbose", action="store_true", help="log every request on stderr")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        stream=sys.stderr)
+                        stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
     server = RegistryServer(args.host, args.port, args.data_dir, args.verbose)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.httpd.shutdown)
-                  .start())
-    print(f"schema registry on {server.url}, data in {args.data_dir}", file=sys.stderr)
-    with contextlib.suppress(KeyboardInterrupt):
-        server.httpd.serve_forever()
-    server.httpd.server_close()
+
+    def stop(*_: object) -> None:
+        # shutdown() blocks until serve_forever returns, and the handler runs inside
+        # serve_forever's thread: ask from another thread or it would wait for itself.
+        threading.Thread(target=server.httpd.shutdown).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"schema registry on {server.url}, data in {args.data_dir}", file=sys.stderr,
+          flush=True)
+    server.serve_forever()
     return 0
 
 
