@@ -5,11 +5,18 @@ Counted per batch, not per event, so the hot path pays a dict update per event a
 
 from __future__ import annotations
 
+import threading
+from bisect import bisect_left
 from collections import Counter as Tally
+from collections.abc import Iterator
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, start_http_server
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
-from schemas.model import DATA_HEALTH, DEAD_LETTER, Event
+from schemas.model import DATA_HEALTH, DEAD_LETTER, MARKET_EVENTS, Event
+
+_HAS_LATENCY = frozenset(e.name for e in MARKET_EVENTS)
 
 EVENTS_OUT = Counter("tickflow_events_out_total", "Events published, by event type", ["type"])
 DEAD_LETTERS = Counter("tickflow_dead_letters_total", "Dead letters, by reason", ["reason"])
@@ -18,9 +25,52 @@ HEALTH = Counter("tickflow_health_transitions_total", "DataHealth transitions, b
 DUPLICATES = Counter("tickflow_duplicates_total", "Exact duplicates dropped, by source",
                      ["source"])
 RAW_IN = Counter("tickflow_raw_records_total", "Raw records read, by topic", ["topic"])
-LATENCY = Histogram("tickflow_latency_seconds", "Receipt minus vendor event time",
-                    ["type"], buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5,
-                                       1, 2.5, 10, 60))
+LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
+
+
+class LatencyHistogram:
+    """``tickflow_latency_seconds{type}``: receipt minus vendor event time.
+
+    A Prometheus histogram filled a batch at a time: one ``bisect`` per event into plain
+    lists, exposed by a collector at scrape time. ``prometheus_client.Histogram.observe``
+    takes a lock and a label lookup per event, several percent of the flow's time.
+    """
+
+    def __init__(self, buckets_s: tuple[float, ...] = LATENCY_BUCKETS_S) -> None:
+        self.bounds_s = buckets_s
+        self._bounds_ns = [int(b * 1e9) for b in buckets_s]
+        self._counts: dict[str, list[int]] = {}  # per type: one count per bucket, then +Inf
+        self._sums_ns: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def observe_many(self, type_name: str, latencies_ns: list[int]) -> None:
+        bounds = self._bounds_ns
+        local = [0] * (len(bounds) + 1)
+        for v in latencies_ns:
+            local[bisect_left(bounds, v)] += 1  # le: a value equal to a bound is inside it
+        with self._lock:
+            counts = self._counts.setdefault(type_name, [0] * (len(bounds) + 1))
+            for i, n in enumerate(local):
+                counts[i] += n
+            self._sums_ns[type_name] = self._sums_ns.get(type_name, 0) + sum(latencies_ns)
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        fam = HistogramMetricFamily("tickflow_latency_seconds",
+                                    "Receipt minus vendor event time", labels=["type"])
+        with self._lock:
+            snapshot = {t: (list(c), self._sums_ns[t]) for t, c in self._counts.items()}
+        for type_name, (counts, sum_ns) in sorted(snapshot.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip((*map(floatToGoString, self.bounds_s), "+Inf"), counts,
+                                strict=True):
+                cumulative += n
+                buckets.append((bound, cumulative))
+            fam.add_metric([type_name], buckets, sum_ns / 1e9)
+        yield fam
+
+
+LATENCY = LatencyHistogram()
+REGISTRY.register(LATENCY)
 
 _started: set[int] = set()
 
@@ -33,14 +83,21 @@ def serve(port: int, addr: str = "127.0.0.1") -> None:
 
 
 def observe(events: list[tuple[str, Event]]) -> None:
+    """Count a batch of output events by type, reason and state, and their latencies."""
     types: Tally[str] = Tally()
+    latencies: dict[str, list[int]] = {}
     for type_name, ev in events:
         types[type_name] += 1
-        if type_name == DEAD_LETTER.name:
+        if type_name in _HAS_LATENCY:  # market events; clock alerts carry none
+            lat = latencies.get(type_name)
+            if lat is None:
+                lat = latencies[type_name] = []
+            lat.append(ev["latency_ns"])
+        elif type_name == DEAD_LETTER.name:
             DEAD_LETTERS.labels(ev["reason_code"]).inc()
         elif type_name == DATA_HEALTH.name:
             HEALTH.labels(ev["to_state"]).inc()
-        else:
-            LATENCY.labels(type_name).observe(ev["latency_ns"] / 1e9)
     for t, n in types.items():
         EVENTS_OUT.labels(t).inc(n)
+    for t, lats in latencies.items():
+        LATENCY.observe_many(t, lats)

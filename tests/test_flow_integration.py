@@ -168,6 +168,9 @@ def test_metrics_endpoint_and_health_command(settings: Settings, monkeypatch) ->
     assert delta("tickflow_duplicates_total", source="MASSIVE_WS") == 4
     assert delta("tickflow_health_transitions_total", to_state="GAP_DETECTED") == 2
     assert delta("tickflow_latency_seconds_count", type="stock_trade") == 36
+    # Every event arrived 2 ms after its event time: inside le="0.002" (bounds inclusive).
+    assert delta("tickflow_latency_seconds_bucket", le="0.002", type="stock_trade") == 36
+    assert delta("tickflow_latency_seconds_bucket", le="0.001", type="stock_trade") == 0
 
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
            "COLUMNS": "200"}
