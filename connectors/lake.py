@@ -32,11 +32,12 @@ from typing import Any, NamedTuple
 from urllib.parse import quote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 import tickflow
-from schemas.arrow import arrow_schema
+from schemas.arrow import arrow_schema, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
 
 DEFAULT_MAX_ROWS = 250_000
@@ -94,23 +95,25 @@ def file_name(key: PartitionKey, first_offset: int) -> str:
 def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
     """Write one sorted Parquet file for the rows of ``f``, atomically."""
     et = BY_NAME[key.event_type]
-    rows = sorted(f.rows, key=lambda r: (r["ts_event_ns"], r["sequence"]))
     d = partition_dir(root, key.event_type, key.symbol, _EPOCH + dt.timedelta(days=key.day))
     d.mkdir(parents=True, exist_ok=True)
     name = file_name(key, f.first_offset)
-    table = pa.Table.from_pylist(rows, schema=arrow_schema(et))
+    # Arrow's sort is stable, like sorted(): rows with equal keys keep their arrival order.
+    table = to_table(et, f.rows).sort_by([("ts_event_ns", "ascending"),
+                                          ("sequence", "ascending")])
+    ids = table.column("event_id")
     meta = {
         "tickflow.version": tickflow.__version__,
         "tickflow.event_type": key.event_type,
         "tickflow.symbol": key.symbol,
-        "tickflow.rows": str(len(rows)),
+        "tickflow.rows": str(table.num_rows),
         "tickflow.raw_topic": key.raw_topic,
         "tickflow.raw_partition": str(key.raw_partition),
         "tickflow.raw_first_offset": str(f.first_offset),
         "tickflow.raw_last_offset": str(f.last_offset),
-        "tickflow.first_event_id": rows[0]["event_id"],
-        "tickflow.last_event_id": rows[-1]["event_id"],
-        "tickflow.sources": ",".join(sorted({r["source"] for r in rows})),
+        "tickflow.first_event_id": ids[0].as_py(),
+        "tickflow.last_event_id": ids[-1].as_py(),
+        "tickflow.sources": ",".join(sorted(pc.unique(table.column("source")).to_pylist())),
         "tickflow.avro_schema": json.dumps(et.schema, separators=(",", ":")),
     }
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
@@ -142,29 +145,43 @@ class LakeBuffer:
 
     def add(self, type_name: str, ev: Event, raw_topic: str, raw_partition: int,
             raw_offset: int) -> None:
+        """Buffer one event of a raw record (see ``add_rows`` for many)."""
+        self.add_rows(LakeRows(raw_topic, raw_partition, raw_offset, [(type_name, ev)]))
+
+    def add_rows(self, item: LakeRows) -> None:
+        """Buffer the lake events of one raw record (health, dead letters are skipped)."""
+        raw_topic, raw_partition, raw_offset = item.raw_topic, item.raw_partition, item.raw_offset
         bucket = raw_offset // self.bucket_records
         part = (raw_topic, raw_partition)
-        if self.buckets.get(part, bucket) < bucket:
+        newest = self.buckets.get(part, bucket)
+        if newest < bucket:
             for k in [k for k in self.pending if (k.raw_topic, k.raw_partition) == part
                       and k.bucket < bucket]:
                 self.flush(k)
-        self.buckets[part] = max(bucket, self.buckets.get(part, bucket))
-        key = PartitionKey(type_name, ev["symbol"], ev["ts_event_ns"] // NS_PER_DAY, raw_topic,
-                           raw_partition, bucket)
-        f = self.pending.get(key)
-        if f is not None and (len(f.rows) >= self.max_rows
-                              or ev["ts_event_ns"] - f.rows[0]["ts_event_ns"] >= self.max_span_ns):
-            self.flush(key)
-            f = None
-        if f is None:
-            f = self.pending[key] = OpenFile(raw_offset)
-        f.rows.append(ev)
-        f.last_offset = raw_offset
-
-    def add_rows(self, item: LakeRows) -> None:
+        if newest <= bucket:
+            self.buckets[part] = bucket
+        pending = self.pending
+        # Events of one record mostly share type, symbol and day: reuse the key.
+        last: tuple[str, str, int] | None = None
+        key: PartitionKey | None = None
         for type_name, ev in item.events:
-            if type_name in LAKE_EVENT_TYPES:
-                self.add(type_name, ev, item.raw_topic, item.raw_partition, item.raw_offset)
+            if type_name not in LAKE_EVENT_TYPES:
+                continue
+            ts = ev["ts_event_ns"]
+            day = ts // NS_PER_DAY
+            sym = ev["symbol"]
+            if key is None or last != (type_name, sym, day):
+                last = (type_name, sym, day)
+                key = PartitionKey(type_name, sym, day, raw_topic, raw_partition, bucket)
+            f = pending.get(key)
+            if f is not None and (len(f.rows) >= self.max_rows
+                                  or ts - f.rows[0]["ts_event_ns"] >= self.max_span_ns):
+                self.flush(key)
+                f = None
+            if f is None:
+                f = pending[key] = OpenFile(raw_offset)
+            f.rows.append(ev)
+            f.last_offset = raw_offset
 
     def flush(self, key: PartitionKey) -> None:
         f = self.pending.pop(key, None)
@@ -179,13 +196,14 @@ class LakeBuffer:
 _Pending = dict[PartitionKey, OpenFile]
 
 
-class _LakePartition(StatefulSinkPartition[LakeRows, _Pending]):
+class _LakePartition(StatefulSinkPartition[list[LakeRows], _Pending]):
     def __init__(self, buf: LakeBuffer) -> None:
         self._buf = buf
 
-    def write_batch(self, values: list[LakeRows]) -> None:
-        for item in values:
-            self._buf.add_rows(item)
+    def write_batch(self, values: list[list[LakeRows]]) -> None:
+        for items in values:
+            for item in items:
+                self._buf.add_rows(item)
 
     def snapshot(self) -> _Pending:
         # Unwritten rows are part of the resume state; row lists are copied, events are never
@@ -197,8 +215,8 @@ class _LakePartition(StatefulSinkPartition[LakeRows, _Pending]):
         self._buf.flush_all()
 
 
-class LakeSink(FixedPartitionedSink[LakeRows, _Pending]):
-    """Bytewax sink for ``LakeRows`` keyed by symbol."""
+class LakeSink(FixedPartitionedSink[list[LakeRows], _Pending]):
+    """Bytewax sink for lists of ``LakeRows`` (one symbol's share of a poll) keyed by symbol."""
 
     def __init__(self, root: Path, parts: int = 4, max_rows: int = DEFAULT_MAX_ROWS,
                  max_span_ns: int = DEFAULT_MAX_SPAN_NS,

@@ -12,13 +12,15 @@ Steps (the rules live in ``tickflow``; this module only wires them to Bytewax):
       -> encode         Confluent-framed Avro, key = symbol
       -> kafka sink (normalized topics, market.health, dead letters) and lake sink
 
-Items are batches (one raw record's events for one symbol), never single events.
+Items are batches, never single events: one poll of a raw partition, then one symbol's
+share of that poll. The engine's per-item cost is paid per poll and symbol, not per event.
 Configuration comes from the environment (``tickflow.settings``); ``TICKFLOW_TAIL=0`` makes a
 bounded run that stops at the end of the raw topics.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any
 
@@ -26,7 +28,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 
 from connectors.kafka_sink import KafkaOutSink, OutRecord
-from connectors.kafka_source import RawKafkaSource
+from connectors.kafka_source import RawBatch, RawKafkaSource
 from connectors.lake import LakeRows, LakeSink
 from connectors.offsets import read_floor
 from flows import metrics
@@ -35,11 +37,11 @@ from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
 from tickflow.feed import FeedState
 from tickflow.normalize import route
-from tickflow.raw import RawRecord
 from tickflow.settings import Settings, get_settings
 from tickflow.state import SymbolBatch, SymbolState
 
 DLQ_KEY = "\x00deadletter"
+GC_GEN0_THRESHOLD = 200_000
 
 _encoders: dict[str, AvroEncoder] = {}
 
@@ -52,47 +54,62 @@ def _encoder(settings: Settings, type_name: str) -> AvroEncoder:
 
 
 def make_feed_step(drift_threshold_ns: int) -> Any:
-    def feed_step(state: FeedState | None, rec: RawRecord
+    def feed_step(state: FeedState | None, recs: RawBatch
                   ) -> tuple[FeedState, list[tuple[str, Any]]]:
-        """Normalize one raw record: ``(symbol, SymbolBatch)`` items, plus one item with its
-        dead letters and clock alerts (keyed apart: they skip the per-symbol state)."""
+        """Normalize one poll of raw records: one ``(symbol, [SymbolBatch, ...])`` item per
+        symbol (its batches in raw-offset order), plus one item with the poll's dead letters
+        and clock alerts (keyed apart: they skip the per-symbol state)."""
         if state is None:
             state = FeedState(drift_threshold_ns=drift_threshold_ns)
-        metrics.RAW_IN.labels(rec.topic).inc()
-        norm = state.process(rec)
-        dlq, batches = route(rec, norm)
-        items: list[tuple[str, Any]] = [(b.symbol, b) for b in batches]
-        side = [(DEAD_LETTER.name, d) for d in dlq] + [(CLOCK_ALERT.name, a)
-                                                       for a in norm.alerts]
+        metrics.RAW_IN.labels(recs[0].topic).inc(len(recs))
+        per_symbol: dict[str, list[SymbolBatch]] = {}
+        side: list[tuple[str, Event]] = []
+        for rec in recs:
+            norm = state.process(rec)
+            dlq, batches = route(rec, norm)
+            for b in batches:
+                lst = per_symbol.get(b.symbol)
+                if lst is None:
+                    per_symbol[b.symbol] = [b]
+                else:
+                    lst.append(b)
+            side += [(DEAD_LETTER.name, d) for d in dlq]
+            side += [(CLOCK_ALERT.name, a) for a in norm.alerts]
+        items: list[tuple[str, Any]] = list(per_symbol.items())
         if side:
             items.append((DLQ_KEY, side))
         return state, items
     return feed_step
 
 
-def symbol_step(state: SymbolState | None, batch: SymbolBatch) -> tuple[SymbolState, LakeRows]:
+def symbol_step(state: SymbolState | None, batches: list[SymbolBatch]
+                ) -> tuple[SymbolState, list[LakeRows]]:
+    """Dedup, DataHealth and enrichment of one symbol's batches, in order."""
     if state is None:
-        state = SymbolState(batch.symbol)
+        state = SymbolState(batches[0].symbol)
     dups = state.health.duplicates_total
-    out = state.process(batch)
+    out = [LakeRows(b.raw_topic, b.raw_partition, b.raw_offset, state.process(b))
+           for b in batches]
     if state.health.duplicates_total != dups:
-        metrics.DUPLICATES.labels(batch.source).inc(state.health.duplicates_total - dups)
-    return state, LakeRows(batch.raw_topic, batch.raw_partition, batch.raw_offset, out)
+        metrics.DUPLICATES.labels(batches[0].source).inc(state.health.duplicates_total - dups)
+    return state, out
 
 
 def make_encode(settings: Settings, floor: dict[str, int]) -> Any:
     """Avro for the Kafka sink. Records below the replay floor (set by ``tickflow replay
     reset``) were published before: they rebuild state and lake, but publish nothing."""
 
-    def encode(key_item: tuple[str, LakeRows | list[tuple[str, Event]]]
+    def encode(key_item: tuple[str, list[LakeRows] | list[tuple[str, Event]]]
                ) -> tuple[str, list[OutRecord]]:
         key, item = key_item
-        if isinstance(item, LakeRows):
-            below = item.raw_offset < floor.get(f"{item.raw_topic}:{item.raw_partition}", -1)
-            events = [] if below else item.events
-        else:
-            events = [(t, d) for t, d in item if d["raw_offset"] >= floor.get(
-                f"{d['raw_topic']}:{d['raw_partition']}", -1)]
+        events: list[tuple[str, Event]] = []
+        for part in item:
+            if isinstance(part, LakeRows):
+                if part.raw_offset >= floor.get(f"{part.raw_topic}:{part.raw_partition}", -1):
+                    events += part.events
+            elif part[1]["raw_offset"] >= floor.get(
+                    f"{part[1]['raw_topic']}:{part[1]['raw_partition']}", -1):
+                events.append(part)
         metrics.observe(events)
         out: list[OutRecord] = []
         for type_name, ev in events:
@@ -117,13 +134,17 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     if tail is None:
         tail = os.environ.get("TICKFLOW_TAIL", "1") not in ("0", "false", "no")
 
+    # Events are acyclic dicts, and the lake buffers hundreds of thousands of them: with the
+    # default thresholds the cyclic collector re-scans them all every few thousand
+    # allocations, a large share of the run time. Collect young objects rarely instead.
+    gc.set_threshold(GC_GEN0_THRESHOLD, 50, 1000)
     port = int(os.environ.get("TICKFLOW_METRICS_PORT", "0"))
     if port:  # one endpoint per process: give each process of a cluster its own port
         metrics.serve(port, os.environ.get("TICKFLOW_METRICS_ADDR", "127.0.0.1"))
     flow = Dataflow("tickflow_normalize")
     raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
                                                s.consumer_group, tail=tail))
-    by_feed = op.key_on("by_raw_partition", raw, lambda r: f"{r.topic}:{r.partition}")
+    by_feed = op.key_on("by_raw_partition", raw, lambda rs: f"{rs[0].topic}:{rs[0].partition}")
     per_feed = op.stateful_map("feed_state", by_feed,
                                make_feed_step(s.clock_drift_ms * 1_000_000))
     items = op.flat_map("items", per_feed, lambda kv: kv[1])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -61,3 +63,21 @@ def arrow_schema(event_type: EventType) -> pa.Schema:
     """The Arrow schema of one event type's Parquet files."""
     named: dict[str, pa.DataType] = {}
     return pa.schema([_field(f, named) for f in event_type.schema["fields"]])
+
+
+def to_table(event_type: EventType, rows: Sequence[dict[str, Any]]) -> pa.Table:
+    """Event dicts -> an Arrow table of ``event_type``'s schema.
+
+    One pass over the rows picks every field out of each dict (``itemgetter`` + ``zip``, in
+    C), then each column converts at once: about twice as fast as ``Table.from_pylist``,
+    which walks the dicts once per field. Same result, checked in tests/test_lake.py.
+    """
+    schema = arrow_schema(event_type)
+    if not rows:
+        return schema.empty_table()
+    names = schema.names
+    cols = zip(*map(itemgetter(*names), rows), strict=True) if len(names) > 1 else [
+        [r[names[0]] for r in rows]]
+    return pa.Table.from_arrays([pa.array(c, type=f.type) for c, f in zip(cols, schema,
+                                                                          strict=True)],
+                                schema=schema)
