@@ -87,10 +87,24 @@ def test_unknown_event_type_is_not_corruption() -> None:
 def test_time_regression_beyond_tolerance_is_corruption() -> None:
     st = SymbolState("SPY", tolerance_ns=5 * S)
     st.process(batch(quote(1, 100 * S)))
-    out = st.process(batch(quote(2, 99 * S)))  # within tolerance: disorder only
-    assert all(t != "data_health" for t, _ in out) and st.disorder == 1
+    out = st.process(batch(quote(2, 99 * S)))  # within tolerance: nothing to report
+    assert all(t != "data_health" for t, _ in out)
+    assert st.health.out_of_order_total == 0  # the sequence still went up: not disorder
     out = st.process(batch(quote(3, 90 * S)))
     assert next(e["reason_code"] for t, e in out if t == "data_health") == "TIME_REGRESSION"
+
+
+def test_sequence_regression_is_counted_disorder_not_a_transition() -> None:
+    st = SymbolState("SPY")
+    st.process(batch(quote(10, 100 * S)))
+    out = st.process(batch(quote(7, 100 * S), quote(8, 100 * S)))  # late, never seen before
+    assert [e["sequence"] for t, e in out if t == "stock_quote"] == [7, 8]  # kept
+    assert st.health.out_of_order_total == 2 and st.health.state == Health.HEALTHY
+    out = st.process(batch(quote(8, 100 * S)))  # a duplicate is not disorder as well
+    assert out == [] and st.health.out_of_order_total == 2
+    assert st.health.duplicates_total == 1
+    gap = st.health.gap("FRAME_GAP", "lost", "MASSIVE_WS", 0, S, S, S)
+    assert gap is not None and gap["out_of_order_total"] == 2  # the count rides on transitions
 
 
 def test_illegal_transitions_are_refused() -> None:

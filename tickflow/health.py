@@ -6,7 +6,10 @@
     RECOVERING    -> HEALTHY | CORRUPTED
 
 Gaps come from lost raw frames, connector-reported loss windows and contiguity breaks where
-the venue guarantees contiguity; corruption from impossible data. A gap is cleared only by
+the venue guarantees contiguity; corruption from impossible data. Disorder (a vendor sequence
+lower than one already seen) loses nothing, so it is counted (``out_of_order_total`` on every
+transition and in ``health(symbol)``) but moves no state; time running back beyond the
+tolerance is impossible data and corrupts (``tickflow.state``). A gap is cleared only by
 real data covering it (a backfill), never by invented data. Each transition is returned as
 a ``DataHealthTransition`` event (schemas/data_health.avsc); no wall clock is read: every
 time comes from the record that caused the transition.
@@ -46,6 +49,7 @@ class HealthTracker:
         "events_total",
         "gaps",
         "gaps_total",
+        "out_of_order_total",
         "recovery_events",
         "since_corrupt",
         "state",
@@ -61,6 +65,7 @@ class HealthTracker:
         self.duplicates_total = 0
         self.gaps_total = 0
         self.corrupt_total = 0
+        self.out_of_order_total = 0
         self.since_corrupt = 0
         self.transitions = 0
         # Open gap windows (start_ns, end_ns) -> the backfilled kinds (quotes, trades, ...)
@@ -91,6 +96,22 @@ class HealthTracker:
             "duplicates_total": self.duplicates_total,
             "gaps_total": self.gaps_total,
             "corrupt_total": self.corrupt_total,
+            "out_of_order_total": self.out_of_order_total,
+        }
+
+    def snapshot(self) -> dict[str, object]:
+        """Current state, counts and open gap windows: what ``health(symbol)`` answers."""
+        return {
+            "symbol": self.symbol,
+            "state": self.state.value,
+            "events_total": self.events_total,
+            "duplicates_total": self.duplicates_total,
+            "gaps_total": self.gaps_total,
+            "corrupt_total": self.corrupt_total,
+            "out_of_order_total": self.out_of_order_total,
+            "transitions": self.transitions,
+            # list() copies in one step: the status server reads this from another thread.
+            "open_gaps": [[g0, g1] for g0, g1 in sorted(list(self.gaps))],
         }
 
     def gap(self, code: str, reason: str, source: str, start_ns: int, end_ns: int,

@@ -29,7 +29,8 @@ BACKFILL_KINDS = frozenset({"quotes", "trades"})
 CORRUPTING = frozenset({BAD_VALUE, SCHEMA, UNDECODABLE})
 
 # Event time running backwards by more than this within one symbol and type is corruption;
-# smaller disorder is normal across exchanges and only counted.
+# smaller regressions are normal across exchanges. Disorder proper (a vendor sequence below
+# one already seen) is counted on the health tracker, whatever the times.
 DEFAULT_TIME_TOLERANCE_NS = 5 * 1_000_000_000
 # A crossed quote (bid > ask) happens for an instant between venues and is only flagged on
 # the event; crossed by more than this fraction of the ask, it is impossible data.
@@ -57,7 +58,6 @@ class SymbolState:
     """Everything the dataflow remembers about one symbol."""
 
     __slots__ = (
-        "disorder",
         "dup_by_source",
         "health",
         "last_ts",
@@ -75,7 +75,6 @@ class SymbolState:
         self.windows: dict[str, SequenceWindow] = {}
         self.dup_by_source: dict[str, int] = {}
         self.last_ts: dict[str, int] = {}
-        self.disorder = 0
         # Latest (bid, ask) of an option contract, for trade enrichment.
         self.quote: tuple[int | None, int | None] | None = None
 
@@ -107,10 +106,14 @@ class SymbolState:
             win = self.windows.get(type_name)
             if win is None:
                 win = self.windows[type_name] = SequenceWindow(self.window_ns)
+            seqs = win.seqs
+            behind = bool(seqs) and key < seqs[-1]
             if win.seen(key, ts):
                 h.duplicates_total += 1
                 self.dup_by_source[b.source] = self.dup_by_source.get(b.source, 0) + 1
                 continue
+            if behind:
+                h.out_of_order_total += 1
             problem = self._impossible(type_name, ev, ts)
             if problem is not None:
                 h.events_total += 1
@@ -138,7 +141,6 @@ class SymbolState:
         not as valid data on the way back to HEALTHY."""
         last = self.last_ts.get(type_name)
         if last is not None and ts < last:
-            self.disorder += 1
             if ts < last - self.tolerance_ns:
                 return "TIME_REGRESSION", f"event time ran back {(last - ts) / 1e9:.3f}s"
         else:
