@@ -1,20 +1,27 @@
-"""Prometheus metrics of the dataflow (one endpoint per process: ``TICKFLOW_METRICS_PORT``).
+"""Prometheus metrics and live DataHealth of the dataflow: one endpoint per process
+(``TICKFLOW_METRICS_PORT``) serving ``/metrics`` and ``/health[/<symbol>]``.
 
 Counted per batch, not per event, so the hot path pays a dict update per event at most.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterator
+from socketserver import ThreadingMixIn
+from typing import Any
+from urllib.parse import unquote
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, Counter, start_http_server
+from prometheus_client import REGISTRY, Counter, make_wsgi_app
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 from schemas.model import DATA_HEALTH, DEAD_LETTER, MARKET_EVENTS, Event
+from tickflow.health import HealthTracker
 
 _HAS_LATENCY = frozenset(e.name for e in MARKET_EVENTS)
 
@@ -74,11 +81,55 @@ REGISTRY.register(LATENCY)
 
 _started: set[int] = set()
 
+# DataHealth of the symbols whose state lives in this process, for ``GET /health``. The
+# keyed step registers each symbol's tracker; the status server only reads them.
+LIVE_HEALTH: dict[str, HealthTracker] = {}
+
+
+def _json(start_response: Any, status: str, body: object) -> list[bytes]:
+    data = json.dumps(body, separators=(",", ":")).encode()
+    start_response(status, [("Content-Type", "application/json"),
+                            ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def status_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    """WSGI app: ``/metrics`` (Prometheus) plus ``/health`` (every symbol of this process)
+    and ``/health/<symbol>`` (URL-escaped), answered from the running flow's state."""
+    path = environ.get("PATH_INFO", "")
+    if path.rstrip("/") == "/health":
+        live = list(LIVE_HEALTH.items())  # one atomic copy: the worker may be adding
+        return _json(start_response, "200 OK",
+                     {sym: h.snapshot() for sym, h in sorted(live)})
+    if path.startswith("/health/"):
+        sym = unquote(path[len("/health/"):])
+        h = LIVE_HEALTH.get(sym)
+        if h is None:
+            return _json(start_response, "404 Not Found",
+                         {"error": f"no state for {sym!r} in this process"})
+        return _json(start_response, "200 OK", h.snapshot())
+    return _metrics_app(environ, start_response)
+
+
+_metrics_app = make_wsgi_app()
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # structured logs only; a scrape per 15 s is not news
+
 
 def serve(port: int, addr: str = "127.0.0.1") -> None:
-    """Start the /metrics endpoint once per process (loopback unless told otherwise)."""
+    """Start the status endpoint (/metrics, /health) once per process, loopback unless told
+    otherwise."""
     if port and port not in _started:
-        start_http_server(port, addr=addr)
+        httpd = make_server(addr, port, status_app, _Server, handler_class=_QuietHandler)
+        threading.Thread(target=httpd.serve_forever, name="tickflow-status",
+                         daemon=True).start()
         _started.add(port)
 
 

@@ -87,6 +87,7 @@ def symbol_step(state: SymbolState | None, batches: list[SymbolBatch]
     """Dedup, DataHealth and enrichment of one symbol's batches, in order."""
     if state is None:
         state = SymbolState(batches[0].symbol)
+    metrics.LIVE_HEALTH[state.health.symbol] = state.health  # also after a resume
     dups = state.health.duplicates_total
     out = [LakeRows(b.raw_topic, b.raw_partition, b.raw_offset, state.process(b))
            for b in batches]

@@ -416,9 +416,20 @@ def query(
 def health(
     symbol: Annotated[list[str] | None, typer.Option(help="Only these symbols")] = None,
     recent: Annotated[int, typer.Option(help="Recent transitions to list")] = 10,
+    live: Annotated[list[str] | None, typer.Option(
+        help="Ask running dataflow processes instead of market.health: their status URL "
+             "(http://host:TICKFLOW_METRICS_PORT), repeatable, one per process")] = None,
 ) -> None:
-    """Per-symbol DataHealth now, and the most recent transitions (from market.health)."""
+    """Per-symbol DataHealth now, and the most recent transitions (from market.health).
+
+    market.health has a record per transition, so its counts are as of each symbol's last
+    transition; --live reads the running flow's state with up-to-date counts.
+    """
     import datetime as dt
+
+    if live:
+        _live_health(live, set(symbol or []))
+        return
 
     from infra.topics import HEALTH
     from schemas.model import DATA_HEALTH
@@ -440,12 +451,12 @@ def health(
     colors = {"HEALTHY": "green", "GAP_DETECTED": "yellow", "CORRUPTED": "red",
               "RECOVERING": "cyan"}
     t = Table("symbol", "state", "since (event time, UTC)", "reason", "gaps", "corrupt",
-              "duplicates", title="DataHealth")
+              "duplicates", "out of order", title="DataHealth")
     for sym, e in sorted(latest.items()):
         st = e["to_state"]
         t.add_row(sym, f"[{colors.get(st, 'white')}]{st}[/]", when(e["ts_event_ns"]),
                   e["reason_code"], str(e["gaps_total"]), str(e["corrupt_total"]),
-                  str(e["duplicates_total"]))
+                  str(e["duplicates_total"]), str(e.get("out_of_order_total", 0)))
     console.print(t if latest else "no DataHealth transitions yet: every symbol is HEALTHY")
     if events:
         r = Table("event time (UTC)", "symbol", "from", "to", "reason",
@@ -454,6 +465,32 @@ def health(
             r.add_row(when(e["ts_event_ns"]), e["symbol"], e["from_state"], e["to_state"],
                       e["reason"][:60])
         console.print(r)
+
+
+def _live_health(urls: list[str], wanted: set[str]) -> None:
+    import httpx
+
+    states: dict[str, dict[str, Any]] = {}
+    for url in urls:
+        try:
+            resp = httpx.get(url.rstrip("/") + "/health", timeout=10)
+            resp.raise_for_status()
+        except httpx.HTTPError as exc:
+            console.print(f"[red]cannot read {url}/health: {exc}[/]")
+            raise typer.Exit(1) from None
+        states.update(resp.json())
+    colors = {"HEALTHY": "green", "GAP_DETECTED": "yellow", "CORRUPTED": "red",
+              "RECOVERING": "cyan"}
+    t = Table("symbol", "state", "events", "duplicates", "gaps", "open gaps", "corrupt",
+              "out of order", title=f"DataHealth now ({len(urls)} process(es))")
+    for sym, h in sorted(states.items()):
+        if wanted and sym not in wanted:
+            continue
+        st = h["state"]
+        t.add_row(sym, f"[{colors.get(st, 'white')}]{st}[/]", str(h["events_total"]),
+                  str(h["duplicates_total"]), str(h["gaps_total"]), str(len(h["open_gaps"])),
+                  str(h["corrupt_total"]), str(h["out_of_order_total"]))
+    console.print(t)
 
 
 @replay_app.command("lake")
