@@ -57,12 +57,24 @@ def test_round_lot_sizes_before_2025_11_03_become_shares() -> None:
     before_ms = ROUND_LOT_CUTOFF_NS // 1_000_000 - 1
     q = (b'{"ev":"Q","sym":"SPY","bp":600.1,"bs":3,"ap":600.12,"as":5,"t":%d,"q":7}'
          % before_ms)
-    [(_, _, ev, _)] = normalize_ws_frame(frame(q), RECV, "MASSIVE_WS", options=False).events
+    recv = ROUND_LOT_CUTOFF_NS + 5_000_000  # received live, 5 ms after the cutoff
+    [(_, _, ev, _)] = normalize_ws_frame(frame(q), recv, "MASSIVE_WS", options=False).events
     assert (ev["bid_size"], ev["ask_size"]) == (300, 500)
     at_cutoff = q.replace(b"%d" % before_ms, b"%d" % (before_ms + 1))
-    [(_, _, ev2, _)] = normalize_ws_frame(frame(at_cutoff), RECV, "MASSIVE_WS",
+    [(_, _, ev2, _)] = normalize_ws_frame(frame(at_cutoff), recv, "MASSIVE_WS",
                                        options=False).events
     assert (ev2["bid_size"], ev2["ask_size"]) == (3, 5)
+
+
+def test_live_event_time_far_from_receipt_is_a_bad_value() -> None:
+    ahead = RECV - 61_000_000_000  # received 61 s before the quote's own time
+    behind = 1_763_000_000_123_000_000 + 25 * 3600 * 1_000_000_000  # 25 h after it
+    for recv, words in ((ahead, "after its receipt"), (behind, "before its receipt")):
+        out = normalize_ws_frame(frame(QUOTE, TRADE), recv, "MASSIVE_WS", options=False)
+        assert out.events == [] and [r.reason_code for r in out.rejects] == ["BAD_VALUE"] * 2
+        assert words in out.rejects[0].reason and out.rejects[0].event_index == 0
+    # A replay is late by design: the same frame replayed days later is fine.
+    assert len(normalize_ws_frame(frame(QUOTE), behind, "REPLAY", options=False).events) == 1
 
 
 def test_option_quote_and_trade() -> None:

@@ -26,6 +26,12 @@ from tickflow.prices import px_e9
 from tickflow.symbols import BadTicker, parse_option_ticker
 
 NS_PER_MS = 1_000_000
+# Live events must be stamped near their receipt: ahead of it by more than a clock skew, or
+# behind it by more than any delayed-data plan, the timestamp is impossible (BAD_VALUE).
+# Smaller drifts are the clock monitor's business (tickflow.latency).
+MAX_AHEAD_NS = 60 * 1_000_000_000
+MAX_BEHIND_NS = 24 * 3600 * 1_000_000_000
+LIVE_SOURCES = frozenset({"MASSIVE_WS"})  # replays and backfills are late by design
 
 # SEC Market Data Infrastructure: Massive stock quote sizes are round lots (100 shares)
 # before 2025-11-03 and shares from then on. The boundary is that date's midnight in New York
@@ -264,6 +270,8 @@ def _build_one(
     build, type_name = entry
     try:
         ev = build(m, recv_ns, source)
+        if source in LIVE_SOURCES:
+            _check_receipt_time(ev["ts_event_ns"], recv_ns)
     except BadTicker as exc:
         out.rejects.append(Reject(BAD_TICKER, str(exc), m.sym, idx, m.t * NS_PER_MS))
         return
@@ -271,6 +279,14 @@ def _build_one(
         out.rejects.append(Reject(BAD_VALUE, str(exc), m.sym, idx, m.t * NS_PER_MS))
         return
     out.events.append((m.sym, type_name, ev, m.q))
+
+
+def _check_receipt_time(ts_event_ns: int, recv_ns: int) -> None:
+    lag = recv_ns - ts_event_ns
+    if lag < -MAX_AHEAD_NS:
+        raise ValueError(f"event time is {-lag / 1e9:.3f}s after its receipt")
+    if lag > MAX_BEHIND_NS:
+        raise ValueError(f"event time is {lag / 3.6e12:.1f}h before its receipt")
 
 
 def _slow_path(value: bytes, recv_ns: int, source: str, options: bool,
