@@ -11,11 +11,12 @@ import gc
 import json
 import os
 import platform
+import random
 import sys
 import time
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.table import Table
@@ -29,28 +30,46 @@ from tickflow.normalize import route
 from tickflow.raw import RawRecord
 from tickflow.state import SymbolState
 
-RECV0 = 1_763_049_600_000_000_000
+RECEIPT_LAG_NS = 1_500_000  # the connector receives a frame 1.5 ms after its last event
 
 
-def busy_open_frames(n_frames: int, per_frame: int = 20, seed: int = 1) -> list[bytes]:
-    """Stock frames of a busy open (about 78 % quotes), ``per_frame`` events each."""
+class Frame(NamedTuple):
+    """One raw WebSocket frame as the connector wrote it."""
+
+    feed: str  # "stocks" or "options"
+    received_ns: int
+    value: bytes
+
+
+def busy_open_frames(n_frames: int, per_frame: int = 20, seed: int = 1,
+                     option_share: float = 0.1) -> list[Frame]:
+    """Frames of a busy open: SPY, QQQ, AAPL, MSFT quotes (~70 % of events) and trades, and
+    a 0DTE SPY chain's quotes and trades, ``per_frame`` events a frame."""
     m = SyntheticMarket(MarketConfig(seed=seed, symbols=("SPY", "QQQ", "AAPL", "MSFT")))
-    return [json.dumps(m.events(per_frame, "stocks"), separators=(",", ":")).encode()
-            for _ in range(n_frames)]
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n_frames):
+        feed = "options" if rng.random() < option_share else "stocks"
+        evs = m.events(per_frame, feed)
+        out.append(Frame(feed, evs[-1]["t"] * 1_000_000 + RECEIPT_LAG_NS,
+                         json.dumps(evs, separators=(",", ":")).encode()))
+    return out
 
 
-def core_path(frames: list[bytes]) -> int:
+def core_path(frames: list[Frame]) -> int:
     """Raw frames -> normalized, deduplicated, health-tracked, latency-annotated events ->
     Confluent-framed Avro bytes: the dataflow's steps without the engine and the broker."""
     encoders = {et.name: AvroEncoder(et, 1) for et in ALL_EVENTS}
-    feed = FeedState()
+    feeds = {"stocks": FeedState(), "options": FeedState()}
+    frame_seq = {"stocks": 0, "options": 0}
     states: dict[str, SymbolState] = {}
     n = 0
-    for i, value in enumerate(frames):
-        rec = RawRecord("raw", 0, i, None, value, (), source="massive_ws",
-                        received_ns=RECV0 + i * 1000, session_id="s", frame_seq=i + 1,
-                        feed="stocks")
-        _, batches = route(rec, feed.process(rec))
+    for i, f in enumerate(frames):
+        frame_seq[f.feed] += 1
+        rec = RawRecord(f"raw.massive.{f.feed}", 0, i, None, f.value, (), source="massive_ws",
+                        received_ns=f.received_ns, session_id="s",
+                        frame_seq=frame_seq[f.feed], feed=f.feed)
+        _, batches = route(rec, feeds[f.feed].process(rec))
         for b in batches:
             st = states.get(b.symbol)
             if st is None:
@@ -79,7 +98,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
     args = ap.parse_args()
     frames = busy_open_frames(args.frames)
-    n_base, t_base = timed(baseline_n.run, frames, RECV0)
+    n_base, t_base = timed(baseline_n.run, frames)
     n_core, t_core = timed(core_path, frames)
     rows = [("Baseline N (json -> dataclass -> asdict -> json)", n_base, t_base),
             ("core path (normalize, dedup, health, latency, Avro)", n_core, t_core)]

@@ -4,6 +4,7 @@ dataclass -> ``asdict`` -> ``json.dumps``, single process."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 
@@ -32,9 +33,10 @@ class ProtoTrade:
     seq: int
 
 
-def run(frames: list[bytes], received_ns: int) -> int:
+def run(frames: Sequence[tuple[str, int, bytes]]) -> int:
+    """Frames are (feed, received_ns, JSON bytes); returns the events converted."""
     n = 0
-    for frame in frames:
+    for _, received_ns, frame in frames:
         for m in json.loads(frame):
             if m.get("ev") == "Q":
                 ev: ProtoQuote | ProtoTrade = ProtoQuote(

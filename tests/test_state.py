@@ -39,8 +39,10 @@ def test_window_state_is_bounded_by_event_time() -> None:
         w.seen(i * 3, i * S // 1000)
         if i % 5_000 == 0:
             sizes.append(len(w))
-    assert max(sizes[2:]) <= 1001
-    assert len(w) <= 1001
+    # A window of entries, plus at most an eighth of one awaiting a chunked prune: flat.
+    bound = 1001 + 1000 // 8
+    assert all(1000 <= n <= bound for n in sizes[1:]), sizes
+    assert len(w) <= bound
 
 
 def test_window_cap_bounds_bursts() -> None:
