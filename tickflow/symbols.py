@@ -1,4 +1,5 @@
-"""Symbol rules: OCC option tickers as Massive spells them (``O:SPY251216C00676000``)."""
+"""Symbol rules: what a symbol may be, and OCC option tickers as Massive spells them
+(``O:SPY251216C00676000``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,24 @@ from dataclasses import dataclass
 from tickflow.prices import PRICE_SCALE
 
 _OPTION_RE = re.compile(r"^O:([A-Z0-9.]{1,6})(\d{2})(\d{2})(\d{2})([CP])(\d{8})$")
+
+
+# Longest symbol accepted: real ones (OCC options, CME spreads and options) are far shorter;
+# a bound keeps lake paths within file-name limits whatever a feed sends.
+MAX_SYMBOL_LEN = 64
+
+
+def symbol_problem(symbol: str) -> str | None:
+    """Why ``symbol`` cannot name an instrument, or None. Printable ASCII (spaces allowed:
+    CME option symbols have them), 1 to MAX_SYMBOL_LEN characters. Path characters such as
+    ``/`` or ``..`` are allowed here and escaped by the lake, which never leaves its root."""
+    if not symbol:
+        return "empty symbol"
+    if len(symbol) > MAX_SYMBOL_LEN:
+        return f"symbol longer than {MAX_SYMBOL_LEN} characters"
+    if not (symbol.isascii() and symbol.isprintable()):
+        return "symbol has control or non-ASCII characters"
+    return None
 
 
 class BadTicker(ValueError):

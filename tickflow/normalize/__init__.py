@@ -11,6 +11,7 @@ import msgspec
 
 from schemas.model import Event
 from tickflow.normalize.base import (
+    BAD_VALUE,
     MISSING_HEADER,
     SCHEMA,
     UNKNOWN_SOURCE,
@@ -23,6 +24,7 @@ from tickflow.normalize.massive import normalize_ws_frame
 from tickflow.normalize.massive_rest import PROVENANCE_DECODER, normalize_rest_page
 from tickflow.raw import H_DBN, H_PROVENANCE, LossWindow, RawRecord, RawSource, RecordKind
 from tickflow.state import SymbolBatch
+from tickflow.symbols import symbol_problem
 
 # Raw ``source`` header -> Avro Source symbol.
 SOURCE_SYMBOL = {
@@ -104,8 +106,28 @@ def dead_letter(rec: RawRecord, rej: Reject) -> Event:
     }
 
 
+# Symbols already found valid (a pure function of the symbol: a cache, bounded below).
+_VALID_SYMBOLS: set[str] = set()
+_VALID_SYMBOLS_MAX = 200_000
+
+
+def _symbol_ok(sym: str) -> bool:
+    if sym in _VALID_SYMBOLS:
+        return True
+    if symbol_problem(sym) is not None:
+        return False
+    if len(_VALID_SYMBOLS) >= _VALID_SYMBOLS_MAX:
+        _VALID_SYMBOLS.clear()
+    _VALID_SYMBOLS.add(sym)
+    return True
+
+
 def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBatch]]:
-    """Dead letters, and one ``SymbolBatch`` per symbol in first-seen order."""
+    """Dead letters, and one ``SymbolBatch`` per symbol in first-seen order.
+
+    Every symbol of every source passes ``symbol_problem`` here, once: an event whose symbol
+    could not name an instrument (and would name a lake folder) is a dead letter.
+    """
     dlq = [dead_letter(rec, r) for r in norm.rejects]
     batches: dict[str, SymbolBatch] = {}
     source = SOURCE_SYMBOL.get(rec.source, "UNKNOWN")
@@ -119,12 +141,20 @@ def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBat
         return b
 
     for sym, type_name, ev, key in norm.events:
-        batch(sym).events.append((type_name, ev, key))
+        if _symbol_ok(sym):
+            batch(sym).events.append((type_name, ev, key))
+            continue
+        problem = symbol_problem(sym)
+        dlq.append(dead_letter(rec, Reject(BAD_VALUE, f"{problem}: {sym[:80]!r}",
+                                           ts_event_ns=ev.get("ts_event_ns"))))
+    # Rejects, losses and fills of an impossible symbol have no state to go to.
     for r in norm.rejects:
-        if r.symbol is not None:
+        if r.symbol is not None and _symbol_ok(r.symbol):
             batch(r.symbol).rejects.append(r)
     for loss in norm.losses:
-        batch(loss.symbol).losses.append(loss)
+        if _symbol_ok(loss.symbol):
+            batch(loss.symbol).losses.append(loss)
     for fill in norm.fills:
-        batch(fill.symbol).fills.append(fill)
+        if _symbol_ok(fill.symbol):
+            batch(fill.symbol).fills.append(fill)
     return dlq, list(batches.values())
