@@ -42,6 +42,10 @@ _ws_log = logging.getLogger(f"{__name__}.websockets")
 _ws_log.setLevel(logging.INFO)
 
 _STATUS_PREFIX = b'[{"ev":"status"'
+# A frame above this closes the connection (websockets answers 1009) instead of filling
+# memory; reconnecting reports the loss window. Frames between the raw topic's limit and
+# this one are refused by the raw writer, which reports them lost and carries on.
+WS_MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 
 class AuthFailed(RuntimeError):
@@ -159,7 +163,7 @@ class MassiveWsConnector:
         attempt = 0
         while not stop.is_set():
             try:
-                async with connect(self.cfg.url, max_size=None, open_timeout=10,
+                async with connect(self.cfg.url, max_size=WS_MAX_FRAME_BYTES, open_timeout=10,
                                    close_timeout=1, logger=_ws_log) as ws:
                     await self._handshake(ws)
                     self._ws = ws

@@ -28,6 +28,9 @@ from tickflow.raw import H_KIND, H_RECEIVED_NS, LossWindow, RawSource, RecordKin
 
 log = logging.getLogger(__name__)
 
+# Largest vendor record we queue: the topic's limit less room for headers and framing.
+MAX_RECORD_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
+
 DEFAULT_QUEUE_SIZE = 100_000
 LOSS_ENCODER = msgspec.json.Encoder()
 
@@ -55,6 +58,7 @@ class RawWriter:
         self.dropped = 0
         self.failed = 0
         self.loss_windows = 0
+        self.oversized = 0
         # Overflow not yet reported: (first dropped receipt ns, last dropped, frames).
         self._overflow: tuple[int, int, int] | None = None
         self.overflow_symbols: list[str] = ["*"]
@@ -84,8 +88,18 @@ class RawWriter:
 
     def offer(self, value: bytes, received_ns: int | None = None,
               kind: RecordKind = RecordKind.VENDOR) -> bool:
-        """Queue one raw record; False (and counted) if the queue is full."""
+        """Queue one raw record; False (and counted) if the queue is full or the record is
+        larger than the raw topic accepts (then reported in a loss window)."""
         recv = received_ns or time.time_ns()
+        if len(value) > MAX_RECORD_BYTES:
+            # The broker would refuse it; queued, it would block every record behind it.
+            self.oversized += 1
+            log.error("raw frame too large for the raw topic: reported lost",
+                      extra={"topic": self.topic, "bytes": len(value),
+                             "max_bytes": MAX_RECORD_BYTES})
+            self.report_loss(recv, recv, f"frame of {len(value)} bytes exceeds the raw "
+                             f"topic's limit of {MAX_RECORD_BYTES}", self.overflow_symbols, 1)
+            return False
         if self._overflow is not None and not self._q.full():
             start, end, n = self._overflow
             self._overflow = None
@@ -128,8 +142,12 @@ class RawWriter:
         except BufferError:
             return False
         except KafkaException as exc:
-            log.error("raw produce failed: %s", exc)
-            return False
+            # A permanent refusal (produce() raises only for those; transient failures come
+            # back through the delivery report): count it and move on rather than retry the
+            # same record forever in front of everything else.
+            self.failed += 1
+            log.error("raw produce refused: %s", exc)
+            return True
 
     def _report_spool_loss(self) -> None:
         """Once there is room again, a loss_window record reports what the full spool lost.

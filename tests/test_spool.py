@@ -83,3 +83,28 @@ def test_what_a_full_spool_cannot_keep_is_reported_as_a_loss_window(tmp_path: Pa
     assert sum(x["frames_lost"] for x in losses) == w.spool_dropped
     assert vendor + w.spool_dropped == n + 1  # every frame: delivered or reported lost
     assert all(x["reason"] == "spool full" for x in losses)
+
+
+def test_oversized_frame_is_reported_lost_and_blocks_nothing(tmp_path: Path) -> None:
+    import json
+
+    from connectors.raw_writer import MAX_RECORD_BYTES
+
+    with TansuBroker("127.0.0.1", free_port(), tmp_path / "broker.log") as b:
+        conf = {"bootstrap.servers": b.bootstrap_servers}
+        create_topics(conf, topic_specs(raw_partitions=1))
+        w = RawWriter(conf, RAW_MASSIVE_STOCKS, "massive_ws:stocks", RawSource.MASSIVE_WS,
+                      "stocks")
+        w.overflow_symbols = ["SPY"]
+        assert w.offer(b"[1]", 1_000)
+        assert not w.offer(b"[" + b" " * MAX_RECORD_BYTES + b"]", 2_000)
+        assert w.offer(b"[3]", 3_000)  # the frame after it is not held back
+        w.close()
+        assert w.oversized == 1 and w.failed == 0
+        recs = list(read_all(conf, RAW_MASSIVE_STOCKS))
+        kinds = [dict(m.headers())["kind"] for m in recs]
+        assert kinds == [b"vendor", b"loss_window", b"vendor"]
+        loss = json.loads(recs[1].value())
+        assert loss["symbols"] == ["SPY"] and "exceeds the raw topic's limit" in loss["reason"]
+        assert [m.value() for m in recs if dict(m.headers())["kind"] == b"vendor"] == [
+            b"[1]", b"[3]"]
