@@ -16,6 +16,8 @@ points ``SCHEMA_REGISTRY_URL`` at a real Confluent / Karapace / Apicurio / Redpa
 from __future__ import annotations
 
 import argparse
+import base64
+import hmac
 import json
 import logging
 import os
@@ -503,7 +505,19 @@ def route(reg: Registry, method: str, target: str, body: Any) -> Any:
     raise RegistryError(404, 404, f"No such endpoint: {method} {path}")
 
 
-def make_handler(reg: Registry, verbose: bool) -> type[BaseHTTPRequestHandler]:
+AUTH_ENV = "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"
+
+
+def _expected_authorization(user_info: str | None) -> str | None:
+    """The ``Authorization`` header every request must carry, or None for an open registry.
+    ``user_info`` is ``user:password`` as Confluent clients take it."""
+    if not user_info:
+        return None
+    return "Basic " + base64.b64encode(user_info.encode()).decode()
+
+
+def make_handler(reg: Registry, verbose: bool,
+                 authorization: str | None = None) -> type[BaseHTTPRequestHandler]:
     class RequestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: the client reuses one connection
         # Headers and body leave in two writes; with Nagle on, the body waits for the client's
@@ -525,6 +539,9 @@ def make_handler(reg: Registry, verbose: bool) -> type[BaseHTTPRequestHandler]:
         def _dispatch(self) -> None:
             try:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if authorization is not None and not hmac.compare_digest(
+                        self.headers.get("Authorization", ""), authorization):
+                    raise RegistryError(401, 40101, "Unauthorized")
                 try:
                     body = json.loads(raw) if raw.strip() else None
                 except json.JSONDecodeError as exc:
@@ -546,9 +563,11 @@ class RegistryServer:
     ``serve_forever()`` serves in the caller's thread. Port 0 picks a free port (see ``url``)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0,
-                 data_dir: Path = Path(".tickflow/registry"), verbose: bool = False) -> None:
+                 data_dir: Path = Path(".tickflow/registry"), verbose: bool = False,
+                 basic_auth_user_info: str | None = None) -> None:
         self.registry = Registry(Path(data_dir))
-        self.httpd = ThreadingHTTPServer((host, port), make_handler(self.registry, verbose))
+        self.httpd = ThreadingHTTPServer((host, port), make_handler(
+            self.registry, verbose, _expected_authorization(basic_auth_user_info)))
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -584,7 +603,9 @@ class RegistryServer:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m infra.registry",
-        description="tickflow's embedded schema registry (Confluent REST API subset, Avro)")
+        description="tickflow's embedded schema registry (Confluent REST API subset, Avro). "
+                    f"With {AUTH_ENV}=user:password in the environment, every request needs "
+                    "that HTTP basic auth.")
     ap.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     ap.add_argument("--port", type=int, default=18081, help="TCP port (0: any free port)")
     ap.add_argument("--data-dir", type=Path, default=Path(".tickflow/registry"),
@@ -593,7 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
-    server = RegistryServer(args.host, args.port, args.data_dir, args.verbose)
+    # Credentials only from the environment, never from argv (visible to every local user).
+    server = RegistryServer(args.host, args.port, args.data_dir, args.verbose,
+                            os.environ.get(AUTH_ENV))
 
     def stop(*_: object) -> None:
         # shutdown() blocks until serve_forever returns, and the handler runs inside

@@ -18,6 +18,7 @@ from typing import Any
 
 from infra.broker import TansuBroker
 from infra.procs import ManagedProcess, free_port, python_module_argv
+from infra.registry import AUTH_ENV as REGISTRY_AUTH_ENV
 from infra.topics import create_topics, topic_specs
 
 HOST = "127.0.0.1"
@@ -79,7 +80,13 @@ class EmbeddedStack:
         return {"bootstrap.servers": f"{HOST}:{self.broker_port}"}
 
     def registry_config(self) -> dict[str, Any]:
-        return {"url": f"http://{HOST}:{self.registry_port}"}
+        conf: dict[str, Any] = {"url": f"http://{HOST}:{self.registry_port}"}
+        # The registry process requires the same credentials when they are set (see
+        # infra.registry); both read them from the environment only.
+        user_info = os.environ.get(REGISTRY_AUTH_ENV)
+        if user_info:
+            conf["basic.auth.user.info"] = user_info
+        return conf
 
     def info(self) -> StackInfo:
         return StackInfo(

@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from infra.topics import (
     RAW_MASSIVE_OPTIONS,
     RAW_MASSIVE_STOCKS,
 )
+from tickflow.settings import get_settings
 from tickflow.topicstats import count
 
 STOCK_SYMBOLS = ("SPY", "AAPL", "MSFT", "QQQ")
@@ -50,21 +52,30 @@ class DemoResult:
     flow_seconds: float = 0.0
 
 
-def run_flow_bounded(env: dict[str, str], workers: int, timeout: float = 600.0) -> float:
-    """Run the dataflow until the raw topics are consumed to their end; returns seconds."""
+def run_flow_bounded(env: dict[str, str], workers: int, log_path: Path,
+                     timeout: float = 600.0) -> float:
+    """Run the dataflow until the raw topics are consumed to their end; returns seconds.
+    Its output goes to ``log_path``, kept with the stack's other logs."""
     t0 = time.monotonic()
-    proc = subprocess.run(flow_argv(workers), env={**os.environ, **env, "TICKFLOW_TAIL": "0"},
-                          capture_output=True, text=True, timeout=timeout)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        proc = subprocess.run(flow_argv(workers),
+                              env={**os.environ, **env, "TICKFLOW_TAIL": "0"},
+                              stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode != 0:
-        raise RuntimeError(f"dataflow failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        tail = log_path.read_text(errors="replace")[-4000:]
+        raise RuntimeError(f"dataflow failed ({proc.returncode}), {log_path}:\n{tail}")
     return time.monotonic() - t0
 
 
 async def _stream(stack: EmbeddedStack, seconds: float, console: Console) -> dict[str, WsStats]:
     host = f"127.0.0.1:{stack.simulator_port}"
+    # The simulator takes any key; a configured MASSIVE_API_KEY is used as a real one would be.
+    secret = get_settings().massive_api_key
+    key = secret.get_secret_value() if secret is not None else "demo-key"
     stocks = WsConfig(host, "stocks", [f"{c}.{s}" for s in STOCK_SYMBOLS for c in ("Q", "T")],
-                      api_key="demo-key", secure=False)
-    options = WsConfig(host, "options", ["Q.*", "T.*"], api_key="demo-key", secure=False)
+                      api_key=key, secure=False)
+    options = WsConfig(host, "options", ["Q.*", "T.*"], api_key=key, secure=False)
     tasks = {c.market: asyncio.create_task(run_ws(c, stack.kafka_config(), seconds))
              for c in (stocks, options)}
     with Progress(TextColumn("streaming from the simulator"), BarColumn(),
@@ -79,7 +90,9 @@ async def _stream(stack: EmbeddedStack, seconds: float, console: Console) -> dic
 
 
 def run_demo(seconds: float, workers: int, state_dir: Path, console: Console,
-             malformed_every: int = 250) -> DemoResult:
+             malformed_every: int = 250,
+             inspect: Callable[[EmbeddedStack], None] | None = None) -> DemoResult:
+    """The demo; ``inspect`` (tests, tools) sees the stack after the flow, before it stops."""
     run_dir = state_dir / "demo"
     shutil.rmtree(run_dir, ignore_errors=True)
     lake_root = run_dir / "lake"
@@ -96,12 +109,14 @@ def run_demo(seconds: float, workers: int, state_dir: Path, console: Console,
         console.print(f"replayed {day.n_trades + day.n_mbp10} ES records from {run_dir / 'dbn'}")
         env = {**info.env(), "TICKFLOW_LAKE_ROOT": str(lake_root)}
         console.print(f"running the dataflow ({workers} workers) over the raw log ...")
-        flow_s = run_flow_bounded(env, workers)
+        flow_s = run_flow_bounded(env, workers, run_dir / "logs" / "flow.log")
         kconf = stack.kafka_config()
         raw = {t: count(kconf, t) for t in (RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS,
                                             RAW_DATABENTO)}
         counts = {t: count(kconf, t) for t in (*NORMALIZED_TOPICS, HEALTH, DEAD_LETTER)}
         result = DemoResult(raw, counts, summarize(lake_root), lake_root, info, ws, flow_s)
+        if inspect is not None:
+            inspect(stack)
     print_summary(result, console)
     return result
 
