@@ -27,8 +27,12 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy tickflow flows schemas connectors infra
 
+# Speed and memory targets live here, never in `make test`: core path, end to end against
+# the peers (Quix Streams, plain Bytewax, a broker passthrough), DBN -> Parquet.
 bench: $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) -m bench
+	$(PY) -m bench.e2e
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
