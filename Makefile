@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) -m bench
 	$(PY) -m bench.e2e
+	$(PY) -m bench.dbn_parquet
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
