@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.e2e
 	$(PY) -m bench.dbn_parquet
+	$(PY) -m bench.latency
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
