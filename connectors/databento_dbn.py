@@ -261,7 +261,7 @@ def publish_file(path: Path, kafka_conf: dict[str, Any], topic: str,
         while True:
             try:
                 producer.produce(topic, chunk.data, key,
-                                 headers=chunk_headers(chunk, session))  # type: ignore[arg-type]
+                                 headers=chunk_headers(chunk, session))  # type: ignore[arg-type, unused-ignore]
                 break
             except BufferError:
                 producer.poll(0.1)

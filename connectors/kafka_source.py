@@ -75,9 +75,9 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
                         self._eof = True
                     continue
                 raise KafkaException(err)
-            offset: int = msg.offset()  # type: ignore[assignment]  # set on real messages
+            offset: int = msg.offset()  # type: ignore[assignment, unused-ignore]  # set on real messages
             rec = RawRecord.from_kafka(self._topic, self._partition, offset, msg.key(),
-                                       msg.value(), msg.headers())  # type: ignore[arg-type]
+                                       msg.value(), msg.headers())  # type: ignore[arg-type, unused-ignore]
             out.append(rec)
             self._state.next_offset = offset + 1
         return [out] if out else []
