@@ -59,6 +59,8 @@ class RawWriter:
         self.failed = 0
         self.loss_windows = 0
         self.oversized = 0
+        # Records the broker refused, not yet reported: (first receipt ns, last, count).
+        self._delivery_loss: tuple[int, int, int] | None = None
         # Overflow not yet reported: (first dropped receipt ns, last dropped, frames).
         self._overflow: tuple[int, int, int] | None = None
         self.overflow_symbols: list[str] = ["*"]
@@ -74,7 +76,14 @@ class RawWriter:
         self._producer = Producer({
             **kafka_conf,
             **TANSU_PRODUCER_NO_AUTOCREATE,
-            "enable.idempotence": True,
+            # Not idempotent: the producer id lives in the broker, and a broker that comes
+            # back empty (Tansu's memory store, a rebuilt cluster) leaves an idempotent
+            # producer unable to deliver anything ever again, silently (tests/
+            # test_broker_outage.py). One request in flight keeps order on retries instead;
+            # a retried record that did land twice is a duplicate frame, which the flow
+            # drops by frame_seq and event identity.
+            "enable.idempotence": False,
+            "max.in.flight.requests.per.connection": 1,
             "acks": "all",
             "linger.ms": 2,
             "message.max.bytes": MAX_MESSAGE_BYTES,
@@ -127,12 +136,23 @@ class RawWriter:
         return self.offer(body, end_ns, RecordKind.LOSS_WINDOW)
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
+        # Runs in the writer thread (it is the one polling the producer).
         if err is None:
             self.written += 1
-        else:
-            self.failed += 1
-            log.error("raw record delivery failed", extra={"topic": self.topic,
-                                                           "error": str(err)})
+            if self._delivery_loss is not None:
+                # The broker takes records again: now the report of what it refused can land.
+                first, last, n = self._delivery_loss
+                self._delivery_loss = None
+                self.report_loss(first, last, "delivery failed", self.overflow_symbols, n)
+            return
+        self.failed += 1
+        log.error("raw record delivery failed", extra={"topic": self.topic, "error": str(err)})
+        headers = msg.headers() or []
+        if dict(headers).get(H_KIND) == RecordKind.LOSS_WINDOW.value.encode():
+            return  # a lost loss report: its frames stay counted in `failed`
+        recv = _received_ns(headers)
+        first, _, n = self._delivery_loss or (recv, recv, 0)
+        self._delivery_loss = (first, recv, n + 1)
 
     def _try_produce(self, value: bytes, headers: list[tuple[str, str | bytes | None]]) -> bool:
         try:
