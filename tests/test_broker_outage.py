@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.massive_ws import WsConfig, run_ws
+from connectors.massive_ws import WsConfig, WsStats, run_ws
 from infra.broker import TansuBroker
 from infra.procs import free_port
 from infra.simulator import Faults, SimulatorConfig, SimulatorServer
@@ -92,4 +92,4 @@ def test_broker_outage_loses_nothing_and_the_connector_resumes(tmp_path: Path) -
     assert len(after_seqs) + lost == sent_during_and_after
     assert after_seqs == sorted(after_seqs) and len(set(after_seqs)) == len(after_seqs)
     assert after_seqs[0] == before_seqs[-1] + 1 or lost > 0
-    assert getattr(stats, "dropped") == 0
+    assert isinstance(stats, WsStats) and stats.dropped == 0
