@@ -145,8 +145,10 @@ def test_to_table_equals_from_pylist_and_sort_is_stable() -> None:
     m = SyntheticMarket(MarketConfig(seed=3, one_sided_rate=0.2))
     by_type: dict[str, list[dict]] = {}
     for feed in ("stocks", "options"):
-        frame = json.dumps(m.events(400, feed)).encode()
-        norm = normalize_ws_frame(frame, T0, "MASSIVE_WS", options=feed == "options")
+        events = m.events(400, feed)
+        recv = events[-1]["t"] * 1_000_000 + 1_000_000  # received live, 1 ms after the last
+        frame = json.dumps(events).encode()
+        norm = normalize_ws_frame(frame, recv, "MASSIVE_WS", options=feed == "options")
         for _, type_name, ev, _ in norm.events:
             by_type.setdefault(type_name, []).append(ev)
     assert set(by_type) == {"stock_quote", "stock_trade", "option_quote", "option_trade"}
