@@ -66,6 +66,8 @@ class WsConfig:
     queue_size: int = DEFAULT_QUEUE_SIZE
     # Frames the broker cannot take while it is unreachable wait here (bounded, in order).
     spool_path: Path | None = None
+    # Records librdkafka may hold while the broker is away, before the spool takes over.
+    producer_buffer: int = 20_000
 
     @property
     def topic(self) -> str:
@@ -223,7 +225,7 @@ async def run_ws(cfg: WsConfig, kafka_conf: dict[str, Any], duration_s: float | 
     """Stream one connection to its raw topic for ``duration_s`` seconds (or until cancelled)."""
     writer = RawWriter(kafka_conf, cfg.topic, key=f"massive_ws:{cfg.market}",
                        source=RawSource.MASSIVE_WS, feed=cfg.market, queue_size=cfg.queue_size,
-                       spool_path=cfg.spool_path)
+                       spool_path=cfg.spool_path, producer_buffer=cfg.producer_buffer)
     conn = MassiveWsConnector(cfg, writer)
     writer.overflow_symbols = conn.symbols() or ["*"]
     if connector_hook is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.massive_ws import WsConfig, WsStats, run_ws
+from connectors.massive_ws import MassiveWsConnector, WsConfig, WsStats, run_ws
 from infra.broker import TansuBroker
 from infra.procs import free_port
 from infra.simulator import Faults, SimulatorConfig, SimulatorServer
@@ -44,13 +44,19 @@ def test_broker_outage_loses_nothing_and_the_connector_resumes(tmp_path: Path) -
     create_topics(conf, topic_specs(raw_partitions=1))
     s = SimulatorServer(SimulatorConfig(port=free_port(), rate=1000, api_keys=(KEY,),
                                         faults=Faults())).run_in_thread()
+    # A small producer buffer: most of the outage has to go through the disk spool.
     ws = WsConfig(f"127.0.0.1:{s.port}", "stocks", ["Q.*", "T.*"], api_key=KEY, secure=False,
-                  spool_path=tmp_path / "spool")
+                  spool_path=tmp_path / "spool", producer_buffer=200)
     result: dict[str, object] = {}
 
     def connector() -> None:
+        def keep(conn: MassiveWsConnector) -> None:
+            result["writer"] = conn.writer
+
         try:
-            result["stats"] = asyncio.run(run_ws(ws, conf, duration_s=OUTAGE_S + 20))
+            result["stats"] = asyncio.run(run_ws(ws, conf, duration_s=OUTAGE_S + 20,
+                                                 connector_hook=keep))
+            result["spooled"] = getattr(result["writer"], "spooled", 0)
         except BaseException as exc:  # reported by the assertions below
             result["error"] = exc
             raise
@@ -93,3 +99,4 @@ def test_broker_outage_loses_nothing_and_the_connector_resumes(tmp_path: Path) -
     assert after_seqs == sorted(after_seqs) and len(set(after_seqs)) == len(after_seqs)
     assert after_seqs[0] == before_seqs[-1] + 1 or lost > 0
     assert isinstance(stats, WsStats) and stats.dropped == 0
+    assert result["spooled"] > sent_during_and_after // 2  # the spool carried the outage
