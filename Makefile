@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo test lint bench soak clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { command -v $(PYTHON) >/dev/null && $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV); }
@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(PY) -m bench.e2e
 	$(PY) -m bench.dbn_parquet
 	$(PY) -m bench.latency
+
+# 30 minutes at the benchmark's steady rate: flat RSS, no growing lag (CI runs 60 s of it).
+soak: $(STAMP)
+	TICKFLOW_SOAK_SECONDS=1800 TICKFLOW_SOAK_RATE=10000 $(PY) -m pytest -s -q tests/test_soak.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

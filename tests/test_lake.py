@@ -162,3 +162,25 @@ def test_to_table_equals_from_pylist_and_sort_is_stable() -> None:
                                                           ("sequence", "ascending")])
     want = sorted(ties, key=lambda r: (r["ts_event_ns"], r["sequence"]))
     assert got.column("event_id").to_pylist() == [r["event_id"] for r in want]
+
+
+def test_large_files_buffer_columnar_chunks_and_resume_from_old_snapshots(
+        tmp_path: Path) -> None:
+    import pickle
+
+    from connectors.lake import CHUNK_ROWS, OpenFile
+
+    rows = [trade("SPY", s, T0 + s) for s in range(CHUNK_ROWS * 2 + 5, 0, -1)]
+    buf = LakeBuffer(tmp_path)
+    for off, r in enumerate(rows):
+        buf.add("stock_trade", r, RAW, 0, off)
+    [f] = buf.pending.values()
+    assert len(f.chunks) == 2 and len(f.rows) == 5 and f.count == len(rows)
+    buf.flush_all()
+    t = read_partition(tmp_path, "stock_trade", "SPY", DAY)
+    assert t.column("sequence").to_pylist() == sorted(r["sequence"] for r in rows)
+    # A snapshot pickled before chunking existed resumes with its rows counted.
+    old = OpenFile(3, 4, rows[:2])
+    del old.__dict__["chunks"], old.__dict__["count"], old.__dict__["first_ts_ns"]
+    back = pickle.loads(pickle.dumps(old))
+    assert back.count == 2 and back.chunks == [] and back.first_ts_ns == rows[0]["ts_event_ns"]
