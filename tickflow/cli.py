@@ -467,6 +467,55 @@ def health(
         console.print(r)
 
 
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option(help="PNG file to write")] = Path("tickflow-report.png"),
+    symbol: Annotated[list[str] | None, typer.Option(
+        help="Only these symbols (default: every symbol with transitions or lake rows, "
+             "busiest first, up to --max-symbols)")] = None,
+    max_symbols: Annotated[int, typer.Option(help="Rows in the report at most")] = 12,
+) -> None:
+    """A PNG per-symbol report: DataHealth over time (from market.health) and the latency
+    distribution with p50/p99 (from the lake). Open it in any image viewer."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from connectors.lake_query import query as lake_query
+    from infra.topics import HEALTH
+    from schemas.model import DATA_HEALTH, MARKET_EVENTS
+    from schemas.serde import decode
+    from tickflow.report import render
+    from tickflow.topicstats import read_all
+
+    s = get_settings()
+    wanted = list(symbol or []) or None
+    transitions = [decode(DATA_HEALTH, m.value() or b"")
+                   for m in read_all(s.kafka_config(), HEALTH)]
+    transitions = [t for t in transitions if wanted is None or t["symbol"] in wanted]
+    lat: dict[str, list[np.ndarray]] = {}
+    times = [tr["ts_event_ns"] for tr in transitions]  # the report's time range
+    for et in MARKET_EVENTS:
+        t = lake_query(s.lake_root, et.name, wanted,
+                       columns=["symbol", "ts_event_ns", "latency_ns"])
+        if not t.num_rows:
+            continue
+        times += [pc.min(t["ts_event_ns"]).as_py(), pc.max(t["ts_event_ns"]).as_py()]
+        syms = t["symbol"].to_numpy(zero_copy_only=False)
+        vals = t["latency_ns"].to_numpy()
+        for sym in np.unique(syms):
+            lat.setdefault(str(sym), []).append(vals[syms == sym])
+    latencies = {k: np.concatenate(v) for k, v in lat.items()}
+    if not times:
+        err.print("[red]nothing to report: no transitions on market.health, no lake rows[/]")
+        raise typer.Exit(1)
+    busy = sorted(set(latencies) | {t["symbol"] for t in transitions},
+                  key=lambda k: (-len(latencies.get(k, ())), k))
+    chosen = wanted or busy[:max_symbols]
+    lo, hi = min(times), max(times)
+    render(out, transitions, latencies, lo, max(hi, lo + 1), symbols=chosen)
+    console.print(f"report: {len(chosen)} symbols -> {out}")
+
+
 def _live_health(urls: list[str], wanted: set[str]) -> None:
     import httpx
 
