@@ -130,6 +130,16 @@ def file_name(key: PartitionKey, first_offset: int) -> str:
     return f"part-{escape_symbol(key.raw_topic)}-{key.raw_partition}-{first_offset:020d}.parquet"
 
 
+def event_id_checksum(ids: pa.ChunkedArray | pa.Array) -> str:
+    """CRC-32 (hex) of a file's event ids in file order, one per line: what ``lake verify``
+    recomputes to see that a file's rows are the ones written."""
+    crc = 0
+    for chunk in (ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]):
+        for v in chunk.to_pylist():
+            crc = zlib.crc32(v.encode() + b"\n", crc)
+    return f"{crc:08x}"
+
+
 def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
     """Write one sorted Parquet file for the rows of ``f``, atomically."""
     et = BY_NAME[key.event_type]
@@ -145,6 +155,7 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
         "tickflow.event_type": key.event_type,
         "tickflow.symbol": key.symbol,
         "tickflow.rows": str(table.num_rows),
+        "tickflow.checksum": event_id_checksum(ids),
         "tickflow.raw_topic": key.raw_topic,
         "tickflow.raw_partition": str(key.raw_partition),
         "tickflow.raw_first_offset": str(f.first_offset),

@@ -184,3 +184,44 @@ def test_large_files_buffer_columnar_chunks_and_resume_from_old_snapshots(
     del old.__dict__["chunks"], old.__dict__["count"], old.__dict__["first_ts_ns"]
     back = pickle.loads(pickle.dumps(old))
     assert back.count == 2 and back.chunks == [] and back.first_ts_ns == rows[0]["ts_event_ns"]
+
+
+def test_verify_finds_each_kind_of_damage(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from connectors.lake_verify import verify
+
+    buf = LakeBuffer(tmp_path, max_rows=3)  # several files per partition
+    for off, s in enumerate(range(1, 8)):
+        buf.add("stock_trade", trade("SPY", s, T0 + s * S), RAW, 0, off)
+    buf.add("stock_trade", trade("../x", 1, T0), RAW, 0, 9)
+    buf.flush_all()
+    [spy, other] = sorted(verify(tmp_path), key=lambda r: r.symbol != "SPY")
+    assert (spy.symbol, spy.files, spy.rows, spy.duplicates, spy.problems) == (
+        "SPY", 3, 7, 0, [])
+    assert other.symbol == "../x" and not other.problems  # the escaped folder maps back
+
+    files = sorted(partition_dir(tmp_path, "stock_trade", "SPY", DAY).glob("part-*"))
+    # 1. A file rewritten with different rows but its old metadata: checksum and count.
+    t = pq.read_table(files[0])
+    pq.write_table(t.slice(0, 2).replace_schema_metadata(t.schema.metadata), files[0])
+    # 2. The same event in two files: a duplicate.
+    dup = pq.read_table(files[1])
+    pq.write_table(dup, files[1].with_name(f"part-{RAW}-0-{99:020d}.parquet"))
+    # 3. Leftovers and strangers.
+    (files[0].parent / ".part-x.parquet.tmp-1").write_bytes(b"half")
+    (files[0].parent / "notes.txt").write_text("hi")
+    (files[0].parent / "part-raw.massive.stocks-0-00000000000000000500.parquet").write_bytes(
+        b"not parquet")
+    # 4. Rows of another day in this folder.
+    later = pa.Table.from_pylist([trade("SPY", 50, T0 + 86_400 * S)],
+                                 schema=pq.read_schema(files[2]))
+    pq.write_table(later.replace_schema_metadata(pq.read_schema(files[2]).metadata),
+                   files[2].with_name("part-raw.massive.stocks-0-00000000000000000600.parquet"))
+    [spy] = [r for r in verify(tmp_path) if r.symbol == "SPY"]
+    text = "\n".join(spy.problems)
+    assert spy.duplicates == dup.num_rows
+    for expected in ("metadata says 3 rows, the file has 2", "checksum", "leftover temporary",
+                     "notes.txt: not a lake file name", "unreadable",
+                     "rows of ['2025-11-14'] in the date=2025-11-13 folder"):
+        assert expected in text, (expected, text)

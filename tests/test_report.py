@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -88,3 +89,9 @@ def test_report_command_on_a_real_run(settings: Settings, tmp_path: Path) -> Non
     assert np.all(img == np.array(STATE_COLORS["GAP_DETECTED"], dtype=np.uint8),
                   axis=2).sum() > 1000
     assert np.all(img == np.array(LATENCY_COLOR, dtype=np.uint8), axis=2).sum() > 100
+    # The lake the flow wrote passes its own integrity check.
+    check = subprocess.run([sys.executable, "-m", "tickflow.cli", "lake", "verify", "--json"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr
+    verdict = json.loads(check.stdout)
+    assert verdict["unsound"] == [] and verdict["partitions"] >= 4

@@ -39,6 +39,8 @@ app.add_typer(flow_app, name="flow")
 app.add_typer(dbn_app, name="dbn")
 app.add_typer(backfill_app, name="backfill")
 app.add_typer(replay_app, name="replay")
+lake_app = typer.Typer(help="The Parquet lake: integrity checks.", no_args_is_help=True)
+app.add_typer(lake_app, name="lake")
 
 console = Console()
 err = Console(stderr=True)
@@ -514,6 +516,38 @@ def report(
     lo, hi = min(times), max(times)
     render(out, transitions, latencies, lo, max(hi, lo + 1), symbols=chosen)
     console.print(f"report: {len(chosen)} symbols -> {out}")
+
+
+@lake_app.command("verify")
+def lake_verify_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="List sound partitions too")] = False,
+) -> None:
+    """Check every lake file against its provenance (row count, checksum of its event ids,
+    folder, order) and every partition for duplicate event ids; exit 1 on any problem."""
+    import json as _json
+    from dataclasses import asdict
+
+    from connectors.lake_verify import verify
+
+    root = get_settings().lake_root
+    if not root.exists():
+        err.print(f"[red]no lake at {root} (TICKFLOW_LAKE_ROOT)[/]")
+        raise typer.Exit(1)
+    reports = verify(root)
+    bad = [r for r in reports if r.problems or r.duplicates]
+    if as_json:
+        console.print_json(_json.dumps({"root": str(root), "partitions": len(reports),
+                                        "unsound": [asdict(r) for r in bad]}))
+    else:
+        t = Table("event type", "symbol", "date", "files", "rows", "duplicates", "problems",
+                  title=f"lake {root}: {len(reports)} partitions, {len(bad)} with problems")
+        for r in reports if show_all else bad:
+            t.add_row(r.event_type, r.symbol, r.day, str(r.files), f"{r.rows:,}",
+                      str(r.duplicates), "\n".join(r.problems) or "ok")
+        console.print(t)
+    if bad:
+        raise typer.Exit(1)
 
 
 def _live_health(urls: list[str], wanted: set[str]) -> None:
