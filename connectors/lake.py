@@ -130,6 +130,13 @@ def file_name(key: PartitionKey, first_offset: int) -> str:
     return f"part-{escape_symbol(key.raw_topic)}-{key.raw_partition}-{first_offset:020d}.parquet"
 
 
+def sort_keys(event_type: str) -> list[str]:
+    """The order of rows in a file: event time, then the vendor sequence (or, for types
+    without one, the event id)."""
+    names = arrow_schema(BY_NAME[event_type]).names
+    return ["ts_event_ns", "sequence" if "sequence" in names else "event_id"]
+
+
 def event_id_checksum(ids: pa.ChunkedArray | pa.Array) -> str:
     """CRC-32 (hex) of a file's event ids in file order, one per line: what ``lake verify``
     recomputes to see that a file's rows are the ones written."""
@@ -147,8 +154,7 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     name = file_name(key, f.first_offset)
     # Arrow's sort is stable, like sorted(): rows with equal keys keep their arrival order.
-    table = f.table(key.event_type).sort_by([("ts_event_ns", "ascending"),
-                                             ("sequence", "ascending")])
+    table = f.table(key.event_type).sort_by([(k, "ascending") for k in sort_keys(key.event_type)])
     ids = table.column("event_id")
     meta = {
         "tickflow.version": tickflow.__version__,
@@ -162,7 +168,8 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
         "tickflow.raw_last_offset": str(f.last_offset),
         "tickflow.first_event_id": ids[0].as_py(),
         "tickflow.last_event_id": ids[-1].as_py(),
-        "tickflow.sources": ",".join(sorted(pc.unique(table.column("source")).to_pylist())),
+        "tickflow.sources": ",".join(sorted(pc.unique(table.column("source")).to_pylist()))
+        if "source" in table.column_names else "",
         "tickflow.avro_schema": json.dumps(et.schema, separators=(",", ":")),
     }
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})

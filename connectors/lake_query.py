@@ -19,9 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from connectors.lake import NS_PER_DAY, escape_symbol
+from connectors.lake import NS_PER_DAY, escape_symbol, sort_keys
 from schemas.arrow import arrow_schema
-from schemas.model import BY_NAME, MARKET_EVENTS
+from schemas.model import BY_NAME, MARKET_EVENTS, TRADE_RECORD
 
 _EPOCH = dt.date(1970, 1, 1)
 
@@ -31,9 +31,9 @@ def query(root: Path, event_type: str, symbols: list[str] | None = None,
           columns: list[str] | None = None) -> pa.Table:
     """Rows of ``event_type`` for ``symbols`` (all when None) with
     ``start_ns <= ts_event_ns < end_ns``."""
-    if event_type not in {e.name for e in MARKET_EVENTS}:
-        raise ValueError(f"unknown event type {event_type!r}; one of "
-                         f"{sorted(e.name for e in MARKET_EVENTS)}")
+    known = {e.name for e in MARKET_EVENTS} | {TRADE_RECORD.name}
+    if event_type not in known:
+        raise ValueError(f"unknown event type {event_type!r}; one of {sorted(known)}")
     schema = arrow_schema(BY_NAME[event_type])
     base = root / event_type
     sym_dirs = ([base / f"symbol={escape_symbol(s)}" for s in symbols] if symbols
@@ -57,5 +57,5 @@ def query(root: Path, event_type: str, symbols: list[str] | None = None,
         cond = pc.field("ts_event_ns") < end_ns
         expr = cond if expr is None else expr & cond
     table = ds.dataset(files, schema=schema, format="parquet").to_table(filter=expr)
-    table = table.sort_by([("ts_event_ns", "ascending"), ("sequence", "ascending")])
+    table = table.sort_by([(k, "ascending") for k in sort_keys(event_type)])
     return table.select(columns) if columns else table

@@ -20,7 +20,8 @@ from urllib.parse import unquote
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from connectors.lake import LAKE_EVENT_TYPES, NS_PER_DAY, event_id_checksum
+from connectors.lake import LAKE_EVENT_TYPES, NS_PER_DAY, event_id_checksum, sort_keys
+from schemas.model import TRADE_RECORD
 
 _FILE_RE = re.compile(r"^part-.+-\d+-\d{20}\.parquet$")
 _EPOCH = dt.date(1970, 1, 1)
@@ -52,8 +53,9 @@ def verify(root: Path) -> list[PartitionReport]:
     for event_type, symbol, day, d in _partitions(root):
         rep = PartitionReport(event_type, symbol, day)
         out.append(rep)
-        if event_type not in LAKE_EVENT_TYPES:
+        if event_type not in LAKE_EVENT_TYPES | {TRADE_RECORD.name}:
             rep.problems.append(f"unknown event type folder {event_type!r}")
+            continue
         seen: set[str] = set()
         for f in sorted(d.iterdir()):
             if f.name.startswith("."):
@@ -64,7 +66,8 @@ def verify(root: Path) -> list[PartitionReport]:
                 continue
             rep.files += 1
             try:
-                table = pq.read_table(f, columns=["event_id", "ts_event_ns", "sequence"])
+                cols = list(dict.fromkeys(["event_id", *sort_keys(event_type)]))
+                table = pq.read_table(f, columns=cols)
                 meta = pq.read_schema(f).metadata or {}
             except Exception as exc:  # any unreadable file is a finding, not a crash
                 rep.problems.append(f"{f.name}: unreadable ({type(exc).__name__}: {exc})")
@@ -106,8 +109,8 @@ def _check_file(table: object, meta: dict[bytes, bytes], event_type: str, symbol
         dates = {(_EPOCH + dt.timedelta(days=int(x))).isoformat() for x in days}
         if dates != {day}:
             problems.append(f"rows of {sorted(dates)} in the date={day} folder")
-        keys = list(zip(table.column("ts_event_ns").to_pylist(),
-                        table.column("sequence").to_pylist(), strict=True))
+        order = sort_keys(event_type)
+        keys = list(zip(*(table.column(k).to_pylist() for k in order), strict=True))
         if keys != sorted(keys):
-            problems.append("rows are not sorted by (ts_event_ns, sequence)")
+            problems.append(f"rows are not sorted by ({', '.join(order)})")
     return problems

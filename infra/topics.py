@@ -27,6 +27,8 @@ FUTURES_MBP10 = "market.futures.mbp10"
 HEALTH = "market.health"
 ALERTS = "market.alerts"
 DEAD_LETTER = "market.deadletter"
+# Our own executions (TradeJournal), key = strategy.
+TRADE_JOURNAL = "journal.trades"
 NORMALIZED_TOPICS = (
     STOCK_QUOTES,
     STOCK_TRADES,
@@ -63,6 +65,8 @@ def topic_specs(raw_partitions: int = 4, normalized_partitions: int = 4) -> list
     specs += [TopicSpec(t, normalized_partitions, dict(NORMALIZED_CONFIG)) for t in
               (*NORMALIZED_TOPICS, HEALTH, ALERTS)]
     specs.append(TopicSpec(DEAD_LETTER, normalized_partitions, {**DEAD_LETTER_CONFIG, **size}))
+    # The journal is the record of what we traded: kept like the raw log, never by time.
+    specs.append(TopicSpec(TRADE_JOURNAL, normalized_partitions, dict(RAW_CONFIG)))
     for s in specs:
         missing = [k for k in TANSU_EXPLICIT_TOPIC_CONFIG_KEYS if k not in s.config]
         assert not missing, f"topic {s.name} lacks explicit config {missing}"

@@ -58,6 +58,9 @@ MBP10 = EventType("mbp10", "mbp10.avsc", topics.FUTURES_MBP10)
 DATA_HEALTH = EventType("data_health", "data_health.avsc", topics.HEALTH)
 DEAD_LETTER = EventType("dead_letter", "dead_letter.avsc", topics.DEAD_LETTER)
 CLOCK_ALERT = EventType("clock_alert", "clock_alert.avsc", topics.ALERTS)
+# Our own executions (TradeJournal): registered and provisioned like the rest, never touched
+# by the normalizer.
+TRADE_RECORD = EventType("trade_record", "trade_record.avsc", topics.TRADE_JOURNAL)
 
 MARKET_EVENTS: tuple[EventType, ...] = (
     STOCK_QUOTE,
@@ -67,6 +70,7 @@ MARKET_EVENTS: tuple[EventType, ...] = (
     FUTURES_TRADE,
     MBP10,
 )
-ALL_EVENTS: tuple[EventType, ...] = (*MARKET_EVENTS, DATA_HEALTH, DEAD_LETTER, CLOCK_ALERT)
+ALL_EVENTS: tuple[EventType, ...] = (*MARKET_EVENTS, DATA_HEALTH, DEAD_LETTER, CLOCK_ALERT,
+                                     TRADE_RECORD)
 BY_NAME: dict[str, EventType] = {e.name: e for e in ALL_EVENTS}
 BY_TOPIC: dict[str, EventType] = {e.topic: e for e in ALL_EVENTS}

@@ -1,0 +1,115 @@
+"""``TradeJournal``: our own executions on a Kafka topic and in the lake.
+
+``record`` validates (tickflow.journal), encodes Avro through the registry and writes to
+``journal.trades`` with key = strategy (one strategy's trades stay in order in one partition,
+which is what rebuilding its positions needs), and returns once the broker has them.
+``query`` answers by symbol, strategy and time range from the lake (or the topic);
+``rebuild_lake`` rewrites the journal's lake partitions from the topic, idempotently: the
+topic is the record, the lake a copy that can always be made again.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+
+from connectors.lake import NS_PER_DAY, OpenFile, PartitionKey, write_file
+from connectors.lake_query import query as lake_query
+from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
+from schemas.model import TRADE_RECORD, Event
+from schemas.serde import AvroEncoder, decode, encoders
+from tickflow.journal import first_of_each, trade_record
+from tickflow.topicstats import read_all
+
+
+class TradeJournal:
+    """Record and query TradeRecords (schemas/trade_record.avsc)."""
+
+    def __init__(self, kafka_conf: dict[str, Any], registry_conf: dict[str, Any],
+                 lake_root: Path, topic: str = TRADE_RECORD.topic) -> None:
+        self.topic = topic
+        self.lake_root = Path(lake_root)
+        self._conf = kafka_conf
+        self._registry = registry_conf
+        self._encoder: AvroEncoder | None = None
+        self._producer: Producer | None = None
+
+    def record(self, trade: dict[str, Any]) -> Event:
+        """Record one trade; returns the stored record. Raises BadTrade on invalid input."""
+        return self.record_many([trade])[0]
+
+    def record_many(self, trades: Iterable[dict[str, Any]]) -> list[Event]:
+        """Validate every trade first (a bad one records none), then write all of them and
+        wait for the broker's acknowledgement."""
+        now = time.time_ns()
+        events = [trade_record(t, t.get("recorded_ns") or now) for t in trades]
+        if self._encoder is None:
+            self._encoder = encoders(self._registry)[TRADE_RECORD.name]
+        if self._producer is None:
+            self._producer = Producer({**self._conf, **TANSU_PRODUCER_NO_AUTOCREATE,
+                                       "acks": "all", "enable.idempotence": True})
+        for ev in events:
+            self._producer.produce(self.topic, self._encoder.encode(ev), ev["strategy"].encode())
+        if self._producer.flush(60):
+            raise RuntimeError(f"{self.topic}: the broker did not acknowledge every trade")
+        return events
+
+    def _topic_records(self) -> list[tuple[int, int, Event]]:
+        """(partition, offset, record) of every record on the topic, in that order."""
+        recs = [(m.partition() or 0, m.offset() or 0, decode(TRADE_RECORD, m.value() or b""))
+                for m in read_all(self._conf, self.topic)]
+        return sorted(recs, key=lambda r: (r[0], r[1]))
+
+    def query(self, symbol: str | None = None, strategy: str | None = None,
+              start_ns: int | None = None, end_ns: int | None = None,
+              from_topic: bool = False) -> list[Event]:
+        """Trades with ``start_ns <= ts_event_ns < end_ns``, of ``symbol`` and ``strategy``
+        when given, each trade id once, in execution-time order. From the lake (rebuild it
+        first for the latest), or straight from the topic."""
+        if from_topic:
+            rows: Iterable[Event] = (r for _, _, r in self._topic_records())
+        else:
+            rows = lake_query(self.lake_root, TRADE_RECORD.name, [symbol] if symbol else None,
+                              start_ns, end_ns).to_pylist()
+        out = [r for r in first_of_each(rows)
+               if (symbol is None or r["symbol"] == symbol)
+               and (strategy is None or r["strategy"] == strategy)
+               and (start_ns is None or r["ts_event_ns"] >= start_ns)
+               and (end_ns is None or r["ts_event_ns"] < end_ns)]
+        return sorted(out, key=lambda r: (r["ts_event_ns"], r["event_id"]))
+
+    def rebuild_lake(self) -> int:
+        """Rewrite ``<lake>/trade_record`` from the topic; returns files written. Files are
+        named by topic, partition and first offset, so rebuilding twice gives the same files;
+        the new tree replaces the old one only once it is complete."""
+        groups: dict[PartitionKey, OpenFile] = {}
+        for p, o, r in first_of_each(self._topic_records(), key=lambda x: x[2]["event_id"]):
+            key = PartitionKey(TRADE_RECORD.name, r["symbol"], r["ts_event_ns"] // NS_PER_DAY,
+                               self.topic, p, 0)
+            f = groups.get(key)
+            if f is None:
+                f = groups[key] = OpenFile(o)
+            f.append(TRADE_RECORD.name, r, o)
+        staging = self.lake_root / f".rebuild-{TRADE_RECORD.name}-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        for key, f in groups.items():
+            write_file(staging, key, f)
+        final = self.lake_root / TRADE_RECORD.name
+        old = self.lake_root / f".old-{TRADE_RECORD.name}-{os.getpid()}"
+        if final.exists():
+            final.rename(old)
+        if (staging / TRADE_RECORD.name).exists():
+            (staging / TRADE_RECORD.name).rename(final)
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        return len(groups)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(60)
