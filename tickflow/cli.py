@@ -39,7 +39,8 @@ app.add_typer(flow_app, name="flow")
 app.add_typer(dbn_app, name="dbn")
 app.add_typer(backfill_app, name="backfill")
 app.add_typer(replay_app, name="replay")
-lake_app = typer.Typer(help="The Parquet lake: integrity checks.", no_args_is_help=True)
+lake_app = typer.Typer(help="The Parquet lake: integrity checks and compaction.",
+                       no_args_is_help=True)
 app.add_typer(lake_app, name="lake")
 
 console = Console()
@@ -516,6 +517,36 @@ def report(
     lo, hi = min(times), max(times)
     render(out, transitions, latencies, lo, max(hi, lo + 1), symbols=chosen)
     console.print(f"report: {len(chosen)} symbols -> {out}")
+
+
+@lake_app.command("compact")
+def lake_compact_cmd(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the merges, do nothing")
+                       ] = False,
+) -> None:
+    """Merge small files of each partition, only where the writer could have written one
+    file (same raw partition and offset bucket), keeping the first file's name; rows never
+    change. Safe to rerun; `tickflow lake verify` checks the result."""
+    from rich.progress import Progress
+
+    from connectors.lake_compact import merge, plan
+
+    s = get_settings()
+    merges = plan(s.lake_root, s.lake_bucket_records)
+    if dry_run or not merges:
+        t = Table("partition", "files", "into", title=f"{len(merges)} merges planned")
+        for m in merges:
+            t.add_row(str(m.folder.relative_to(s.lake_root)), str(len(m.files)), m.files[0].name)
+        console.print(t)
+        return
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("compacting", total=len(merges))
+        rows = 0
+        for m in merges:
+            rows += merge(m)
+            progress.advance(task)
+    console.print(f"merged {sum(len(m.files) for m in merges)} files into {len(merges)} "
+                  f"({rows:,} rows)")
 
 
 @lake_app.command("verify")
