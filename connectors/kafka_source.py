@@ -31,11 +31,16 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
+from prometheus_client import Gauge
 
 from infra.broker import TANSU_SESSION_TIMEOUT_MS
 from tickflow.raw import RawRecord
 
 log = logging.getLogger(__name__)
+
+CONSUMER_LAG = Gauge("tickflow_consumer_lag",
+                     "Raw records written but not yet read by the flow, per raw partition",
+                     ["topic", "partition"])
 
 # What the source emits: the records of one poll of one partition, in offset order.
 RawBatch = list[RawRecord]
@@ -53,6 +58,8 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
                  state: PartitionState, tail: bool, batch_size: int) -> None:
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, partition, state.next_offset)])
+        self._tp = TopicPartition(topic, partition)
+        self._lag = CONSUMER_LAG.labels(topic, str(partition))
         self._topic = topic
         self._partition = partition
         self._state = state
@@ -88,12 +95,14 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         timeout, adding its whole length to every event's latency."""
         c = self._consumer
         msgs = c.consume(self._batch_size, 0)
-        if msgs:
-            return msgs
-        first = c.poll(0.05)
-        if first is None:
-            return []
-        return [first, *c.consume(self._batch_size - 1, 0)]
+        if not msgs:
+            first = c.poll(0.05)
+            msgs = [] if first is None else [first, *c.consume(self._batch_size - 1, 0)]
+        # The end offset from the last fetch response: no request to the broker.
+        _, high = c.get_watermark_offsets(self._tp, cached=True)
+        if high >= 0 and self._state.next_offset >= 0:
+            self._lag.set(max(0, high - self._state.next_offset - len(msgs)))
+        return msgs
 
     def snapshot(self) -> PartitionState:
         # Commit what the previous snapshot covered (see module doc), then remember this one.

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 from confluent_kafka import KafkaException, Producer
+from prometheus_client import Counter, Gauge
 
 from connectors.spool import Spool, SpoolFull
 from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
@@ -27,6 +28,17 @@ from infra.topics import MAX_MESSAGE_BYTES
 from tickflow.raw import H_KIND, H_RECEIVED_NS, LossWindow, RawSource, RecordKind, make_headers
 
 log = logging.getLogger(__name__)
+
+# Served by the connector process's status endpoint (TICKFLOW_METRICS_PORT).
+RAW_WRITTEN = Counter("tickflow_raw_written_total",
+                      "Raw records the broker acknowledged", ["topic"])
+RAW_LOST = Counter("tickflow_raw_lost_total", "Raw records not written (each also reported "
+                   "in a loss window when possible), by reason", ["topic", "reason"])
+SPOOL_RECORDS = Gauge("tickflow_spool_records", "Raw records waiting in the disk spool",
+                      ["topic"])
+SPOOL_BYTES = Gauge("tickflow_spool_bytes", "Size of the disk spool file", ["topic"])
+QUEUE_DEPTH = Gauge("tickflow_raw_queue_depth", "Raw records queued for the writer thread",
+                    ["topic"])
 
 # Largest vendor record we queue: the topic's limit less room for headers and framing.
 MAX_RECORD_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
@@ -91,6 +103,11 @@ class RawWriter:
             "message.timeout.ms": 0,
             "queue.buffering.max.messages": producer_buffer,
         })
+        self._m_written = RAW_WRITTEN.labels(topic)
+        self._m_spool_records = SPOOL_RECORDS.labels(topic)
+        self._m_spool_bytes = SPOOL_BYTES.labels(topic)
+        self._m_queue = QUEUE_DEPTH.labels(topic)
+        self._gauges_at = 0.0
         self._thread = threading.Thread(target=self._run, name=f"raw-writer-{topic}",
                                          daemon=True)
         self._thread.start()
@@ -103,6 +120,7 @@ class RawWriter:
         if len(value) > MAX_RECORD_BYTES:
             # The broker would refuse it; queued, it would block every record behind it.
             self.oversized += 1
+            RAW_LOST.labels(self.topic, "oversized").inc()
             log.error("raw frame too large for the raw topic: reported lost",
                       extra={"topic": self.topic, "bytes": len(value),
                              "max_bytes": MAX_RECORD_BYTES})
@@ -121,6 +139,7 @@ class RawWriter:
             return True
         except queue.Full:
             self.dropped += 1
+            RAW_LOST.labels(self.topic, "queue overflow").inc()
             start, _, n = self._overflow or (recv, recv, 0)
             self._overflow = (start, recv, n + 1)
             if n == 0:
@@ -139,6 +158,7 @@ class RawWriter:
         # Runs in the writer thread (it is the one polling the producer).
         if err is None:
             self.written += 1
+            self._m_written.inc()
             if self._delivery_loss is not None:
                 # The broker takes records again: now the report of what it refused can land.
                 first, last, n = self._delivery_loss
@@ -146,6 +166,7 @@ class RawWriter:
                 self.report_loss(first, last, "delivery failed", self.overflow_symbols, n)
             return
         self.failed += 1
+        RAW_LOST.labels(self.topic, "delivery failed").inc()
         log.error("raw record delivery failed", extra={"topic": self.topic, "error": str(err)})
         headers = msg.headers() or []
         if dict(headers).get(H_KIND) == RecordKind.LOSS_WINDOW.value.encode():
@@ -196,9 +217,20 @@ class RawWriter:
             sp.pop()
         return True
 
+    def _gauges(self) -> None:
+        now = time.monotonic()
+        if now - self._gauges_at < 0.5:  # a scrape every few seconds needs no more
+            return
+        self._gauges_at = now
+        self._m_queue.set(self._q.qsize())
+        if self.spool is not None:
+            self._m_spool_records.set(len(self.spool))
+            self._m_spool_bytes.set(self.spool.size)
+
     def _run(self) -> None:
         p = self._producer
         while True:
+            self._gauges()
             try:
                 item = self._q.get(timeout=0.2)
             except queue.Empty:
@@ -220,6 +252,7 @@ class RawWriter:
                         self.spooled += 1
                     except SpoolFull:
                         self.spool_dropped += 1
+                        RAW_LOST.labels(self.topic, "spool full").inc()
                         recv = _received_ns(item.headers)
                         first, _, n, _ = self._spool_loss or (recv, recv, 0, item.headers)
                         self._spool_loss = (first, recv, n + 1, item.headers)

@@ -101,6 +101,10 @@ def test_disorder_gap_and_clock_drift_on_the_topics_and_live(settings: Settings,
         assert cli.returncode == 0, cli.stderr
         row = next(line for line in cli.stdout.splitlines() if "SPY" in line)
         assert "GAP_DETECTED" in row and row.split("│")[-2].strip() == "2"  # out of order
+        # Everything written to the raw topic has been read: no consumer lag.
+        metrics = httpx.get(f"{url}/metrics").text
+        assert ('tickflow_consumer_lag{partition="0",topic="raw.massive.stocks"} 0.0'
+                in metrics), [ln for ln in metrics.splitlines() if "lag" in ln]
         # The sink publishes right behind the state; give it until everything is there.
         deadline = time.monotonic() + 60
         while len(quotes := decode_topic(settings, STOCK_QUOTES)) < events:

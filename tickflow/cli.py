@@ -159,8 +159,19 @@ def connect_massive_ws(
     cfg = WsConfig(s.massive_ws_host, market, [c for c in subscribe.split(",") if c],
                    api_key=s.massive_api_key.get_secret_value(), secure=s.massive_ws_secure,
                    spool_path=s.state_dir / "spool" / f"massive-{market}.spool")
+    _serve_status()
     stats = asyncio.run(run_ws(cfg, s.kafka_config(), seconds))
     console.print(f"frames {stats.frames}, written {stats.written}, dropped {stats.dropped}")
+
+
+def _serve_status() -> None:
+    """Long-running commands serve /metrics (and /health) on TICKFLOW_METRICS_PORT, like the
+    dataflow: raw records written and lost, spool size, queue depth."""
+    port = int(os.environ.get("TICKFLOW_METRICS_PORT", "0"))
+    if port:
+        from flows.metrics import serve
+
+        serve(port, os.environ.get("TICKFLOW_METRICS_ADDR", "127.0.0.1"))
 
 
 @connect_app.command("massive-live")
@@ -194,6 +205,7 @@ def connect_massive_live(
                    secure=s.massive_ws_secure, spool_path=spool / "massive-stocks.spool")
     opt = WsConfig(s.massive_ws_host, "options", [], api_key=key, secure=s.massive_ws_secure,
                    spool_path=spool / "massive-options.spool")
+    _serve_status()
     st, ot = asyncio.run(run_live(stk, opt, manager, s.kafka_config(), seconds))
     console.print(f"stocks: {st.frames} frames, options: {ot.frames} frames, "
                   f"{len(manager.current)} option channels at the end")
