@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
@@ -33,6 +34,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
+from connectors.offsets import hold_flow_lock
 from infra.broker import TANSU_SESSION_TIMEOUT_MS
 from tickflow.raw import RawRecord
 
@@ -55,7 +57,9 @@ class PartitionState:
 
 class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
     def __init__(self, conf: dict[str, Any], topic: str, partition: int,
-                 state: PartitionState, tail: bool, batch_size: int) -> None:
+                 state: PartitionState, tail: bool, batch_size: int,
+                 lock: IO[bytes] | None = None) -> None:
+        self._lock = lock
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, partition, state.next_offset)])
         self._tp = TopicPartition(topic, partition)
@@ -119,6 +123,13 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         return PartitionState(self._state.next_offset)
 
     def close(self) -> None:
+        try:
+            self._close()
+        finally:
+            if self._lock is not None:
+                self._lock.close()  # releases the flow lock
+
+    def _close(self) -> None:
         # A finished bounded run has processed everything it read: record it for the group.
         if self._state.next_offset < 0:  # read nothing: leave the group's offset alone
             self._consumer.close()
@@ -142,12 +153,16 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
     """
 
     def __init__(self, kafka_conf: dict[str, Any], topics: list[str], group_id: str,
-                 tail: bool = True, batch_size: int = 1000) -> None:
+                 tail: bool = True, batch_size: int = 1000,
+                 lock_dir: Path | None = None) -> None:
         self._conf = kafka_conf
         self._topics = topics
         self._group = group_id
         self._tail = tail
         self._batch_size = batch_size
+        # While a partition is open, the group's flow lock is held (shared) in lock_dir:
+        # `tickflow replay reset` refuses to move the group's offsets under a running flow.
+        self._lock_dir = lock_dir
 
     def list_parts(self) -> list[str]:
         md = AdminClient(self._conf).list_topics(timeout=30)
@@ -181,8 +196,10 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
         conf = self._consumer_conf()
         if resume_state is None:
             resume_state = PartitionState(self._committed_offset(conf, topic, partition))
+        lock = (hold_flow_lock(self._lock_dir, self._group) if self._lock_dir is not None
+                else None)
         return _RawPartition(conf, topic, partition, resume_state, self._tail,
-                             self._batch_size)
+                             self._batch_size, lock)
 
     @staticmethod
     def _committed_offset(conf: dict[str, Any], topic: str, partition: int) -> int:

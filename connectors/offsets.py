@@ -15,12 +15,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -161,10 +164,49 @@ def read_floor(state_dir: Path, group: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in json.loads(f.read_text()).items()} if f.exists() else {}
 
 
+def flow_lock_path(state_dir: Path, group: str) -> Path:
+    return state_dir / "locks" / f"{group}.lock"
+
+
+def hold_flow_lock(state_dir: Path, group: str) -> IO[bytes]:
+    """Taken (shared) by every dataflow process of ``group`` for its lifetime. Our flow
+    assigns partitions itself, so the broker never lists it as a group member: this lock is
+    how a reset knows it is running. Blocks while a reset holds it. Keep the file open."""
+    path = flow_lock_path(state_dir, group)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = path.open("ab")
+    fcntl.flock(f, fcntl.LOCK_SH)
+    return f
+
+
+@contextlib.contextmanager
+def no_flow_running(state_dir: Path, group: str) -> Iterator[None]:
+    """Hold the group's flow lock exclusively, or raise ResetError if a flow holds it."""
+    path = flow_lock_path(state_dir, group)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("ab") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResetError(f"a dataflow of group {group!r} is running (it holds {path}); "
+                             "stop it first") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def execute_reset(conf: dict[str, Any], group: str, rows: list[PlanRow], state_dir: Path,
                   recovery_dir: Path | None) -> None:
     """Commit the plan's starts for ``group``, record the replay floor and discard the
-    recovery store. Refuses while the group has active members."""
+    recovery store. Refuses while a dataflow of the group runs (its lock in ``state_dir``,
+    shared by every process of a deployment) or the group has active members."""
+    with no_flow_running(state_dir, group):
+        _execute_reset(conf, group, rows, state_dir, recovery_dir)
+
+
+def _execute_reset(conf: dict[str, Any], group: str, rows: list[PlanRow], state_dir: Path,
+                   recovery_dir: Path | None) -> None:
     admin = AdminClient(conf)
     try:
         desc = admin.describe_consumer_groups([group])[group].result(timeout=30)

@@ -144,7 +144,8 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
         metrics.serve(port, os.environ.get("TICKFLOW_METRICS_ADDR", "127.0.0.1"))
     flow = Dataflow("tickflow_normalize")
     raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
-                                               s.consumer_group, tail=tail))
+                                               s.consumer_group, tail=tail,
+                                               lock_dir=s.state_dir))
     by_feed = op.key_on("by_raw_partition", raw, lambda rs: f"{rs[0].topic}:{rs[0].partition}")
     per_feed = op.stateful_map("feed_state", by_feed,
                                make_feed_step(s.clock_drift_ms * 1_000_000))

@@ -4,16 +4,20 @@ published again, and the lake does not change."""
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import pyarrow.dataset as ds
+import pytest
 from confluent_kafka import Producer
 
+from connectors.offsets import ResetError, no_flow_running
 from flows.runner import flow_argv
 from infra.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES
 from schemas.model import BY_TOPIC
@@ -83,3 +87,36 @@ def test_reset_to_datetime_replays_exactly_from_there(settings: Settings, tmp_pa
     got_ids = {decode(BY_TOPIC[STOCK_QUOTES], v)["event_id"] for v in again.elements()}
     assert got_ids == want_ids and sum(again.values()) == len(want_ids)
     assert lake_rows(settings.lake_root) == lake_before
+
+
+def test_reset_refuses_while_the_flow_runs(settings: Settings, tmp_path: Path) -> None:
+    env = {**env_for(settings), "TICKFLOW_TAIL": "1"}
+    log = (tmp_path / "flow.log").open("w")
+    flow = subprocess.Popen(flow_argv(1), env=env, stdout=log, stderr=log)
+    cli = [sys.executable, "-m", "tickflow.cli", "replay", "reset", "--topic",
+           RAW_MASSIVE_STOCKS, "--to-earliest", "--execute"]
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the flow takes its lock when its source partitions open
+            try:
+                with no_flow_running(settings.state_dir, settings.consumer_group):
+                    pass
+            except ResetError:
+                break
+            assert time.monotonic() < deadline and flow.poll() is None, "flow never locked"
+            time.sleep(0.3)
+        refused = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 1
+        assert "is running" in refused.stderr.replace("\n", " ")
+    finally:
+        flow.kill()
+        flow.wait()
+        log.close()
+    done = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr  # killed: the OS released its lock
+    lock = settings.state_dir / "locks" / f"{settings.consumer_group}.lock"
+    # And a held lock is what refuses, not anything else.
+    with pytest.raises(ResetError), open(lock, "ab") as f:
+        fcntl.flock(f, fcntl.LOCK_SH)
+        with no_flow_running(settings.state_dir, settings.consumer_group):
+            pass
