@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import avro.schema
-from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
+from infra.registry import reader_problems
 from schemas.model import ALL_EVENTS, SCHEMA_DIR, EventType
 
 
@@ -27,38 +27,10 @@ class CheckResult:
     messages: list[str]
 
 
-def _name_location(schema: Any, location: str) -> str:
-    """'/fields/1/type' -> "field 'price_e9'" by walking the schema's JSON."""
-    node: Any = schema
-    names: list[str] = []
-    parts = [p for p in location.split("/") if p]
-    for i, part in enumerate(parts):
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-            if i > 0 and parts[i - 1] == "fields" and isinstance(node, dict):
-                names.append(str(node.get("name")))
-        else:
-            break
-    return f"field '{'.'.join(names)}'" if names else f"location {location}"
-
-
-def reader_writer_problems(reader: avro.schema.Schema, writer: avro.schema.Schema) -> list[str]:
-    """Why ``reader`` cannot read data written with ``writer``, per the ``avro`` package's
-    checker, with each location named by its field (empty when compatible)."""
-    res = ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
-    if res.compatibility is SchemaCompatibilityType.compatible:
-        return []
-    reader_json = reader.to_json()
-    where = ", ".join(_name_location(reader_json, loc) for loc in sorted(res.locations)
-                      if loc != "/")
-    return [f"{m} ({where})" if where else m for m in sorted(res.messages)] or ["incompatible"]
-
-
 def backward_problems(new: str, old: str) -> list[str]:
     """Why ``new`` cannot read data written with ``old`` (empty when BACKWARD compatible)."""
-    return reader_writer_problems(avro.schema.parse(new), avro.schema.parse(old))
+    # One wording for the offline gate and the registry's 409: the registry's own rule.
+    return reader_problems(avro.schema.parse(new), avro.schema.parse(old))
 
 
 def _git(repo: Path, *args: str) -> str | None:
