@@ -14,13 +14,16 @@ import queue
 import threading
 import time
 import uuid
+import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from confluent_kafka import KafkaException, Producer
-from prometheus_client import Counter, Gauge
+from prometheus_client import REGISTRY, Counter
+from prometheus_client.core import GaugeMetricFamily
 
 from connectors.spool import Spool, SpoolFull
 from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
@@ -34,11 +37,38 @@ RAW_WRITTEN = Counter("tickflow_raw_written_total",
                       "Raw records the broker acknowledged", ["topic"])
 RAW_LOST = Counter("tickflow_raw_lost_total", "Raw records not written (each also reported "
                    "in a loss window when possible), by reason", ["topic", "reason"])
-SPOOL_RECORDS = Gauge("tickflow_spool_records", "Raw records waiting in the disk spool",
-                      ["topic"])
-SPOOL_BYTES = Gauge("tickflow_spool_bytes", "Size of the disk spool file", ["topic"])
-QUEUE_DEPTH = Gauge("tickflow_raw_queue_depth", "Raw records queued for the writer thread",
-                    ["topic"])
+
+
+class _WriterGauges:
+    """Spool records and bytes and queue depth of the live writers, summed per topic, read
+    at scrape time (nothing to keep up to date on the hot path)."""
+
+    def __init__(self) -> None:
+        self.writers: weakref.WeakSet[RawWriter] = weakref.WeakSet()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        records = GaugeMetricFamily("tickflow_spool_records",
+                                    "Raw records waiting in the disk spool", labels=["topic"])
+        size = GaugeMetricFamily("tickflow_spool_bytes", "Size of the disk spool file",
+                                 labels=["topic"])
+        depth = GaugeMetricFamily("tickflow_raw_queue_depth",
+                                  "Raw records queued for the writer thread", labels=["topic"])
+        totals: dict[str, list[int]] = {}
+        for w in list(self.writers):
+            t = totals.setdefault(w.topic, [0, 0, 0])
+            if w.spool is not None:
+                t[0] += len(w.spool)
+                t[1] += w.spool.size
+            t[2] += w.queue_depth()
+        for topic, (n, b, q) in sorted(totals.items()):
+            records.add_metric([topic], n)
+            size.add_metric([topic], b)
+            depth.add_metric([topic], q)
+        yield from (records, size, depth)
+
+
+WRITER_GAUGES = _WriterGauges()
+REGISTRY.register(WRITER_GAUGES)
 
 # Largest vendor record we queue: the topic's limit less room for headers and framing.
 MAX_RECORD_BYTES = MAX_MESSAGE_BYTES - 64 * 1024
@@ -104,10 +134,7 @@ class RawWriter:
             "queue.buffering.max.messages": producer_buffer,
         })
         self._m_written = RAW_WRITTEN.labels(topic)
-        self._m_spool_records = SPOOL_RECORDS.labels(topic)
-        self._m_spool_bytes = SPOOL_BYTES.labels(topic)
-        self._m_queue = QUEUE_DEPTH.labels(topic)
-        self._gauges_at = 0.0
+        WRITER_GAUGES.writers.add(self)
         self._thread = threading.Thread(target=self._run, name=f"raw-writer-{topic}",
                                          daemon=True)
         self._thread.start()
@@ -217,20 +244,12 @@ class RawWriter:
             sp.pop()
         return True
 
-    def _gauges(self) -> None:
-        now = time.monotonic()
-        if now - self._gauges_at < 0.5:  # a scrape every few seconds needs no more
-            return
-        self._gauges_at = now
-        self._m_queue.set(self._q.qsize())
-        if self.spool is not None:
-            self._m_spool_records.set(len(self.spool))
-            self._m_spool_bytes.set(self.spool.size)
+    def queue_depth(self) -> int:
+        return self._q.qsize()
 
     def _run(self) -> None:
         p = self._producer
         while True:
-            self._gauges()
             try:
                 item = self._q.get(timeout=0.2)
             except queue.Empty:
@@ -287,6 +306,7 @@ class RawWriter:
                 break
             self._producer.poll(0.1)
         remaining = self._producer.flush(timeout)
+        WRITER_GAUGES.writers.discard(self)
         if remaining:
             raise RuntimeError(f"{remaining} raw records not acknowledged by the broker")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -12,10 +13,24 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+# Ports for our listeners come from below the kernel's ephemeral range (32768+ by default):
+# a port the kernel hands out for outgoing connections can be taken by any Kafka client
+# between the moment we pick it and the moment a service binds it.
+_LISTEN_PORTS = (20000, 32000)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """An ephemeral TCP port that is free right now on ``host``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A TCP port that is free right now on ``host``, outside the ephemeral range."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(*_LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # crowded: any port
         s.bind((host, 0))
         return int(s.getsockname()[1])
 

@@ -43,6 +43,12 @@ def raw_end(conf: dict[str, str]) -> int:
         c.close()
 
 
+def total(text: str, name: str) -> float:
+    """Sum of a counter's samples over its labels in a Prometheus text page."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{"))
+
+
 def raw_read(metrics_url: str) -> int:
     text = httpx.get(metrics_url, timeout=10).text
     m = re.search(r'tickflow_raw_records_total\{topic="raw.massive.stocks"\} ([0-9.e+]+)', text)
@@ -51,7 +57,7 @@ def raw_read(metrics_url: str) -> int:
 
 @pytest.mark.slow
 def test_steady_rate_keeps_rss_flat_and_lag_bounded(settings: Settings, tmp_path: Path) -> None:
-    sport, mport = free_port(), free_port()
+    sport, mport, cport = free_port(), free_port(), free_port()
     sim = ManagedProcess("simulator", python_module_argv(
         "infra.simulator", "--host", "127.0.0.1", "--port", str(sport), "--rate", str(RATE),
         "--symbols", SYMBOLS), "127.0.0.1", sport, tmp_path / "simulator.log")
@@ -63,11 +69,13 @@ def test_steady_rate_keeps_rss_flat_and_lag_bounded(settings: Settings, tmp_path
     subs = ",".join(f"{c}.{s}" for s in SYMBOLS.split(",") for c in ("Q", "T"))
     # (seconds, flow RSS MB, lag in raw records, raw records read by the flow)
     samples: list[tuple[float, float, int, int]] = []
+    connector = {"written": 0.0, "lost": 0.0}
     with sim, (tmp_path / "procs.log").open("w") as log:
         flow = subprocess.Popen(flow_argv(1), env=env, stdout=log, stderr=log)
         conn = subprocess.Popen([sys.executable, "-m", "tickflow.cli", "connect", "massive-ws",
                                  "--subscribe", subs, "--seconds", str(SECONDS + 30)],
-                                env=env, stdout=log, stderr=log)
+                                env={**env, "TICKFLOW_METRICS_PORT": str(cport)},
+                                stdout=log, stderr=log)
         try:
             t0 = time.monotonic()
             while (t := time.monotonic() - t0) < SECONDS:
@@ -76,10 +84,13 @@ def test_steady_rate_keeps_rss_flat_and_lag_bounded(settings: Settings, tmp_path
                     (tmp_path / "procs.log").read_text()[-3000:]
                 try:
                     read = raw_read(f"http://127.0.0.1:{mport}/metrics")
+                    text = httpx.get(f"http://127.0.0.1:{cport}/metrics", timeout=10).text
                 except httpx.HTTPError:
                     continue  # not serving yet
                 samples.append((t, rss_mb(flow.pid), raw_end(settings.kafka_config()) - read,
                                 read))
+                connector["written"] = total(text, "tickflow_raw_written_total")
+                connector["lost"] = total(text, "tickflow_raw_lost_total")
         finally:
             conn.terminate()
             flow.kill()
@@ -88,6 +99,8 @@ def test_steady_rate_keeps_rss_flat_and_lag_bounded(settings: Settings, tmp_path
     for t, rss, lag, read in samples:  # shown with -s, and by `make soak`
         print(f"soak t={t:6.0f}s rss={rss:7.1f}MB lag={lag:6d} read={read}")
     assert len(samples) >= 10, samples
+    # The connector's own endpoint counted what it wrote, and it lost nothing.
+    assert connector["written"] > 0 and connector["lost"] == 0, connector
     # It really worked through the stream (the simulator sends frames of <= 50 events).
     assert samples[-1][3] - samples[0][3] >= RATE * (samples[-1][0] - samples[0][0]) / 100
     third = len(samples) // 3
