@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) -m bench.e2e
 	$(PY) -m bench.dbn_parquet
 	$(PY) -m bench.latency
+	$(PY) -m bench.scaling
 
 # 30 minutes at the benchmark's steady rate: flat RSS, no growing lag (CI runs 60 s of it).
 soak: $(STAMP)

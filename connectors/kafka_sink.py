@@ -39,7 +39,11 @@ def producer_config(kafka_conf: dict[str, Any]) -> dict[str, Any]:
         "linger.ms": 1,
         "batch.num.messages": 10000,
         "compression.type": "lz4",
-        "queue.buffering.max.messages": 1_000_000,
+        # Bounded: a bulk replay produces faster than the broker acknowledges, and the
+        # producer's queue is memory (1M records held ~700 MB over two processes in
+        # bench.scaling at 16x). A full queue is backpressure: write_batch waits.
+        "queue.buffering.max.messages": 100_000,
+        "queue.buffering.max.kbytes": 64 * 1024,
         "message.max.bytes": 16 * 1024 * 1024,
     }
 

@@ -1,0 +1,130 @@
+"""``python -m bench.scaling``: how our dataflow's throughput and memory move with the layout
+of the raw log, the number of processes, and the size of the input.
+
+* layouts: the same four stocks written as 4 raw partitions of 1 symbol, 2 of 2, or 1 of 4
+  (one live connection per partition, as the connector writes them), each run with one and
+  with two dataflow processes;
+* size: 1x, 4x and 16x the frames, one layout, two processes: time per event should stay
+  flat (no state or buffer that grows with the input).
+
+Events/s are output records over the span of their producer timestamps (as in bench.e2e).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Producer
+from rich.console import Console
+from rich.table import Table
+
+from bench.__main__ import RECEIPT_LAG_NS
+from bench.e2e import HOST, output_span, run_procs
+from flows.runner import flow_argv
+from infra.broker import TansuBroker
+from infra.procs import ManagedProcess, free_port, python_module_argv
+from infra.simulator.market import MarketConfig, SyntheticMarket
+from infra.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES, create_topics, topic_specs
+from tickflow.raw import RawSource, make_headers
+
+SYMBOLS = ("SPY", "QQQ", "AAPL", "MSFT")
+
+
+def load(kafka_conf: dict[str, Any], frames: int, per_partition: int) -> int:
+    """``frames`` frames of 20 events, the symbols split into groups of ``per_partition``,
+    one raw partition (and connection, and frame_seq) per group."""
+    groups = [SYMBOLS[i:i + per_partition] for i in range(0, len(SYMBOLS), per_partition)]
+    p = Producer({**kafka_conf, "linger.ms": 20, "batch.num.messages": 10000})
+    events = 0
+    for part, group in enumerate(groups):
+        m = SyntheticMarket(MarketConfig(seed=part + 1, symbols=group))
+        for seq in range(1, frames // len(groups) + 1):
+            evs = m.events(20, "stocks")
+            p.produce(RAW_MASSIVE_STOCKS, json.dumps(evs, separators=(",", ":")).encode(),
+                      f"massive_ws:stocks:{part}".encode(), partition=part,
+                      headers=make_headers(RawSource.MASSIVE_WS,
+                                           evs[-1]["t"] * 1_000_000 + RECEIPT_LAG_NS,
+                                           f"bench-{part}", seq, "stocks"))
+            events += len(evs)
+            if seq % 1000 == 0:
+                p.poll(0)
+    assert p.flush(60) == 0
+    return events
+
+
+def run(frames: int, per_partition: int, processes: int, work: Path) -> dict[str, Any]:
+    """One fresh broker and registry, one load, one dataflow run."""
+    run_dir = work / f"f{frames}-p{per_partition}-x{processes}"
+    run_dir.mkdir(parents=True)
+    broker = TansuBroker(HOST, free_port(), run_dir / "broker.log")
+    rport = free_port()
+    registry = ManagedProcess("registry", python_module_argv(
+        "infra.registry", "--host", HOST, "--port", str(rport), "--data-dir",
+        str(run_dir / "registry")), HOST, rport, run_dir / "registry.log")
+    with broker, registry:
+        kconf = {"bootstrap.servers": broker.bootstrap_servers}
+        create_topics(kconf, topic_specs(raw_partitions=len(SYMBOLS) // per_partition,
+                                         normalized_partitions=2))
+        events_in = load(kconf, frames, per_partition)
+        addrs = ";".join(f"{HOST}:{free_port()}" for _ in range(processes))
+        argvs = ([[*flow_argv(1), "-i", str(i), "-a", addrs] for i in range(processes)]
+                 if processes > 1 else [flow_argv(1)])
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+               "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+               "SCHEMA_REGISTRY_URL": f"http://{HOST}:{rport}", "TICKFLOW_TAIL": "0",
+               "TICKFLOW_LAKE_ROOT": str(run_dir / "lake"),
+               "TICKFLOW_STATE_DIR": str(run_dir / "state"),
+               "TICKFLOW_RAW_TOPICS": RAW_MASSIVE_STOCKS}
+        wall, rss = run_procs(argvs, env, run_dir / "flow.log")
+        n, span = output_span(kconf, [STOCK_QUOTES, STOCK_TRADES])
+    return {"frames": frames, "symbols_per_partition": per_partition, "processes": processes,
+            "events_in": events_in, "events_out": n, "seconds": span, "wall_s": wall,
+            "events_per_s": n / span if span else 0.0, "peak_rss_mb": rss,
+            "us_per_event": span / n * 1e6 if n else 0.0}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--frames", type=int, default=4_000, help="frames of the 1x runs")
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-scaling.json"))
+    a = ap.parse_args()
+    console = Console()
+    work = Path(tempfile.mkdtemp(prefix="tickflow-scaling-"))
+    rows = []
+    try:
+        for per in (1, 2, 4):
+            for procs in (1, 2):
+                console.print(f"layout {per} symbol(s)/partition, {procs} process(es) ...")
+                rows.append(("layout", run(a.frames, per, procs, work)))
+        base = next(r for _, r in rows if r["symbols_per_partition"] == 2
+                    and r["processes"] == 2)
+        rows.append(("size 1x", base))  # the same run as that layout row
+        for mult in (4, 16):
+            console.print(f"input {mult}x ...")
+            rows.append((f"size {mult}x", run(a.frames * mult, 2, 2, work)))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    t = Table(title="tickflow dataflow scaling (stock quotes and trades, 4 symbols)")
+    for col in ("run", "frames", "symbols/partition", "processes", "events/s", "us/event",
+                "peak RSS MB"):
+        t.add_column(col, justify="left" if col == "run" else "right")
+    for kind, r in rows:
+        t.add_row(kind, f"{r['frames']:,}", str(r["symbols_per_partition"]),
+                  str(r["processes"]), f"{r['events_per_s']:,.0f}", f"{r['us_per_event']:.1f}",
+                  f"{r['peak_rss_mb']:,.0f}")
+    console.print(t)
+    a.out.write_text(json.dumps([{"run": k, **r} for k, r in rows], indent=2))
+    console.print(f"raw figures: {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
