@@ -40,7 +40,8 @@ from rich.table import Table
 from bench.__main__ import busy_open_frames
 from flows.runner import flow_argv
 from infra.broker import TansuBroker
-from infra.procs import ManagedProcess, free_port, python_module_argv
+from infra.procs import free_port
+from infra.registry import registry_process
 from infra.topics import (
     OPTION_QUOTES,
     OPTION_TRADES,
@@ -171,9 +172,7 @@ def main() -> int:
     try:
         broker = TansuBroker(HOST, free_port(), work / "broker.log")
         rport = free_port()
-        registry = ManagedProcess("registry", python_module_argv(
-            "infra.registry", "--host", HOST, "--port", str(rport), "--data-dir",
-            str(work / "registry")), HOST, rport, work / "registry.log")
+        registry = registry_process(HOST, rport, work / "registry", work / "registry.log")
         with broker, registry:
             kconf = {"bootstrap.servers": broker.bootstrap_servers}
             reg_url = f"http://{HOST}:{rport}"

@@ -25,6 +25,7 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 from flows.runner import flow_argv
 from infra.broker import TansuBroker
 from infra.procs import ManagedProcess, free_port, python_module_argv
+from infra.registry import registry_process
 from infra.topics import STOCK_QUOTES, STOCK_TRADES, create_topics, topic_specs
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
@@ -50,9 +51,7 @@ def main() -> int:
     repo = str(Path(__file__).resolve().parent.parent)
     broker = TansuBroker(HOST, free_port(), work / "broker.log")
     rport, sport = free_port(), free_port()
-    registry = ManagedProcess("registry", python_module_argv(
-        "infra.registry", "--host", HOST, "--port", str(rport), "--data-dir",
-        str(work / "registry")), HOST, rport, work / "registry.log")
+    registry = registry_process(HOST, rport, work / "registry", work / "registry.log")
     sim = ManagedProcess("simulator", python_module_argv(
         "infra.simulator", "--host", HOST, "--port", str(sport), "--rate", str(a.rate),
         "--symbols", ",".join(SYMBOLS)), HOST, sport, work / "simulator.log")
@@ -91,13 +90,14 @@ def main() -> int:
                     batch = [] if first is None else [first]
                 now = time.time_ns()
                 for m in batch:
-                    if m.error() is not None:
-                        if m.error().code() == KafkaError._PARTITION_EOF:
+                    err = m.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
                             continue
-                        raise RuntimeError(str(m.error()))
+                        raise RuntimeError(str(err))
                     if elapsed < a.warmup:
                         continue
-                    ev = decode(BY_TOPIC[m.topic()], m.value() or b"")
+                    ev = decode(BY_TOPIC[m.topic() or ""], m.value() or b"")
                     lat_ms.append((now - ev["ts_recv_ns"]) / 1e6)
                     # Where it went: receipt -> our producer's produce() call (the record's
                     # CreateTime, ms), and produce() -> received here.

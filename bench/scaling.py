@@ -29,7 +29,8 @@ from bench.__main__ import RECEIPT_LAG_NS
 from bench.e2e import HOST, output_span, run_procs
 from flows.runner import flow_argv
 from infra.broker import TansuBroker
-from infra.procs import ManagedProcess, free_port, python_module_argv
+from infra.procs import free_port
+from infra.registry import registry_process
 from infra.simulator.market import MarketConfig, SyntheticMarket
 from infra.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES, create_topics, topic_specs
 from tickflow.raw import RawSource, make_headers
@@ -65,9 +66,7 @@ def run(frames: int, per_partition: int, processes: int, work: Path) -> dict[str
     run_dir.mkdir(parents=True)
     broker = TansuBroker(HOST, free_port(), run_dir / "broker.log")
     rport = free_port()
-    registry = ManagedProcess("registry", python_module_argv(
-        "infra.registry", "--host", HOST, "--port", str(rport), "--data-dir",
-        str(run_dir / "registry")), HOST, rport, run_dir / "registry.log")
+    registry = registry_process(HOST, rport, run_dir / "registry", run_dir / "registry.log")
     with broker, registry:
         kconf = {"bootstrap.servers": broker.bootstrap_servers}
         create_topics(kconf, topic_specs(raw_partitions=len(SYMBOLS) // per_partition,

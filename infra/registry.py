@@ -36,6 +36,8 @@ import avro.errors
 import avro.schema
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
+from infra.procs import ManagedProcess, python_module_argv
+
 log = logging.getLogger("tickflow.registry")
 
 LEVELS = ("NONE", "BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE", "FULL",
@@ -556,6 +558,14 @@ def make_handler(reg: Registry, verbose: bool,
         do_GET = do_POST = do_PUT = do_DELETE = _dispatch
 
     return RequestHandler
+
+
+def registry_process(host: str, port: int, data_dir: Path, log_path: Path) -> ManagedProcess:
+    """The registry as a child process (``python -m infra.registry``): the embedded stack,
+    tests and benchmarks all start it this way. Use it as a context manager."""
+    return ManagedProcess("registry", python_module_argv(
+        "infra.registry", "--host", host, "--port", str(port), "--data-dir", str(data_dir)),
+        host, port, log_path)
 
 
 class RegistryServer:

@@ -19,6 +19,7 @@ from typing import Any
 from infra.broker import TansuBroker
 from infra.procs import ManagedProcess, free_port, python_module_argv
 from infra.registry import AUTH_ENV as REGISTRY_AUTH_ENV
+from infra.registry import registry_process
 from infra.topics import create_topics, topic_specs
 
 HOST = "127.0.0.1"
@@ -60,12 +61,8 @@ class EmbeddedStack:
         self.normalized_partitions = normalized_partitions
         logs = state_dir / "logs"
         self.broker = TansuBroker(HOST, self.broker_port, logs / "broker.log")
-        self.registry = ManagedProcess(
-            "registry",
-            python_module_argv("infra.registry", "--host", HOST, "--port",
-                               str(self.registry_port), "--data-dir",
-                               str(state_dir / "registry")),
-            HOST, self.registry_port, logs / "registry.log")
+        self.registry = registry_process(HOST, self.registry_port, state_dir / "registry",
+                                         logs / "registry.log")
         self.simulator = ManagedProcess(
             "simulator",
             python_module_argv("infra.simulator", "--host", HOST, "--port",

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from infra.broker import TansuBroker
-from infra.procs import ManagedProcess, free_port, python_module_argv
+from infra.procs import free_port
+from infra.registry import registry_process
 from infra.topics import create_topics, topic_specs
 from tickflow.settings import Settings
 
@@ -40,9 +41,7 @@ def registry_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One registry process for the session (its data dir is private to this run)."""
     d = tmp_path_factory.mktemp("registry")
     port = free_port()
-    proc = ManagedProcess("registry", python_module_argv(
-        "infra.registry", "--host", HOST, "--port", str(port), "--data-dir", str(d / "data")),
-        HOST, port, d / "registry.log")
+    proc = registry_process(HOST, port, d / "data", d / "registry.log")
     with proc:
         yield f"http://{HOST}:{port}"
 

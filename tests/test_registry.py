@@ -20,8 +20,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from infra.procs import ManagedProcess, free_port, python_module_argv
-from infra.registry import RegistryServer
+from infra.procs import free_port
+from infra.registry import RegistryServer, registry_process
 
 HOST = "127.0.0.1"
 V1: dict[str, Any] = {"type": "record", "name": "Trade", "namespace": "t", "fields": [
@@ -51,9 +51,7 @@ class Registry:
     def __init__(self, data_dir: Path, log: Path) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
-        self.proc = ManagedProcess("registry", python_module_argv(
-            "infra.registry", "--host", HOST, "--port", str(self.port),
-            "--data-dir", str(data_dir)), HOST, self.port, log)
+        self.proc = registry_process(HOST, self.port, data_dir, log)
 
     def client(self) -> SchemaRegistryClient:
         # A fresh client each time, so no client-side cache can hide what the server answers.

@@ -33,7 +33,7 @@ def main(bootstrap: str, out_topic: str, in_topics: list[str]) -> int:
                     pending.discard((msg.topic(), msg.partition()))
                     continue
                 raise RuntimeError(str(err))
-            for ev in SPLIT.decode(msg.value()):
+            for ev in SPLIT.decode(msg.value() or b""):
                 p.produce(out_topic, bytes(ev))
                 n += 1
             p.poll(0)
