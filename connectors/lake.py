@@ -218,7 +218,6 @@ class LakeBuffer:
             self.buckets[part] = bucket
         pending = self.pending
         # Events of one record mostly share type, symbol and day: reuse the key.
-        last: tuple[str, str, int] | None = None
         key: PartitionKey | None = None
         for type_name, ev in item.events:
             if type_name not in LAKE_EVENT_TYPES:
@@ -226,8 +225,7 @@ class LakeBuffer:
             ts = ev["ts_event_ns"]
             day = ts // NS_PER_DAY
             sym = ev["symbol"]
-            if key is None or last != (type_name, sym, day):
-                last = (type_name, sym, day)
+            if key is None or (key.event_type, key.symbol, key.day) != (type_name, sym, day):
                 key = PartitionKey(type_name, sym, day, raw_topic, raw_partition, bucket)
             f = pending.get(key)
             if f is not None and (f.count >= self.max_rows
