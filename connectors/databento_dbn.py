@@ -26,7 +26,7 @@ from tickflow.normalize.databento import (
     META_ENCODER,
     DbnChunkMeta,
     record_sequence,
-    record_sizes,
+    record_starts,
     record_ts_recv,
 )
 
@@ -143,24 +143,23 @@ def iter_chunks(path: Path, max_records: int = DEFAULT_CHUNK_RECORDS) -> Iterato
             block = stream.read(READ_BLOCK)
             eof = not block
             buf += block
-            recs = record_sizes(buf)
+            starts = record_starts(buf).tolist()
+            n = len(starts) - 1
             # Emit whole chunks; a chunk ends only where the next record starts a new packet.
             i = 0
-            while len(recs) - i > max_records or (eof and i < len(recs)):
-                j = min(i + max_records, len(recs))
-                while j < len(recs) and (record_sequence(buf, recs[j][0])
-                                         == record_sequence(buf, recs[j - 1][0])):
+            while n - i > max_records or (eof and i < n):
+                j = min(i + max_records, n)
+                while j < n and (record_sequence(buf, starts[j])
+                                 == record_sequence(buf, starts[j - 1])):
                     j += 1
-                if j == len(recs) and not eof:
+                if j == n and not eof:
                     break  # the packet may continue in the next block
-                a = recs[i][0]
-                b = recs[j - 1][0] + recs[j - 1][1]
+                a, b = starts[i], starts[j]
                 yield Chunk(msgspec_replace(base, chunk_start + a), buf[a:b], j - i,
                             record_ts_recv(buf, a), index)
                 index += 1
                 i = j
-            consumed = recs[i][0] if i < len(recs) else (recs[-1][0] + recs[-1][1] if recs
-                                                         else 0)
+            consumed = starts[i]
             buf = buf[consumed:]
             chunk_start += consumed
         if buf:  # bytes that do not form a whole record: truncation

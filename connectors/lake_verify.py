@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from connectors.lake import LAKE_EVENT_TYPES, NS_PER_DAY, event_id_checksum, sort_keys
 from schemas.model import TRADE_RECORD
 
-_FILE_RE = re.compile(r"^part-.+-\d+-\d{20}\.parquet$")
+_FILE_RE = re.compile(r"^part-.+-\d+-\d{20}(_\d{6})?\.parquet$")
 _EPOCH = dt.date(1970, 1, 1)
 
 

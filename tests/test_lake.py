@@ -69,6 +69,25 @@ def test_rotation_by_rows_and_event_time(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.tmp*"))  # atomic: no temp files left behind
 
 
+def test_one_raw_record_longer_than_a_file_keeps_every_row(tmp_path: Path) -> None:
+    # A REST page (one raw record) of 2.5 hours of trades: three files start in it, each
+    # with its own name; none overwrites another. Verify accepts the names.
+    from connectors.lake import LakeRows
+    from connectors.lake_verify import verify
+
+    rows = [trade("SPY", s, T0 + s * 60 * S) for s in range(150)]
+    buf = LakeBuffer(tmp_path)
+    buf.add_rows(LakeRows(RAW, 0, 7, [("stock_trade", r) for r in rows]))
+    buf.flush_all()
+    names = sorted(p.name for p in tmp_path.rglob("*.parquet"))
+    assert names == ["part-raw.massive.stocks-0-00000000000000000007.parquet",
+                     "part-raw.massive.stocks-0-00000000000000000007_000001.parquet",
+                     "part-raw.massive.stocks-0-00000000000000000007_000002.parquet"]
+    assert read_partition(tmp_path, "stock_trade", "SPY", DAY).column(
+        "sequence").to_pylist() == list(range(150))
+    assert all(not r.problems for r in verify(tmp_path))
+
+
 def test_interleaving_of_raw_partitions_does_not_change_files(tmp_path: Path) -> None:
     ws = [("raw.massive.stocks", 0, i, trade("SPY", i * 2, T0 + i * S)) for i in range(6)]
     rest = [("raw.massive.rest", 1, i, trade("SPY", i * 2 + 1, T0 + i * S)) for i in range(6)]

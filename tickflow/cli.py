@@ -283,6 +283,44 @@ def dbn_publish(
         raise typer.Exit(1) from None
 
 
+@dbn_app.command("import")
+def dbn_import(
+    root: Annotated[Path, typer.Argument(help="Directory with trades/ and MBP-10/")],
+    date: Annotated[list[str] | None, typer.Option(help="Only these dates (repeatable)")] = None,
+    trades: Annotated[bool, typer.Option(help="Include trades")] = True,
+    mbp10: Annotated[bool, typer.Option(help="Include MBP-10")] = True,
+) -> None:
+    """Import DBN files straight into the Parquet lake (no broker), columnar."""
+    from rich.progress import Progress
+
+    from connectors.databento_dbn import DbnError
+    from connectors.dbn_import import ImportStats, import_files
+
+    schemas = [s for s, on in (("trades", trades), ("mbp-10", mbp10)) if on]
+    lake_root = get_settings().lake_root
+    try:
+        paths = _dbn_paths(root, date, schemas)
+        with Progress(console=console, transient=True,
+                      disable=not console.is_terminal) as progress:
+            task = progress.add_task("importing", total=None)
+
+            def show(st: ImportStats) -> None:
+                progress.update(task, completed=st.records, description=(
+                    f"importing: {st.records:,} records, {st.files} of {len(paths)} files"))
+
+            stats = import_files(paths, lake_root, progress=show)
+    except DbnError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"imported {stats.rows:,} rows from {stats.records:,} records of "
+                  f"{stats.files} file(s) into {len(stats.files_written)} Parquet file(s) "
+                  f"under {lake_root}")
+    if stats.rejected:
+        err.print("[yellow]rejected: " + ", ".join(
+            f"{n:,} {code}" for code, n in sorted(stats.rejected.items()))
+            + f" (listed in {lake_root / '_rejects'})[/]")
+
+
 @dbn_app.command("replay")
 def dbn_replay(
     root: Annotated[Path, typer.Argument(help="Directory with trades/ and MBP-10/")],
