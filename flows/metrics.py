@@ -32,6 +32,8 @@ HEALTH = Counter("tickflow_health_transitions_total", "DataHealth transitions, b
 DUPLICATES = Counter("tickflow_duplicates_total", "Exact duplicates dropped, by source",
                      ["source"])
 RAW_IN = Counter("tickflow_raw_records_total", "Raw records read, by topic", ["topic"])
+EXPIRED_STATES = Counter("tickflow_expired_states_total",
+                         "Per-symbol states dropped: option contracts past their expiry")
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
 
 

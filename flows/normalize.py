@@ -35,7 +35,7 @@ from flows import metrics
 from infra.topics import RAW_DATABENTO, RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
 from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
-from tickflow.feed import FeedState
+from tickflow.feed import DEFAULT_EXPIRED_STATE_DAYS, FeedState
 from tickflow.normalize import route
 from tickflow.settings import Settings, get_settings
 from tickflow.state import SymbolBatch, SymbolState
@@ -53,14 +53,16 @@ def _encoder(settings: Settings, type_name: str) -> AvroEncoder:
     return _encoders[type_name]
 
 
-def make_feed_step(drift_threshold_ns: int) -> Any:
+def make_feed_step(drift_threshold_ns: int,
+                   expired_state_days: int = DEFAULT_EXPIRED_STATE_DAYS) -> Any:
     def feed_step(state: FeedState | None, recs: RawBatch
                   ) -> tuple[FeedState, list[tuple[str, Any]]]:
         """Normalize one poll of raw records: one ``(symbol, [SymbolBatch, ...])`` item per
         symbol (its batches in raw-offset order), plus one item with the poll's dead letters
         and clock alerts (keyed apart: they skip the per-symbol state)."""
         if state is None:
-            state = FeedState(drift_threshold_ns=drift_threshold_ns)
+            state = FeedState(drift_threshold_ns=drift_threshold_ns,
+                              expired_state_days=expired_state_days)
         metrics.RAW_IN.labels(recs[0].topic).inc(len(recs))
         per_symbol: dict[str, list[SymbolBatch]] = {}
         side: list[tuple[str, Event]] = []
@@ -83,16 +85,28 @@ def make_feed_step(drift_threshold_ns: int) -> Any:
 
 
 def symbol_step(state: SymbolState | None, batches: list[SymbolBatch]
-                ) -> tuple[SymbolState, list[LakeRows]]:
-    """Dedup, DataHealth and enrichment of one symbol's batches, in order."""
-    if state is None:
-        state = SymbolState(batches[0].symbol)
-    metrics.LIVE_HEALTH[state.health.symbol] = state.health  # also after a resume
-    dups = state.health.duplicates_total
-    out = [LakeRows(b.raw_topic, b.raw_partition, b.raw_offset, state.process(b))
-           for b in batches]
-    if state.health.duplicates_total != dups:
-        metrics.DUPLICATES.labels(batches[0].source).inc(state.health.duplicates_total - dups)
+                ) -> tuple[SymbolState | None, list[LakeRows]]:
+    """Dedup, DataHealth and enrichment of one symbol's batches, in order.
+
+    After a batch marked ``expired`` (an option contract days past its expiry) the state is
+    dropped: returning None makes Bytewax discard it, snapshots included.
+    """
+    out: list[LakeRows] = []
+    for b in batches:
+        if state is None:
+            if b.expired and not (b.events or b.rejects or b.losses or b.fills):
+                continue  # already gone (another raw partition dropped it first)
+            state = SymbolState(b.symbol)
+        dups = state.health.duplicates_total
+        out.append(LakeRows(b.raw_topic, b.raw_partition, b.raw_offset, state.process(b)))
+        if state.health.duplicates_total != dups:
+            metrics.DUPLICATES.labels(b.source).inc(state.health.duplicates_total - dups)
+        if b.expired:
+            metrics.LIVE_HEALTH.pop(b.symbol, None)
+            metrics.EXPIRED_STATES.inc()
+            state = None
+    if state is not None:
+        metrics.LIVE_HEALTH[state.health.symbol] = state.health  # also after a resume
     return state, out
 
 
@@ -148,7 +162,8 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
                                                lock_dir=s.state_dir))
     by_feed = op.key_on("by_raw_partition", raw, lambda rs: f"{rs[0].topic}:{rs[0].partition}")
     per_feed = op.stateful_map("feed_state", by_feed,
-                               make_feed_step(s.clock_drift_ms * 1_000_000))
+                               make_feed_step(s.clock_drift_ms * 1_000_000,
+                                              s.expired_state_days))
     items = op.flat_map("items", per_feed, lambda kv: kv[1])
     split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
     per_symbol = op.stateful_map("symbol_state", split.falses, symbol_step)

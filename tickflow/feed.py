@@ -5,6 +5,12 @@ cannot name from the frame itself. ``FeedState`` remembers which symbols travel 
 partition and turns such a feed-level loss into a loss window for each of them, so their
 DataHealth moves to GAP_DETECTED at once (window = receipt time of the last good frame ..
 receipt time of the next one). The symbol memory is bounded by receipt time.
+
+It also remembers the expiry of the option contracts on its partition: once receipt time
+is ``expired_state_days`` past a contract's expiry, the record being processed names it in
+``Normalized.expired`` and the keyed step drops the contract's state. A 0DTE chain adds
+thousands of contracts a day; without this their dedup windows and DataHealth would stay in
+memory and in every recovery snapshot for as long as the dataflow runs.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from tickflow.latency import DEFAULT_THRESHOLD_NS, ClockMonitor
 from tickflow.normalize import SOURCE_SYMBOL, normalize_record
 from tickflow.normalize.base import CORRUPT_CHUNK, SCHEMA, UNDECODABLE, Loss, Normalized
 from tickflow.raw import H_DBN, RawRecord, RawSource
+from tickflow.symbols import BadTicker, parse_option_ticker
 
 # Live feeds whose receipt times are real receipt times (a backfill's are hours late).
 WATCHED_SOURCES = frozenset({RawSource.MASSIVE_WS.value, RawSource.DATABENTO_DBN.value})
@@ -20,16 +27,21 @@ WATCHED_SOURCES = frozenset({RawSource.MASSIVE_WS.value, RawSource.DATABENTO_DBN
 # Symbols not seen on the feed for this long (receipt time) are forgotten.
 DEFAULT_SYMBOL_TTL_NS = 6 * 3600 * 1_000_000_000
 MAX_SESSIONS = 64
+NS_PER_DAY = 86_400 * 1_000_000_000
+DEFAULT_EXPIRED_STATE_DAYS = 5  # a weekend and a holiday: late backfills still dedup
+_EPOCH_ORDINAL = 719_163  # date(1970, 1, 1).toordinal()
 
 
 class FeedState:
     """Frame continuity per connector session and the symbols seen, for one raw partition."""
 
-    __slots__ = ("clocks", "drift_threshold_ns", "frame_gaps", "last_prune_ns", "sessions",
-                 "symbol_ttl_ns", "symbols", "undecodable")
+    __slots__ = ("clocks", "contracts", "drift_threshold_ns", "expired_state_days", "expiries",
+                 "frame_gaps", "last_prune_ns", "next_drop_day", "sessions", "symbol_ttl_ns",
+                 "symbols", "undecodable")
 
     def __init__(self, symbol_ttl_ns: int = DEFAULT_SYMBOL_TTL_NS,
-                 drift_threshold_ns: int = DEFAULT_THRESHOLD_NS) -> None:
+                 drift_threshold_ns: int = DEFAULT_THRESHOLD_NS,
+                 expired_state_days: int = DEFAULT_EXPIRED_STATE_DAYS) -> None:
         # session id -> (last frame_seq, its received_ns); insertion order = recency
         self.sessions: dict[str, tuple[int, int]] = {}
         # symbol -> last received_ns
@@ -41,6 +53,23 @@ class FeedState:
         self.drift_threshold_ns = drift_threshold_ns
         # Clock offset per source (REST backfills are late by design: not watched).
         self.clocks: dict[str, ClockMonitor] = {}
+        # Option contracts seen: symbol -> expiry (days since 1970), and the reverse.
+        self.contracts: dict[str, int] = {}
+        self.expiries: dict[int, list[str]] = {}
+        self.expired_state_days = expired_state_days
+        self.next_drop_day: int | None = None  # receipt day at which the first ones go
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        # A recovery snapshot taken before a field existed lacks it: that field starts
+        # fresh, the rest resumes.
+        fresh = FeedState()
+        for name in self.__slots__:
+            setattr(self, name, getattr(fresh, name))
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        if "contracts" not in state[1]:
+            for sym in self.symbols:  # the option contracts it already knew
+                self._first_seen(sym)
 
     def process(self, rec: RawRecord) -> Normalized:
         """Normalize one raw record, adding loss windows for feed-level losses."""
@@ -50,8 +79,11 @@ class FeedState:
             return norm
         lat_sum = 0
         last_ts = 0
+        symbols = self.symbols
         for sym, _, ev, _ in norm.events:
-            self.symbols[sym] = recv
+            if sym not in symbols:
+                self._first_seen(sym)
+            symbols[sym] = recv
             lat_sum += ev["latency_ns"]
             last_ts = ev["ts_event_ns"]
         if norm.events and rec.source in WATCHED_SOURCES:
@@ -74,7 +106,37 @@ class FeedState:
             code = CORRUPT_CHUNK if rec.header(H_DBN) is not None else UNDECODABLE
             self._feed_loss(norm, start, recv, code, f"undecodable record at {rec.coordinates}")
         self._prune(recv)
+        if self.next_drop_day is not None and recv // NS_PER_DAY >= self.next_drop_day:
+            norm.expired = self._drop_expired(recv // NS_PER_DAY)
         return norm
+
+    def _first_seen(self, sym: str) -> None:
+        """A symbol new to this partition (or back after the TTL): note an option's expiry."""
+        if not sym.startswith("O:") or sym in self.contracts:
+            return
+        try:
+            expiry = parse_option_ticker(sym).expiry.toordinal() - _EPOCH_ORDINAL
+        except BadTicker:
+            return  # not an OCC ticker: its state is kept like a stock's
+        self.contracts[sym] = expiry
+        self.expiries.setdefault(expiry, []).append(sym)
+        drop = expiry + self.expired_state_days
+        if self.next_drop_day is None or drop < self.next_drop_day:
+            self.next_drop_day = drop
+
+    def _drop_expired(self, today: int) -> list[str]:
+        """Contracts whose state may go at receipt day ``today``, forgotten here too."""
+        gone: list[str] = []
+        for expiry in sorted(d for d in self.expiries if d + self.expired_state_days <= today):
+            for sym in self.expiries.pop(expiry):
+                del self.contracts[sym]
+                # Forgotten as a symbol of the feed too: no loss windows for it, and data
+                # seen later (a late backfill) registers it again, to be dropped again.
+                self.symbols.pop(sym, None)
+                gone.append(sym)
+        self.next_drop_day = (min(self.expiries) + self.expired_state_days if self.expiries
+                              else None)
+        return gone
 
     def _watch_clock(self, rec: RawRecord, recv: int, mean_latency: float, ts_event: int,
                      norm: Normalized) -> None:

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     clock_drift_ms: int = Field(
         default=250, ge=1, alias="TICKFLOW_CLOCK_DRIFT_MS",
         description="Exchange-vs-receipt offset drift that raises a clock alert")
+    expired_state_days: int = Field(
+        default=5, ge=0, alias="TICKFLOW_EXPIRED_STATE_DAYS",
+        description="Days after its expiry (receipt time) that an option contract's state "
+                    "(dedup window, DataHealth) is dropped")
     lake_bucket_records: int = Field(
         default=1_000_000, ge=1, alias="TICKFLOW_LAKE_BUCKET_RECORDS",
         description="Raw records per lake file-boundary bucket; resets align to it")

@@ -52,6 +52,8 @@ class SymbolBatch:
     rejects: list[Reject] = field(default_factory=list)
     losses: list[Loss] = field(default_factory=list)
     fills: list[Fill] = field(default_factory=list)
+    # The symbol is an option contract past its expiry: its state goes after this batch.
+    expired: bool = False
 
 
 class SymbolState:

@@ -157,4 +157,6 @@ def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBat
     for fill in norm.fills:
         if _symbol_ok(fill.symbol):
             batch(fill.symbol).fills.append(fill)
+    for sym in norm.expired:
+        batch(sym).expired = True
     return dlq, list(batches.values())

@@ -64,3 +64,5 @@ class Normalized:
     losses: list[Loss] = field(default_factory=list)
     fills: list[Fill] = field(default_factory=list)
     alerts: list[Event] = field(default_factory=list)  # ClockAlert events of the feed
+    # Option contracts whose per-symbol state may go: expired, and not traded since.
+    expired: list[str] = field(default_factory=list)
