@@ -154,8 +154,9 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
 
     def __init__(self, kafka_conf: dict[str, Any], topics: list[str], group_id: str,
                  tail: bool = True, batch_size: int = 1000,
-                 lock_dir: Path | None = None) -> None:
+                 lock_dir: Path | None = None, fetch_wait_ms: int = 10) -> None:
         self._conf = kafka_conf
+        self._fetch_wait_ms = fetch_wait_ms
         self._topics = topics
         self._group = group_id
         self._tail = tail
@@ -184,9 +185,11 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
             "auto.offset.reset": "earliest",
             "session.timeout.ms": TANSU_SESSION_TIMEOUT_MS,
             "fetch.max.bytes": 64 * 1024 * 1024,
-            # A fetch that finds nothing new waits this long on the broker before answering;
-            # librdkafka's default (500 ms) is added to the latency of the next record.
-            "fetch.wait.max.ms": 10,
+            # A fetch that finds nothing new waits this long on the broker before answering.
+            # Kafka answers early when records arrive; Tansu does not (TANSU.md), so there
+            # this wait is added to the latency of the next record (librdkafka's default,
+            # 500 ms, would be). Lower is faster and costs more idle requests.
+            "fetch.wait.max.ms": self._fetch_wait_ms,
         }
 
     def build_part(self, step_id: str, for_part: str,

@@ -159,7 +159,8 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     flow = Dataflow("tickflow_normalize")
     raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
                                                s.consumer_group, tail=tail,
-                                               lock_dir=s.state_dir))
+                                               lock_dir=s.state_dir,
+                                               fetch_wait_ms=s.fetch_wait_ms))
     by_feed = op.key_on("by_raw_partition", raw, lambda rs: f"{rs[0].topic}:{rs[0].partition}")
     per_feed = op.stateful_map("feed_state", by_feed,
                                make_feed_step(s.clock_drift_ms * 1_000_000,

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         default=5, ge=0, alias="TICKFLOW_EXPIRED_STATE_DAYS",
         description="Days after its expiry (receipt time) that an option contract's state "
                     "(dedup window, DataHealth) is dropped")
+    fetch_wait_ms: int = Field(
+        default=10, ge=1, le=500, alias="TICKFLOW_FETCH_WAIT_MS",
+        description="How long the dataflow's raw consumers let the broker hold an empty "
+                    "fetch (on Tansu, added to latency; Kafka answers as records arrive)")
     lake_bucket_records: int = Field(
         default=1_000_000, ge=1, alias="TICKFLOW_LAKE_BUCKET_RECORDS",
         description="Raw records per lake file-boundary bucket; resets align to it")
