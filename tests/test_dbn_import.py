@@ -103,24 +103,25 @@ def test_bad_records_are_reported_and_the_rest_kept(tmp_path: Path) -> None:
     mbp = bytes(dbn.MBP10Msg(1, 4916, T0, 6_800_000_000_000, 5, dbn.Action.ADD, dbn.Side.BID,
                              0, T0 + 9, flags=dbn.F_LAST, sequence=10, levels=[level] * 10))
     good = [_trade(4916, T0 + i, i) for i in range(1, 4)]
-    recs = [good[0], _trade(999, T0 + 5, 5), good[1], _trade(4917, T0 + 6, 6, px=0), mbp,
+    recs = [good[0], mbp, _trade(999, T0 + 5, 5), good[1], _trade(4917, T0 + 6, 6, px=0),
             good[2]]
     path = _write_dbn(tmp_path / "x.trades.dbn", dbn.Schema.TRADES, recs)
     [chunk] = list(iter_chunks(path, 100))
     decoded = decode_dbn_chunk(chunk.data, chunk.meta, "DATABENTO_DBN")
     assert decoded.columns is not None and len(decoded.columns) == 3
+    # Each reject names the record's place in the chunk, whatever was set aside before it.
     assert [(r.reason_code, r.event_index) for r in decoded.rejects] == [
-        ("UNKNOWN_INSTRUMENT", 1), ("BAD_VALUE", 3), ("UNDECODABLE", 4)]
-    assert "record of type 10" in decoded.rejects[2].reason
-    assert decoded.rejects[1].symbol == "ESH6"
+        ("UNDECODABLE", 1), ("UNKNOWN_INSTRUMENT", 2), ("BAD_VALUE", 4)]
+    assert "record of type 10" in decoded.rejects[0].reason
+    assert decoded.rejects[2].symbol == "ESH6"
 
     stats = import_files([path], tmp_path / "lake")
     assert (stats.records, stats.rows, dict(stats.rejected)) == (
         6, 3, {"UNKNOWN_INSTRUMENT": 1, "BAD_VALUE": 1, "UNDECODABLE": 1})
     listed = [json.loads(line) for line in
               (tmp_path / "lake" / "_rejects" / "x.trades.dbn.jsonl").read_text().splitlines()]
-    assert [x["reason_code"] for x in listed] == ["UNKNOWN_INSTRUMENT", "BAD_VALUE",
-                                                  "UNDECODABLE"]
+    assert [x["reason_code"] for x in listed] == ["UNDECODABLE", "UNKNOWN_INSTRUMENT",
+                                                  "BAD_VALUE"]
 
 
 def _lake_files(root: Path) -> dict[str, object]:

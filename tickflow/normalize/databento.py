@@ -141,9 +141,10 @@ def _code_table(names: dict[str, str]) -> np.ndarray:
 
 
 _ACTION_TABLE = _code_table(ACTIONS)
-LEVEL_FIELDS = ("bid_px_e9", "ask_px_e9", "bid_sz", "ask_sz", "bid_ct", "ask_ct")
 _SIDE_TABLE = _code_table(BOOK_SIDES)
 _AGGRESSOR_TABLE = _code_table(AGGRESSOR)
+# The MBP10 level record's fields, in schema order (tests hold them to the schema).
+LEVEL_FIELDS = ("bid_px_e9", "ask_px_e9", "bid_sz", "ask_sz", "bid_ct", "ask_ct")
 
 
 @dataclass
@@ -216,9 +217,9 @@ class DbnColumns:
     def events(self) -> list[tuple[str, str, Event, int]]:
         """``Normalized.events`` entries: (symbol, type name, event dict, dedup key)."""
         names = arrow_schema(self.layout.event_type).names
-        cols = self._columns()
-        cols["event_id"] = (np.array(self.event_ids(), dtype=object), None)
-        cols["symbol"] = (np.array(self.symbols, dtype=object), None)
+        by_name = {name: _as_list(*col) for name, col in self._columns().items()}
+        by_name["event_id"] = self.event_ids()
+        by_name["symbol"] = self.symbols
         if self.layout.event_type is MBP10:
             lvc = self._levels()
             bp, ap, bs, as_, bc, ac = (_as_list(v.ravel(), None if m is None else m.ravel())
@@ -229,12 +230,11 @@ class DbnColumns:
             flat = [{"bid_px_e9": a, "ask_px_e9": b, "bid_sz": c, "ask_sz": d, "bid_ct": e,
                      "ask_ct": f} for a, b, c, d, e, f in zip(bp, ap, bs, as_, bc, ac,
                                                               strict=True)]
-            levels = [flat[i:i + 10] for i in range(0, len(flat), 10)]
-        lists = [levels if name == "levels" else _as_list(*cols[name]) for name in names]
+            by_name["levels"] = [flat[i:i + 10] for i in range(0, len(flat), 10)]
         type_name = self.layout.event_type.name
+        rows = zip(*(by_name[name] for name in names), strict=True)
         return [(sym, type_name, dict(zip(names, row, strict=True)), key)
-                for sym, row, key in zip(self.symbols, zip(*lists, strict=True),
-                                         self.dedup_keys(), strict=True)]
+                for sym, row, key in zip(self.symbols, rows, self.dedup_keys(), strict=True)]
 
     def table(self) -> pa.Table:
         """The records as an Arrow table of the event type's lake schema."""
@@ -291,22 +291,24 @@ def decode_dbn_chunk(value: bytes, meta: DbnChunkMeta, source: str) -> DecodedCh
                                  and (recs["rtype"] == layout.rtype).all()):
         # Not a plain run of this schema's records: walk the length bytes, keep the records
         # of the right type and report the others.
-        keep = []
+        keep, positions = [], []
         whole = 0
         sizes = record_sizes(value)
         for idx, (off, length) in enumerate(sizes):
             whole = off + length
             if length == size and value[off + 1] == layout.rtype:
                 keep.append(value[off:off + length])
+                positions.append(idx)
             else:
                 rejects.append(Reject(UNDECODABLE, f"record of type {value[off + 1]} "
                                       f"({length} bytes) in a {meta.schema} chunk of {meta.file} "
                                       f"at byte {meta.offset + off}", None, idx, None))
         recs = np.frombuffer(b"".join(keep), layout.dtype)
+        index = np.array(positions, dtype=np.int64)  # each kept record's place in the chunk
         n_whole = len(sizes)
     else:
+        index = np.arange(len(recs))
         n_whole = len(recs)
-    index = np.arange(len(recs))
 
     # Instrument -> symbol, once per distinct instrument in the chunk.
     ids, inverse = np.unique(recs["instrument_id"], return_inverse=True)
@@ -316,7 +318,8 @@ def decode_dbn_chunk(value: bytes, meta: DbnChunkMeta, source: str) -> DecodedCh
         for i in np.flatnonzero(~known).tolist():
             rejects.append(Reject(UNKNOWN_INSTRUMENT,
                                   f"instrument_id {recs['instrument_id'][i]} has no symbol in the "
-                                  f"file's metadata", None, i, int(recs["ts_event"][i])))
+                                  f"file's metadata", None, int(index[i]),
+                                  int(recs["ts_event"][i])))
         recs, inverse, index = recs[known], inverse[known], index[known]
 
     # Index of each record inside its packet (a run of equal instrument and sequence).
