@@ -142,3 +142,31 @@ def test_the_checker_refuses_what_a_run_would_refuse() -> None:
         with pytest.raises(ClickException):
             check_cli(bad)
     check_cli(["flow", "run", "-w", "1", "-i", "0", "-a", "h:1;h:2"])
+
+
+def test_connector_spools_are_on_persistent_volumes() -> None:
+    # The spool holds frames received while the broker is away: on the container's own
+    # filesystem a restart during an outage would lose them (cli: <state_dir>/spool/).
+    checked = 0
+    for name, svc in compose_services().items():
+        if svc["command"][0] != "connect":
+            continue
+        spool = f"{svc['environment']['TICKFLOW_STATE_DIR']}/spool"
+        named = set(yaml.safe_load((ROOT / "docker-compose.yml").read_text())["volumes"])
+        mounts = [v.split(":") for v in svc.get("volumes", [])]
+        assert any(src in named and dst == spool for src, dst in mounts), name
+        checked += 1
+    config = next(d for d in k8s_docs() if d["kind"] == "ConfigMap")["data"]
+    claims = {d["metadata"]["name"] for d in k8s_docs() if d["kind"] == "PersistentVolumeClaim"}
+    for d in k8s_docs():
+        for c in containers(d):
+            if tickflow_args(c)[0] != "connect":
+                continue
+            pod = d["spec"]["template"]["spec"]
+            pvcs = {v["name"] for v in pod.get("volumes", [])
+                    if v.get("persistentVolumeClaim", {}).get("claimName") in claims}
+            spool = f"{config['TICKFLOW_STATE_DIR']}/spool"
+            assert any(m["name"] in pvcs and m["mountPath"] == spool
+                       for m in c.get("volumeMounts", [])), d["metadata"]["name"]
+            checked += 1
+    assert checked >= 3
