@@ -8,13 +8,16 @@
   (ts_event_ns, sequence), zstd, with provenance (raw topic, partition, offsets, sources,
   schema) in the file metadata, atomically (temp file + rename).
 * Files are named like the Kafka Connect S3 sink: by raw topic, partition and the raw offset
-  of the first row (``part-<topic>-<partition>-<offset>.parquet``). File boundaries depend on
-  the raw log only: every file lies inside one bucket of ``bucket_records`` raw offsets
-  (the same grid for all symbols), and inside a bucket a file also closes after a number of
-  rows or a span of event time, counted from the bucket's start. So a replay of the same raw
-  offsets, or of everything from any bucket start (where ``tickflow replay reset`` puts a
-  reset), rewrites the same files instead of adding duplicates, however records of different
-  partitions interleave.
+  of the first row (``part-<topic>-<partition>-<offset>.parquet``; ``_<n>`` added when more
+  than one file starts in the same raw record). Every file lies inside one bucket of
+  ``bucket_records`` raw offsets (the same grid for all symbols); inside a bucket a file
+  closes after a number of rows or a span of event time, and early when its bucket is left
+  or the buffer holds ``max_buffered_rows`` (memory). The early closes depend on how records
+  of different symbols and partitions interleave, which varies from run to run, so a replay
+  (from a bucket start, where ``tickflow replay reset`` puts a reset) or a resumed crash may
+  cut a symbol's rows at other points than the first run did: writing a file deletes what
+  an earlier run wrote for the same rows (``drop_stale``), so the lake ends with each row
+  once, whatever the cuts.
 
 ``LakeBuffer`` is plain Python; ``LakeSink`` adapts it to Bytewax, keeping unwritten rows in its
 recovery snapshot so a restart neither loses nor repeats them.
@@ -46,6 +49,13 @@ from schemas.model import BY_NAME, MARKET_EVENTS, Event
 DEFAULT_MAX_ROWS = 250_000
 DEFAULT_BUCKET_RECORDS = 1_000_000  # raw records per file-boundary bucket
 DEFAULT_MAX_SPAN_NS = 3600 * 1_000_000_000  # one file per symbol and hour at most
+# Rows held in a buffer's open files before the largest are written early: the memory bound
+# of a bulk replay, where files would otherwise stay open to their bucket's end.
+DEFAULT_MAX_BUFFERED_ROWS = 1_000_000
+# Rows kept as dicts (~1 KB each; ~0.1 KB in Arrow) across a buffer's open files before they
+# are all turned into Arrow chunks: many small open files (a 0DTE chain) never reach
+# CHUNK_ROWS each. Representation only: files and their rows are unchanged.
+DICT_ROWS_BUDGET = 200_000
 NS_PER_DAY = 86_400 * 1_000_000_000
 _EPOCH = dt.date(1970, 1, 1)
 LAKE_EVENT_TYPES = frozenset(e.name for e in MARKET_EVENTS)
@@ -91,10 +101,14 @@ class OpenFile:
             self.chunks.append(to_table(BY_NAME[event_type], self.rows))
             self.rows = []
 
-    def append_table(self, event_type: str, rows: pa.Table, raw_offset: int) -> None:
-        if self.rows:  # keep arrival order: dict rows before the new table
+    def to_chunk(self, event_type: str) -> None:
+        """The dict rows, as one more Arrow chunk (arrival order kept)."""
+        if self.rows:
             self.chunks.append(to_table(BY_NAME[event_type], self.rows))
             self.rows = []
+
+    def append_table(self, event_type: str, rows: pa.Table, raw_offset: int) -> None:
+        self.to_chunk(event_type)  # dict rows first: arrival order
         self.chunks.append(rows)
         self.count += rows.num_rows
         self.last_offset = raw_offset
@@ -201,10 +215,47 @@ def _sorted(table: pa.Table, keys: list[str]) -> bool:
     return bool((second[step == 0] >= 0).all())
 
 
+def _file_dir(root: Path, key: PartitionKey) -> Path:
+    return partition_dir(root, key.event_type, key.symbol, _EPOCH + dt.timedelta(days=key.day))
+
+
+def drop_stale(root: Path, key: PartitionKey, f: OpenFile) -> list[Path]:
+    """Delete files an earlier run wrote for rows that ``f`` now holds.
+
+    A file's rows are one symbol's rows of one raw partition, in offset order, so files of a
+    run never overlap: a file of the same symbol and raw partition that starts inside this
+    one's offsets (or a later part of the same first record) is a leftover of a run that cut
+    the same rows at other points (files close on the row limit, an offset bucket or a
+    restart, whose timing can differ). Without this, a replay or a resumed crash could leave
+    those rows twice.
+    """
+    d = _file_dir(root, key)
+    prefix = f"part-{escape_symbol(key.raw_topic)}-{key.raw_partition}-"
+    mine = file_name(key, f.first_offset, f.part)
+    gone: list[Path] = []
+    try:
+        entries = list(os.scandir(d))
+    except FileNotFoundError:
+        return gone
+    for e in entries:
+        n = e.name
+        if n == mine or not n.startswith(prefix) or not n.endswith(".parquet"):
+            continue
+        first_s, _, part_s = n[len(prefix):-len(".parquet")].partition("_")
+        if not first_s.isdigit() or not (part_s.isdigit() or not part_s):
+            continue
+        first, part = int(first_s), int(part_s or 0)
+        if (first == f.first_offset and part > f.part) or (
+                f.first_offset < first <= f.last_offset):
+            os.unlink(e.path)
+            gone.append(Path(e.path))
+    return gone
+
+
 def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
     """Write one sorted Parquet file for the rows of ``f``, atomically."""
     et = BY_NAME[key.event_type]
-    d = partition_dir(root, key.event_type, key.symbol, _EPOCH + dt.timedelta(days=key.day))
+    d = _file_dir(root, key)
     d.mkdir(parents=True, exist_ok=True)
     name = file_name(key, f.first_offset, f.part)
     # Arrow's sort is stable, like sorted(): rows with equal keys keep their arrival order.
@@ -244,7 +295,8 @@ class LakeBuffer:
                  max_span_ns: int = DEFAULT_MAX_SPAN_NS,
                  pending: dict[PartitionKey, OpenFile] | None = None,
                  bucket_records: int = DEFAULT_BUCKET_RECORDS,
-                 writer: Executor | None = None) -> None:
+                 writer: Executor | None = None,
+                 max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS) -> None:
         self.root = root
         # With a writer (bulk imports), closed files are written on its threads while rows
         # keep coming: pyarrow's Parquet writer releases the GIL. The dataflow writes inline,
@@ -259,8 +311,14 @@ class LakeBuffer:
         # Newest bucket seen per raw partition: older buckets' files are complete.
         self.buckets: dict[tuple[str, int], int] = {}
         for k in self.pending:
-            self.buckets[(k.raw_topic, k.raw_partition)] = max(
-                k.bucket, self.buckets.get((k.raw_topic, k.raw_partition), k.bucket))
+            part = (k.raw_topic, k.raw_partition)
+            self.buckets[part] = max(k.bucket, self.buckets.get(part, k.bucket))
+        # Rows in open files, and rows added as dicts since the last conversion (an upper
+        # bound of the dict rows held). Closing files early makes their boundaries depend
+        # on timing; drop_stale keeps rewrites exact whatever the boundaries.
+        self.max_buffered_rows = max_buffered_rows
+        self.buffered = sum(f.count for f in self.pending.values())
+        self._dict_rows = sum(len(f.rows) for f in self.pending.values())
 
     def add(self, type_name: str, ev: Event, raw_topic: str, raw_partition: int,
             raw_offset: int) -> None:
@@ -279,7 +337,23 @@ class LakeBuffer:
                 self.flush(k)
         if newest <= bucket:
             self.buckets[part] = bucket
+        if self.buffered >= self.max_buffered_rows:
+            self._relieve()
         return bucket
+
+    def _relieve(self) -> None:
+        """Write the largest open files until half the row limit is left buffered."""
+        for k, _ in sorted(((k, f.count) for k, f in self.pending.items()),
+                           key=lambda kc: -kc[1]):
+            if self.buffered <= self.max_buffered_rows // 2:
+                break
+            self.flush(k)
+
+    def _to_arrow(self) -> None:
+        """Turn every open file's dict rows into an Arrow chunk (see DICT_ROWS_BUDGET)."""
+        for k, f in self.pending.items():
+            f.to_chunk(k.event_type)
+        self._dict_rows = 0
 
     def add_rows(self, item: LakeRows) -> None:
         """Buffer the lake events of one raw record (health, dead letters are skipped)."""
@@ -288,6 +362,7 @@ class LakeBuffer:
         pending = self.pending
         # Events of one record mostly share type, symbol and day: reuse the key.
         key: PartitionKey | None = None
+        added = 0
         for type_name, ev in item.events:
             if type_name not in LAKE_EVENT_TYPES:
                 continue
@@ -303,6 +378,11 @@ class LakeBuffer:
                 self.flush(key)
                 f = pending[key] = f.successor(raw_offset)
             f.append(type_name, ev, raw_offset)
+            added += 1
+        self.buffered += added
+        self._dict_rows += added
+        if self._dict_rows > DICT_ROWS_BUDGET:
+            self._to_arrow()
 
     def add_table(self, event_type: str, table: pa.Table, raw_topic: str, raw_partition: int,
                   raw_offset: int) -> None:
@@ -349,15 +429,22 @@ class LakeBuffer:
             if late.size:
                 end = start + int(late[0])
             f.append_table(key.event_type, rows.slice(start, end - start), raw_offset)
+            self.buffered += end - start
             start = end
 
     def flush(self, key: PartitionKey) -> None:
         f = self.pending.pop(key, None)
         if f is None or not f.count:
             return
+        # (add_rows counts a record's rows after its loop: this may dip below 0 meanwhile)
+        self.buffered -= f.count
         if self.writer is None:
             self.files_written.append(write_file(self.root, key, f))
+            drop_stale(self.root, key, f)  # after: never a moment without these rows
             return
+        # On the writer threads files of one key could land out of order: leftovers go
+        # first, here, in order.
+        drop_stale(self.root, key, f)
         self._writes.append(self.writer.submit(write_file, self.root, key, f))
         if len(self._writes) > MAX_WRITES_IN_FLIGHT:  # bounded memory: wait for the oldest
             self.files_written.append(self._writes.popleft().result())
@@ -396,12 +483,14 @@ class LakeSink(FixedPartitionedSink[list[LakeRows], _Pending]):
 
     def __init__(self, root: Path, parts: int = 4, max_rows: int = DEFAULT_MAX_ROWS,
                  max_span_ns: int = DEFAULT_MAX_SPAN_NS,
-                 bucket_records: int = DEFAULT_BUCKET_RECORDS) -> None:
+                 bucket_records: int = DEFAULT_BUCKET_RECORDS,
+                 max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS) -> None:
         self._root = root
         self._parts = parts
         self._max_rows = max_rows
         self._max_span_ns = max_span_ns
         self._bucket_records = bucket_records
+        self._max_buffered_rows = max_buffered_rows
 
     def list_parts(self) -> list[str]:
         return [f"lake-{i}" for i in range(self._parts)]
@@ -412,7 +501,8 @@ class LakeSink(FixedPartitionedSink[list[LakeRows], _Pending]):
     def build_part(self, step_id: str, for_part: str,
                    resume_state: _Pending | None) -> _LakePartition:
         return _LakePartition(LakeBuffer(self._root, self._max_rows, self._max_span_ns,
-                                         resume_state, self._bucket_records))
+                                         resume_state, self._bucket_records,
+                                         max_buffered_rows=self._max_buffered_rows))
 
 
 def read_partition(root: Path, event_type: str, symbol: str, day: dt.date) -> pa.Table:

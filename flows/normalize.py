@@ -171,7 +171,8 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     out = op.merge("outputs", per_symbol, split.trues)
     encoded = op.map("encode", out, make_encode(s, read_floor(s.state_dir, s.consumer_group)))
     op.output("kafka", encoded, KafkaOutSink(s.kafka_config()))
-    op.output("lake", per_symbol, LakeSink(s.lake_root, bucket_records=s.lake_bucket_records))
+    op.output("lake", per_symbol, LakeSink(s.lake_root, bucket_records=s.lake_bucket_records,
+                                           max_buffered_rows=s.lake_max_buffered_rows))
     return flow
 
 

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
         default=10, ge=1, le=500, alias="TICKFLOW_FETCH_WAIT_MS",
         description="How long the dataflow's raw consumers let the broker hold an empty "
                     "fetch (on Tansu, added to latency; Kafka answers as records arrive)")
+    lake_max_buffered_rows: int = Field(
+        default=1_000_000, ge=1000, alias="TICKFLOW_LAKE_MAX_BUFFERED_ROWS",
+        description="Rows a lake sink partition holds in open files before it writes the "
+                    "largest early (memory bound of bulk replays; 4 partitions per flow)")
     lake_bucket_records: int = Field(
         default=1_000_000, ge=1, alias="TICKFLOW_LAKE_BUCKET_RECORDS",
         description="Raw records per lake file-boundary bucket; resets align to it")
