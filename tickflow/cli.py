@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -248,6 +250,25 @@ def dbn_generate(
     console.print(f"wrote {g.trades} ({g.n_trades} records) and {g.mbp10} ({g.n_mbp10})")
 
 
+@contextlib.contextmanager
+def _progress(label: str, total: float | None = None
+              ) -> Iterator[Callable[[float, str], None]]:
+    """A transient progress display on a terminal (silent otherwise), for long work; yields
+    ``update(completed, description)``. With a ``total``: a bar and the time remaining."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = ((TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
+               if total else ())
+    with Progress(*columns, console=console, transient=True,
+                  disable=not console.is_terminal) as progress:
+        task = progress.add_task(label, total=total)
+
+        def update(completed: float, description: str) -> None:
+            progress.update(task, completed=completed, description=description)
+
+        yield update
+
+
 def _dbn_paths(root: Path, dates: list[str] | None, schemas: list[str]) -> list[Path]:
     import datetime as dt
 
@@ -291,24 +312,17 @@ def dbn_import(
     mbp10: Annotated[bool, typer.Option(help="Include MBP-10")] = True,
 ) -> None:
     """Import DBN files straight into the Parquet lake (no broker), columnar."""
-    from rich.progress import Progress
-
     from connectors.databento_dbn import DbnError
-    from connectors.dbn_import import ImportStats, import_files
+    from connectors.dbn_import import import_files
 
     schemas = [s for s, on in (("trades", trades), ("mbp-10", mbp10)) if on]
     lake_root = get_settings().lake_root
     try:
         paths = _dbn_paths(root, date, schemas)
-        with Progress(console=console, transient=True,
-                      disable=not console.is_terminal) as progress:
-            task = progress.add_task("importing", total=None)
-
-            def show(st: ImportStats) -> None:
-                progress.update(task, completed=st.records, description=(
-                    f"importing: {st.records:,} records, {st.files} of {len(paths)} files"))
-
-            stats = import_files(paths, lake_root, progress=show)
+        with _progress("importing") as update:
+            stats = import_files(paths, lake_root, progress=lambda st: update(
+                st.records, f"importing: {st.records:,} records, {st.files} of {len(paths)} "
+                "files"))
     except DbnError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
@@ -335,26 +349,19 @@ def dbn_replay(
     end_ns: Annotated[int | None, typer.Option(help="Only events before (UTC ns)")] = None,
 ) -> None:
     """Replay DBN files to the raw topic, time-ordered across schemas, at a speed factor."""
-    from rich.progress import Progress
-
     from connectors.databento_dbn import DbnError
-    from connectors.replay import ReplayStats, replay_to_kafka
+    from connectors.replay import replay_to_kafka
     from infra.topics import RAW_DATABENTO
 
     schemas = [s for s, on in (("trades", trades), ("mbp-10", mbp10)) if on]
     try:
         paths = _dbn_paths(root, date, schemas)
-        with Progress(console=console, transient=True,
-                      disable=not console.is_terminal) as progress:
-            task = progress.add_task("replaying", total=None)
-
-            def show(st: ReplayStats) -> None:
-                progress.update(task, completed=st.events, description=(
-                    f"replaying: {st.events:,} events, {st.events_per_s:,.0f}/s, "
-                    f"speed {st.achieved_speed:.2f}x"))
-
+        with _progress("replaying") as update:
             stats = replay_to_kafka(paths, get_settings().kafka_config(), RAW_DATABENTO,
-                                    speed, start_ns, end_ns, progress=show)
+                                    speed, start_ns, end_ns, progress=lambda st: update(
+                                        st.events, f"replaying: {st.events:,} events, "
+                                        f"{st.events_per_s:,.0f}/s, speed "
+                                        f"{st.achieved_speed:.2f}x"))
     except DbnError as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from None
@@ -365,25 +372,19 @@ def dbn_replay(
 
 
 def _run_backfill(requests: list[Any]) -> None:
-    from rich.progress import Progress
-
     from connectors.massive_rest import BackfillError, BackfillStats, backfill
 
     s = get_settings()
     if s.massive_api_key is None:
         err.print("MASSIVE_API_KEY is not set")
         raise typer.Exit(2)
-    from rich.progress import BarColumn, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
-                  console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("backfill", total=1.0)
+    with _progress("backfill", total=1.0) as update:
         t0 = time.monotonic()
 
         def show(st: BackfillStats) -> None:
             rate = st.events / max(1e-9, time.monotonic() - t0)
-            progress.update(task, completed=st.done_fraction, description=(
-                f"backfill: {st.pages} pages, {st.events:,} events, {rate:,.0f} events/s"))
+            update(st.done_fraction, f"backfill: {st.pages} pages, {st.events:,} events, "
+                   f"{rate:,.0f} events/s")
 
         try:
             stats = backfill(requests, s.massive_api_key.get_secret_value(),
@@ -577,8 +578,6 @@ def lake_compact_cmd(
     """Merge small files of each partition, only where the writer could have written one
     file (same raw partition and offset bucket), keeping the first file's name; rows never
     change. Safe to rerun; `tickflow lake verify` checks the result."""
-    from rich.progress import Progress
-
     from connectors.lake_compact import merge, plan
 
     s = get_settings()
@@ -589,12 +588,11 @@ def lake_compact_cmd(
             t.add_row(str(m.folder.relative_to(s.lake_root)), str(len(m.files)), m.files[0].name)
         console.print(t)
         return
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("compacting", total=len(merges))
+    with _progress("compacting", total=len(merges)) as update:
         rows = 0
-        for m in merges:
+        for i, m in enumerate(merges, start=1):
             rows += merge(m)
-            progress.advance(task)
+            update(i, f"compacting: {i} of {len(merges)} merges")
     console.print(f"merged {sum(len(m.files) for m in merges)} files into {len(merges)} "
                   f"({rows:,} rows)")
 
