@@ -325,9 +325,10 @@ class LakeBuffer:
         """Buffer one event of a raw record (see ``add_rows`` for many)."""
         self.add_rows(LakeRows(raw_topic, raw_partition, raw_offset, [(type_name, ev)]))
 
-    def _enter_bucket(self, raw_topic: str, raw_partition: int, raw_offset: int) -> int:
-        """The offset bucket of a raw record; reaching a newer bucket of its partition closes
-        the files of the older ones."""
+    def _begin_record(self, raw_topic: str, raw_partition: int, raw_offset: int) -> int:
+        """The offset bucket of a raw record about to be added. Reaching a newer bucket of
+        its partition closes the files of the older ones; holding the row limit writes the
+        largest open files."""
         bucket = raw_offset // self.bucket_records
         part = (raw_topic, raw_partition)
         newest = self.buckets.get(part, bucket)
@@ -358,7 +359,7 @@ class LakeBuffer:
     def add_rows(self, item: LakeRows) -> None:
         """Buffer the lake events of one raw record (health, dead letters are skipped)."""
         raw_topic, raw_partition, raw_offset = item.raw_topic, item.raw_partition, item.raw_offset
-        bucket = self._enter_bucket(raw_topic, raw_partition, raw_offset)
+        bucket = self._begin_record(raw_topic, raw_partition, raw_offset)
         pending = self.pending
         # Events of one record mostly share type, symbol and day: reuse the key.
         key: PartitionKey | None = None
@@ -391,7 +392,7 @@ class LakeBuffer:
         without a dict per row."""
         if not table.num_rows:
             return
-        bucket = self._enter_bucket(raw_topic, raw_partition, raw_offset)
+        bucket = self._begin_record(raw_topic, raw_partition, raw_offset)
         ts = table.column("ts_event_ns").to_numpy()
         day = ts // NS_PER_DAY
         symbols = table.column("symbol").combine_chunks().dictionary_encode()
