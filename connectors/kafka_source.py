@@ -185,6 +185,10 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
             "auto.offset.reset": "earliest",
             "session.timeout.ms": TANSU_SESSION_TIMEOUT_MS,
             "fetch.max.bytes": 64 * 1024 * 1024,
+            # librdkafka prefetches up to this much per partition (default 64 MB): in a bulk
+            # replay that was ~800 MB of the 2 GB RSS of two processes (bench.scaling, 16x),
+            # and 8 MB (~100k events) ahead keeps the flow just as busy.
+            "queued.max.messages.kbytes": 8192,
             # A fetch that finds nothing new waits this long on the broker before answering.
             # Kafka answers early when records arrive; Tansu does not (TANSU.md), so there
             # this wait is added to the latency of the next record (librdkafka's default,
