@@ -11,6 +11,10 @@ Order of work per group: write the merged file to a temporary name, rename it ov
 file (atomic), then delete the others. A crash between the rename and the deletes leaves rows
 twice (``lake verify`` reports them); compacting again merges them once more, dropping
 repeated event ids, and the partition is whole again. Rows are never missing at any point.
+
+The newest bucket of each raw partition is left alone unless asked: the flow may still be
+writing it, and a flow resuming from a snapshot rewrites that bucket's recent files by name,
+which a merged file (named after an earlier file) would not be replaced by.
 """
 
 from __future__ import annotations
@@ -42,20 +46,23 @@ def _meta(f: Path) -> dict[str, str]:
             if k.startswith(b"tickflow.")}
 
 
-def plan(root: Path, bucket_records: int = DEFAULT_BUCKET_RECORDS) -> list[Merge]:
-    """Every group of two or more files that may become one."""
-    merges = []
+def plan(root: Path, bucket_records: int = DEFAULT_BUCKET_RECORDS,
+         include_newest: bool = False) -> list[Merge]:
+    """Every group of two or more files that may become one (see the module doc for the
+    newest bucket of each raw partition, skipped unless ``include_newest``)."""
+    groups: dict[tuple[Path, str, str, int], list[tuple[int, Path]]] = {}
+    newest: dict[tuple[str, str], int] = {}
     for folder in sorted(p for p in root.glob("*/symbol=*/date=*") if p.is_dir()):
-        groups: dict[tuple[str, str, int], list[tuple[int, Path]]] = {}
         for f in sorted(folder.glob("part-*.parquet")):
             m = _meta(f)
             first = int(m["tickflow.raw_first_offset"])
-            key = (m["tickflow.raw_topic"], m["tickflow.raw_partition"], first // bucket_records)
-            groups.setdefault(key, []).append((first, f))
-        for members in groups.values():
-            if len(members) > 1:
-                merges.append(Merge(folder, [f for _, f in sorted(members)]))
-    return merges
+            part = (m["tickflow.raw_topic"], m["tickflow.raw_partition"])
+            bucket = first // bucket_records
+            newest[part] = max(bucket, newest.get(part, bucket))
+            groups.setdefault((folder, *part, bucket), []).append((first, f))
+    return [Merge(folder, [f for _, f in sorted(members)])
+            for (folder, topic, partition, bucket), members in groups.items()
+            if len(members) > 1 and (include_newest or bucket < newest[(topic, partition)])]
 
 
 def merge(m: Merge) -> int:
@@ -101,10 +108,11 @@ def merge(m: Merge) -> int:
 
 
 def compact(root: Path, bucket_records: int = DEFAULT_BUCKET_RECORDS,
-            on_merge: Callable[[Merge], None] | None = None) -> list[Merge]:
+            on_merge: Callable[[Merge], None] | None = None,
+            include_newest: bool = False) -> list[Merge]:
     """Plan and carry out every merge under ``root``."""
     done = []
-    for m in plan(root, bucket_records):
+    for m in plan(root, bucket_records, include_newest):
         merge(m)
         done.append(m)
         if on_merge is not None:

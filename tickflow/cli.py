@@ -574,14 +574,18 @@ def report(
 def lake_compact_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the merges, do nothing")
                        ] = False,
+    include_newest: Annotated[bool, typer.Option(
+        "--include-newest", help="Also each raw partition's newest bucket (only once no "
+        "flow writes this lake)")] = False,
 ) -> None:
     """Merge small files of each partition, only where the writer could have written one
     file (same raw partition and offset bucket), keeping the first file's name; rows never
-    change. Safe to rerun; `tickflow lake verify` checks the result."""
+    change. The newest bucket of each raw partition is left to the flow unless asked. Safe to
+    rerun; `tickflow lake verify` checks the result."""
     from connectors.lake_compact import merge, plan
 
     s = get_settings()
-    merges = plan(s.lake_root, s.lake_bucket_records)
+    merges = plan(s.lake_root, s.lake_bucket_records, include_newest)
     if dry_run or not merges:
         t = Table("partition", "files", "into", title=f"{len(merges)} merges planned")
         for m in merges:
