@@ -73,6 +73,11 @@ static int type_error(PyObject *name, const char *want, PyObject *v) {
     return -1;
 }
 
+static int bad_plan(void) {
+    PyErr_SetString(PyExc_ValueError, "malformed Avro write plan (see schemas/avro_plan.py)");
+    return -1;
+}
+
 static int write_node(Buf *b, PyObject *node, PyObject *v, PyObject *name);
 
 static int as_long(PyObject *v, PyObject *name, long long *out) {
@@ -93,6 +98,7 @@ static int write_record(Buf *b, PyObject *fields, PyObject *v, PyObject *name) {
     Py_ssize_t n = PyTuple_GET_SIZE(fields);
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *f = PyTuple_GET_ITEM(fields, i);
+        if (!PyTuple_Check(f) || PyTuple_GET_SIZE(f) != 2) return bad_plan();
         PyObject *key = PyTuple_GET_ITEM(f, 0);
         PyObject *item = PyDict_GetItemWithError(v, key);  /* borrowed */
         if (!item) {
@@ -107,8 +113,18 @@ static int write_record(Buf *b, PyObject *fields, PyObject *v, PyObject *name) {
     return 0;
 }
 
+/* Arity of each node kind (op included); a plan that does not fit is refused, never read
+ * past its end: plans come from avro_plan.compile_plan, but a bad one must not crash. */
+static const Py_ssize_t ARITY[] = {1, 1, 1, 1, 1, 2, 2, 2, 4, 1};
+
 static int write_node(Buf *b, PyObject *node, PyObject *v, PyObject *name) {
+    if (!PyTuple_Check(node) || PyTuple_GET_SIZE(node) < 1) return bad_plan();
     long op = PyLong_AsLong(PyTuple_GET_ITEM(node, 0));
+    if (op < OP_LONG || op > OP_DATE) {
+        PyErr_Clear();  /* an op that is not an int is a malformed plan too */
+        return bad_plan();
+    }
+    if (PyTuple_GET_SIZE(node) != ARITY[op]) return bad_plan();
     switch (op) {
     case OP_LONG: {
         if (!PyLong_Check(v)) return type_error(name, "an int (long)", v);
@@ -145,6 +161,7 @@ static int write_node(Buf *b, PyObject *node, PyObject *v, PyObject *name) {
         return 0;
     }
     case OP_ENUM: {
+        if (!PyDict_Check(PyTuple_GET_ITEM(node, 1))) return bad_plan();
         if (!PyUnicode_Check(v)) return type_error(name, "a str (enum symbol)", v);
         PyObject *idx = PyDict_GetItemWithError(PyTuple_GET_ITEM(node, 1), v);
         if (!idx) {
@@ -174,6 +191,7 @@ static int write_node(Buf *b, PyObject *node, PyObject *v, PyObject *name) {
         return put_varlong(b, 0);  /* end of blocks */
     }
     case OP_RECORD:
+        if (!PyTuple_Check(PyTuple_GET_ITEM(node, 1))) return bad_plan();
         return write_record(b, PyTuple_GET_ITEM(node, 1), v, name);
     case OP_DATE: {
         if (PyLong_Check(v)) {
@@ -198,9 +216,7 @@ static int write_node(Buf *b, PyObject *node, PyObject *v, PyObject *name) {
         return write_node(b, PyTuple_GET_ITEM(node, 3), v, name);
     }
     default:
-        if (op == -1 && PyErr_Occurred()) return -1;
-        PyErr_Format(PyExc_ValueError, "bad Avro plan node (op %ld)", op);
-        return -1;
+        return bad_plan();
     }
 }
 
@@ -217,10 +233,7 @@ static void buf_init(Buf *b) {
 }
 
 static int check_plan(PyObject *plan, PyObject *prefix) {
-    if (!PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) < 1) {
-        PyErr_SetString(PyExc_TypeError, "plan must be a plan node tuple");
-        return -1;
-    }
+    if (!PyTuple_Check(plan) || PyTuple_GET_SIZE(plan) < 1) return bad_plan();
     if (!PyBytes_Check(prefix)) {
         PyErr_SetString(PyExc_TypeError, "prefix must be bytes");
         return -1;

@@ -111,3 +111,12 @@ def test_values_larger_than_the_inline_buffer() -> None:
     got = _avro_writer.encode_many(plan, values, PREFIX)
     assert got == [PREFIX + fastavro_bytes(STOCK_QUOTE, v) for v in values]
     assert len(got[1]) > 10_000
+
+
+@pytest.mark.parametrize("plan", [
+    (), (99,), (0, 1), (5, ["A"]), (7, "fields"), (7, (("x",),)), (8, 0, 1), ("long",),
+    (6,), (7, (("x", (42,)),)),
+])
+def test_a_malformed_plan_is_refused_not_a_crash(plan: tuple[Any, ...]) -> None:
+    with pytest.raises(ValueError, match="malformed Avro write plan"):
+        _avro_writer.encode(plan, {"x": 1}, b"")
