@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.lake import event_id_checksum, sort_keys, stats_columns
+from connectors.lake import event_id_checksum, sort_keys, write_parquet
 
 DEFAULT_BUCKET_RECORDS = 1_000_000
 
@@ -99,7 +99,7 @@ def merge(m: Merge) -> int:
                                                         for k, v in meta.items()}}
     table = table.replace_schema_metadata(schema_meta)
     tmp = first.with_name(f".{first.name}.compact-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd", write_statistics=stats_columns(table.schema))
+    write_parquet(table, tmp)
     os.replace(tmp, first)
     for f in m.files[1:]:
         f.unlink(missing_ok=True)

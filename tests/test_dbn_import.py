@@ -54,7 +54,9 @@ def test_columns_agree_with_databento_s_decoder(day: SimpleNamespace) -> None:
         events = [e for c in iter_chunks(path, 100)
                   for e in normalize_dbn_chunk(c.data, c.meta, "DATABENTO_DBN").events]
         assert len(events) == len(ref)
+        assert len({ev["event_id"] for _, _, ev, _ in events}) == len(events)
         for (_, _, ev, _), r in zip(events, ref, strict=True):
+            assert ev["event_id"].rsplit("|", 1)[0] == f"{ev['symbol']}|{r.ts_event}|{r.sequence}"
             assert (ev["ts_event_ns"], ev["ts_recv_ns"], ev["sequence"], ev["instrument_id"],
                     ev["size"], ev["flags"]) == (r.ts_event, r.ts_recv, r.sequence,
                                                  r.instrument_id, r.size, r.flags)
@@ -178,6 +180,18 @@ def test_cli_import_then_verify(day: SimpleNamespace, tmp_path: Path,
     assert sum(r.rows for r in reports) == 1900
     again = CliRunner().invoke(app, ["dbn", "import", str(root)])  # same files, rewritten
     assert again.exit_code == 0 and sum(r.rows for r in verify(lake)) == 1900
+
+
+def test_lake_files_delta_encode_times_and_dictionary_encode_the_book(
+        day: SimpleNamespace, tmp_path: Path) -> None:
+    import_files([day.mbp10], tmp_path)
+    f = next(tmp_path.rglob("part-*.parquet"))
+    rg = pq.ParquetFile(f).metadata.row_group(0)
+    enc = {rg.column(i).path_in_schema: rg.column(i).encodings for i in range(rg.num_columns)}
+    for col in ("ts_event_ns", "ts_recv_ns", "latency_ns", "sequence"):
+        assert "DELTA_BINARY_PACKED" in enc[col], (col, enc[col])
+    for col in ("symbol", "action", "levels.list.element.bid_px_e9", "levels.list.element.ask_ct"):
+        assert "RLE_DICTIONARY" in enc[col], (col, enc[col])
 
 
 @settings(max_examples=200)

@@ -24,6 +24,7 @@ import databento_dbn as dbn
 import msgspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from schemas.arrow import arrow_schema
 from schemas.model import FUTURES_TRADE, MBP10, Event, EventType
@@ -154,18 +155,32 @@ class DbnColumns:
     layout: _Layout
     source: str
     recs: np.ndarray  # structured, one row per accepted record
-    symbols: list[str]
+    names: list[str]  # the chunk's distinct symbols
+    name_index: np.ndarray  # each record's symbol, as an index into ``names``
     n_in_packet: np.ndarray  # index of the record inside its packet
 
     def __len__(self) -> int:
         return len(self.recs)
 
+    @property
+    def symbols(self) -> list[str]:
+        """Each record's symbol."""
+        return np.array(self.names, dtype=object)[self.name_index].tolist()
+
     def event_ids(self) -> list[str]:
-        # Records of one packet share (instrument, sequence): the index inside it makes the
-        # identity unique, and chunks never split a packet (see the connector).
-        return [f"{s}|{t}|{q}|{n}" for s, t, q, n in zip(
-            self.symbols, self.recs["ts_event"].tolist(), self.recs["sequence"].tolist(),
-            self.n_in_packet.tolist(), strict=True)]
+        return self._arrow_ids()[1].to_pylist()
+
+    def _arrow_ids(self) -> tuple[pa.Array, pa.Array]:
+        """(symbol, event_id) as Arrow string columns. An event id is
+        ``symbol|ts_event|sequence|index in packet``: records of one packet share (instrument,
+        sequence), the index makes the identity unique, and chunks never split a packet (see
+        the connector). Built by Arrow compute, without a Python string per record (that
+        was a third of a DBN import's reading time)."""
+        sym = pa.array(self.names, pa.string()).take(pa.array(self.name_index))
+        parts = [pa.array(a, pa.int64()).cast(pa.string()) for a in (
+            self.recs["ts_event"].astype(np.int64), self.recs["sequence"].astype(np.int64),
+            self.n_in_packet)]
+        return sym, pc.binary_join_element_wise(sym, *parts, "|")
 
     def dedup_keys(self) -> list[int]:
         return ((self.recs["sequence"].astype(np.int64) << 16) | self.n_in_packet).tolist()
@@ -218,8 +233,9 @@ class DbnColumns:
         """``Normalized.events`` entries: (symbol, type name, event dict, dedup key)."""
         names = arrow_schema(self.layout.event_type).names
         by_name = {name: _as_list(*col) for name, col in self._columns().items()}
+        symbols = self.symbols
         by_name["event_id"] = self.event_ids()
-        by_name["symbol"] = self.symbols
+        by_name["symbol"] = symbols
         if self.layout.event_type is MBP10:
             lvc = self._levels()
             bp, ap, bs, as_, bc, ac = (_as_list(v.ravel(), None if m is None else m.ravel())
@@ -234,15 +250,14 @@ class DbnColumns:
         type_name = self.layout.event_type.name
         rows = zip(*(by_name[name] for name in names), strict=True)
         return [(sym, type_name, dict(zip(names, row, strict=True)), key)
-                for sym, row, key in zip(self.symbols, rows, self.dedup_keys(), strict=True)]
+                for sym, row, key in zip(symbols, rows, self.dedup_keys(), strict=True)]
 
     def table(self) -> pa.Table:
         """The records as an Arrow table of the event type's lake schema."""
         schema = arrow_schema(self.layout.event_type)
         cols = self._columns()
-        arrays: dict[str, pa.Array] = {
-            "event_id": pa.array(self.event_ids(), pa.string()),
-            "symbol": pa.array(self.symbols, pa.string())}
+        sym, ids = self._arrow_ids()
+        arrays: dict[str, pa.Array] = {"event_id": ids, "symbol": sym}
         for name, (values, mask) in cols.items():
             arrays[name] = pa.array(values, schema.field(name).type, mask=mask)
         if self.layout.event_type is MBP10:
@@ -344,8 +359,8 @@ def decode_dbn_chunk(value: bytes, meta: DbnChunkMeta, source: str) -> DecodedCh
             UNDECODABLE, f"truncated DBN record in {meta.file} at byte "
             f"{meta.offset + whole} ({len(value) - whole} bytes); "
             f"{n_whole} records before it were kept", None, None, None))
-    symbols = np.array(names, dtype=object)[inverse].tolist() if len(recs) else []
-    return DecodedChunk(DbnColumns(layout, source, recs, symbols, n_in_packet), rejects)
+    return DecodedChunk(DbnColumns(layout, source, recs, [s or "" for s in names], inverse,
+                                   n_in_packet), rejects)
 
 
 def _impossible(recs: np.ndarray, layout: _Layout) -> np.ndarray | None:
