@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import databento_dbn as dbn
 import msgspec
@@ -133,17 +133,44 @@ def record_ts_recv(data: bytes | memoryview, offset: int) -> int:
     return int(_U64.unpack_from(data, offset + TS_RECV_AT)[0])
 
 
-# One-byte DBN codes -> Avro enum symbols, as lookup tables indexed by the byte.
-def _code_table(names: dict[str, str]) -> np.ndarray:
-    table = np.full(256, "NONE", dtype=object)
-    for code, name in names.items():
-        table[ord(code)] = name
-    return table
+@dataclass(frozen=True)
+class _CodeTable:
+    """One-byte DBN codes -> Avro enum symbols, indexed by the byte: as a NumPy object
+    array for the event dicts and an Arrow string array for tables (a ``take`` there, not a
+    Python string per record)."""
+
+    objects: np.ndarray
+    strings: pa.Array
+
+    @classmethod
+    def of(cls, names: dict[str, str], default: str = "NONE") -> _CodeTable:
+        table = [default] * 256
+        for code, name in names.items():
+            table[ord(code)] = name
+        return cls(np.array(table, dtype=object), pa.array(table, pa.string()))
 
 
-_ACTION_TABLE = _code_table(ACTIONS)
-_SIDE_TABLE = _code_table(BOOK_SIDES)
-_AGGRESSOR_TABLE = _code_table(AGGRESSOR)
+class _Coded(NamedTuple):
+    """A text column as codes into a table (enums; constants are all code 0)."""
+
+    codes: np.ndarray
+    table: _CodeTable
+
+    def objects(self) -> np.ndarray:
+        return self.table.objects[self.codes]
+
+    def strings(self) -> pa.Array:
+        return self.table.strings.take(pa.array(self.codes))
+
+
+def _constant(value: str, n: int) -> _Coded:
+    return _Coded(np.zeros(n, dtype=np.uint8), _CodeTable.of({}, value))
+
+
+_ACTION_TABLE = _CodeTable.of(ACTIONS)
+_SIDE_TABLE = _CodeTable.of(BOOK_SIDES)
+_AGGRESSOR_TABLE = _CodeTable.of(AGGRESSOR)
+_Column = tuple[np.ndarray | _Coded, np.ndarray | None]  # (values, null mask or None)
 # The MBP10 level record's fields, in schema order (tests hold them to the schema).
 LEVEL_FIELDS = ("bid_px_e9", "ask_px_e9", "bid_sz", "ask_sz", "bid_ct", "ask_ct")
 
@@ -185,16 +212,16 @@ class DbnColumns:
     def dedup_keys(self) -> list[int]:
         return ((self.recs["sequence"].astype(np.int64) << 16) | self.n_in_packet).tolist()
 
-    def _columns(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-        """Flat fields: name -> (values, null mask or None). Enums are object arrays."""
+    def _columns(self) -> dict[str, _Column]:
+        """Flat fields: name -> (values, null mask or None). Text columns are coded."""
         r = self.recs
         ts_event = r["ts_event"].astype(np.int64)
         ts_recv = r["ts_recv"].astype(np.int64)
         n = len(r)
-        cols: dict[str, tuple[np.ndarray, np.ndarray | None]] = {
+        cols: dict[str, _Column] = {
             "ts_event_ns": (ts_event, None), "ts_recv_ns": (ts_recv, None),
             "latency_ns": (ts_recv - ts_event, None),
-            "source": (np.full(n, self.source, dtype=object), None),
+            "source": (_constant(self.source, n), None),
             "sequence": (r["sequence"].astype(np.int64), None),
             "instrument_id": (r["instrument_id"].astype(np.int64), None),
             "size": (r["size"].astype(np.int64), None),
@@ -203,15 +230,15 @@ class DbnColumns:
         side = r["side"].view(np.uint8)
         if self.layout.event_type is FUTURES_TRADE:
             cols.update({
-                "exchange": (np.full(n, "CME", dtype=object), None),
+                "exchange": (_constant("CME", n), None),
                 "price_e9": (r["price"], None),
-                "aggressor": (_AGGRESSOR_TABLE[side], None),
+                "aggressor": (_Coded(side, _AGGRESSOR_TABLE), None),
                 "ts_in_delta_ns": (r["ts_in_delta"], None),
                 "publisher_id": (r["publisher_id"].astype(np.int32), None)})
         else:
             cols.update({
-                "action": (_ACTION_TABLE[r["action"].view(np.uint8)], None),
-                "side": (_SIDE_TABLE[side], None),
+                "action": (_Coded(r["action"].view(np.uint8), _ACTION_TABLE), None),
+                "side": (_Coded(side, _SIDE_TABLE), None),
                 "depth": (r["depth"].astype(np.int32), None),
                 "price_e9": (r["price"], r["price"] == UNDEF_PRICE),
                 "is_snapshot": ((r["flags"] & dbn.F_SNAPSHOT) != 0, None)})
@@ -259,7 +286,8 @@ class DbnColumns:
         sym, ids = self._arrow_ids()
         arrays: dict[str, pa.Array] = {"event_id": ids, "symbol": sym}
         for name, (values, mask) in cols.items():
-            arrays[name] = pa.array(values, schema.field(name).type, mask=mask)
+            arrays[name] = (values.strings() if isinstance(values, _Coded) else
+                            pa.array(values, schema.field(name).type, mask=mask))
         if self.layout.event_type is MBP10:
             level_type = schema.field("levels").type
             struct_type = level_type.value_type
@@ -275,7 +303,9 @@ class DbnColumns:
         return pa.Table.from_arrays([arrays[n] for n in schema.names], schema=schema)
 
 
-def _as_list(values: np.ndarray, mask: np.ndarray | None) -> list[Any]:
+def _as_list(values: np.ndarray | _Coded, mask: np.ndarray | None) -> list[Any]:
+    if isinstance(values, _Coded):
+        values = values.objects()
     if mask is None or not mask.any():
         return values.tolist()
     obj = values.astype(object)
