@@ -56,18 +56,19 @@ class SequenceWindow:
             self.times.insert(i, ts_event_ns)
         if ts_event_ns > self.max_ts:
             self.max_ts = ts_event_ns
-        self._prune()
+        # Deleting from the head of an array moves the rest: prune in chunks, once the head
+        # is an eighth of a window past the horizon, so a hot symbol pays it rarely. State
+        # stays bounded: at most a window and an eighth. (Checked here, not in _prune: this
+        # runs for every event.)
+        if (self.times[0] < self.max_ts - self.window_ns - (self.window_ns >> 3)
+                or len(seqs) > self.max_entries):
+            self._prune()
         return False
 
     def _prune(self) -> None:
         horizon = self.max_ts - self.window_ns
         times = self.times
         excess = len(times) - self.max_entries
-        # Deleting from the head of an array moves the rest: prune in chunks, once the head
-        # is an eighth of a window past the horizon, so a hot symbol pays it rarely. State
-        # stays bounded: at most a window and an eighth.
-        if times[0] >= horizon - (self.window_ns >> 3) and excess <= 0:
-            return
         n = 0
         # Entries are sorted by sequence, which tracks event time closely; prune the head.
         while n < len(times) and times[n] < horizon:

@@ -35,6 +35,7 @@ DEFAULT_TIME_TOLERANCE_NS = 5 * 1_000_000_000
 # A crossed quote (bid > ask) happens for an instant between venues and is only flagged on
 # the event; crossed by more than this fraction of the ask, it is impossible data.
 CROSSED_TOLERANCE = 0.01
+_OPTION_QUOTE, _OPTION_TRADE, _DATA_HEALTH = OPTION_QUOTE.name, OPTION_TRADE.name, DATA_HEALTH.name
 
 
 @dataclass(slots=True)
@@ -103,30 +104,32 @@ class SymbolState:
             if t:
                 out.append((DATA_HEALTH.name, t))
 
+        windows = self.windows
+        source, recv = b.source, b.ts_recv_ns
         for type_name, ev, key in b.events:
             ts = ev["ts_event_ns"]
-            win = self.windows.get(type_name)
+            win = windows.get(type_name)
             if win is None:
-                win = self.windows[type_name] = SequenceWindow(self.window_ns)
+                win = windows[type_name] = SequenceWindow(self.window_ns)
             seqs = win.seqs
             behind = bool(seqs) and key < seqs[-1]
             if win.seen(key, ts):
                 h.duplicates_total += 1
-                self.dup_by_source[b.source] = self.dup_by_source.get(b.source, 0) + 1
+                self.dup_by_source[source] = self.dup_by_source.get(source, 0) + 1
                 continue
             if behind:
                 h.out_of_order_total += 1
             problem = self._impossible(type_name, ev, ts)
             if problem is not None:
                 h.events_total += 1
-                t = h.corrupt(*problem, b.source, ts, b.ts_recv_ns)
+                t = h.corrupt(*problem, source, ts, recv)
             else:
-                t = h.valid(b.source, ts, b.ts_recv_ns)
+                t = h.valid(source, ts, recv)
             if t:
-                out.append((DATA_HEALTH.name, t))
-            if type_name == OPTION_QUOTE.name:
+                out.append((_DATA_HEALTH, t))
+            if type_name == _OPTION_QUOTE:
                 self.quote = (ev["bid_px_e9"], ev["ask_px_e9"])
-            elif type_name == OPTION_TRADE.name:
+            elif type_name == _OPTION_TRADE:
                 self._enrich_option_trade(ev)
             out.append((type_name, ev))
 

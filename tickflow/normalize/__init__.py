@@ -141,12 +141,16 @@ def route(rec: RawRecord, norm: Normalized) -> tuple[list[Event], list[SymbolBat
         return b
 
     for sym, type_name, ev, key in norm.events:
-        if _symbol_ok(sym):
-            batch(sym).events.append((type_name, ev, key))
-            continue
-        problem = symbol_problem(sym)
-        dlq.append(dead_letter(rec, Reject(BAD_VALUE, f"{problem}: {sym[:80]!r}",
-                                           ts_event_ns=ev.get("ts_event_ns"))))
+        # The hot loop: one dict lookup per event; a symbol is checked when first seen.
+        b = batches.get(sym)
+        if b is None:
+            if not _symbol_ok(sym):
+                problem = symbol_problem(sym)
+                dlq.append(dead_letter(rec, Reject(BAD_VALUE, f"{problem}: {sym[:80]!r}",
+                                                   ts_event_ns=ev.get("ts_event_ns"))))
+                continue
+            b = batch(sym)
+        b.events.append((type_name, ev, key))
     # Rejects, losses and fills of an impossible symbol have no state to go to.
     for r in norm.rejects:
         if r.symbol is not None and _symbol_ok(r.symbol):

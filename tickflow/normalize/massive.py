@@ -129,6 +129,9 @@ def quote_sides(bid: float, bid_size: float, ask: float, ask_size: float
                 ) -> tuple[int | None, int, int | None, int]:
     """The quote rule for every Massive source: a side with 0 price and 0 size is empty (a
     one-sided quote is valid), both sides empty or a non-positive price is impossible."""
+    if bid > 0 and ask > 0 and bid_size >= 0 and ask_size >= 0:
+        # Two sane sides, nearly every quote: what the per-side checks below would return.
+        return px_e9(bid), int(bid_size), px_e9(ask), int(ask_size)
     bid_px, bid_sz = _side(bid, bid_size, "bid")
     ask_px, ask_sz = _side(ask, ask_size, "ask")
     if bid_px is None and ask_px is None:
