@@ -28,7 +28,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy tickflow flows schemas connectors infra
 
 # Speed and memory targets live here, never in `make test`: core path, end to end against
-# the peers (Quix Streams, plain Bytewax, a broker passthrough), DBN -> Parquet.
+# the peers (Quix Streams, plain Bytewax, a broker passthrough), DBN -> Parquet, latency,
+# scaling, replay memory and the dedup/health state size.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e ".[dev,bench]"
 	$(PY) -m bench
@@ -36,6 +37,8 @@ bench: $(STAMP)
 	$(PY) -m bench.dbn_parquet
 	$(PY) -m bench.latency
 	$(PY) -m bench.scaling
+	$(PY) -m bench.dbn_memory --gb 2
+	$(PY) -m bench.state_size
 
 # 30 minutes at the benchmark's steady rate: flat RSS, no growing lag (CI runs 60 s of it).
 soak: $(STAMP)

@@ -40,6 +40,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gb", type=float, default=2.0, help="uncompressed DBN size")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path,
+                    default=Path(__file__).with_name("results-memory.json"))
     a = ap.parse_args()
     if a.child:
         replay_child(a.child)
@@ -60,6 +62,7 @@ def main() -> int:
     print(f"replayed {r['events']:,} records ({r['bytes'] / 1024**3:.2f} GB) in "
           f"{r['seconds']:.0f}s: {r['events'] / r['seconds']:,.0f} records/s, "
           f"peak RSS {r['peak_rss_mb']:.0f} MB (target < 300 MB)")
+    a.out.write_text(json.dumps({"gb": a.gb, "records": n, **r}, indent=2))
     return 0
 
 

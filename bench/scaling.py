@@ -64,8 +64,9 @@ def load(kafka_conf: dict[str, Any], frames: int, per_partition: int) -> int:
 
 def run(frames: int, per_partition: int, processes: int, work: Path) -> dict[str, Any]:
     """One fresh broker and registry, one load, one dataflow run."""
-    run_dir = work / f"f{frames}-p{per_partition}-x{processes}"
-    run_dir.mkdir(parents=True)
+    # A fresh folder even when a size run repeats a layout run's shape.
+    run_dir = Path(tempfile.mkdtemp(prefix=f"f{frames}-p{per_partition}-x{processes}-",
+                                    dir=work))
     broker = TansuBroker(HOST, free_port(), run_dir / "broker.log")
     rport = free_port()
     registry = registry_process(HOST, rport, run_dir / "registry", run_dir / "registry.log")
