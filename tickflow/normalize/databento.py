@@ -15,6 +15,7 @@ lake (``DbnColumns.table``) from the same columns.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import struct
 from dataclasses import dataclass, field
@@ -133,21 +134,22 @@ def record_ts_recv(data: bytes | memoryview, offset: int) -> int:
     return int(_U64.unpack_from(data, offset + TS_RECV_AT)[0])
 
 
-@dataclass(frozen=True)
 class _CodeTable:
     """One-byte DBN codes -> Avro enum symbols, indexed by the byte: as a NumPy object
     array for the event dicts and an Arrow string array for tables (a ``take`` there, not a
     Python string per record)."""
 
-    objects: np.ndarray
-    strings: pa.Array
-
-    @classmethod
-    def of(cls, names: dict[str, str], default: str = "NONE") -> _CodeTable:
+    def __init__(self, names: dict[str, str], default: str = "NONE") -> None:
         table = [default] * 256
         for code, name in names.items():
             table[ord(code)] = name
-        return cls(np.array(table, dtype=object), pa.array(table, pa.string()))
+        self.objects = np.array(table, dtype=object)
+
+    @functools.cached_property
+    def strings(self) -> pa.Array:
+        # Built on first use: a process's first Arrow array costs ~50 MB of RSS (the memory
+        # pool), which a replay, which never builds a table, should not pay.
+        return pa.array(self.objects.tolist(), pa.string())
 
 
 class _Coded(NamedTuple):
@@ -164,12 +166,12 @@ class _Coded(NamedTuple):
 
 
 def _constant(value: str, n: int) -> _Coded:
-    return _Coded(np.zeros(n, dtype=np.uint8), _CodeTable.of({}, value))
+    return _Coded(np.zeros(n, dtype=np.uint8), _CodeTable({}, value))
 
 
-_ACTION_TABLE = _CodeTable.of(ACTIONS)
-_SIDE_TABLE = _CodeTable.of(BOOK_SIDES)
-_AGGRESSOR_TABLE = _CodeTable.of(AGGRESSOR)
+_ACTION_TABLE = _CodeTable(ACTIONS)
+_SIDE_TABLE = _CodeTable(BOOK_SIDES)
+_AGGRESSOR_TABLE = _CodeTable(AGGRESSOR)
 _Column = tuple[np.ndarray | _Coded, np.ndarray | None]  # (values, null mask or None)
 # The MBP10 level record's fields, in schema order (tests hold them to the schema).
 LEVEL_FIELDS = ("bid_px_e9", "ask_px_e9", "bid_sz", "ask_sz", "bid_ct", "ask_ct")
