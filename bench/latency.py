@@ -44,6 +44,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=10_000, help="offered events/s")
     ap.add_argument("--seconds", type=float, default=30, help="measured time")
     ap.add_argument("--warmup", type=float, default=8, help="left out at the start")
+    ap.add_argument("--snapshot-secs", type=int, default=10,
+                    help="recovery snapshots every N s, as deployed (0: no recovery)")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).with_name("results-latency.json"))
     a = ap.parse_args()
@@ -66,7 +68,9 @@ def main() -> int:
                "TICKFLOW_STATE_DIR": str(work / "state"), "TICKFLOW_TAIL": "1",
                "TICKFLOW_RAW_TOPICS": "raw.massive.stocks"}
         logs = (work / "procs.log").open("w")
-        flow = subprocess.Popen(flow_argv(1), env=env, stdout=logs, stderr=logs)
+        recovery = work / "recovery" if a.snapshot_secs else None
+        flow = subprocess.Popen(flow_argv(1, recovery, snapshot_secs=a.snapshot_secs),
+                                env=env, stdout=logs, stderr=logs)
         time.sleep(3)  # the flow is up and following the raw topic
         subs = ",".join(f"{c}.{s}" for s in SYMBOLS for c in ("Q", "T"))
         conn = subprocess.Popen([sys.executable, "-m", "tickflow.cli", "connect", "massive-ws",
@@ -117,7 +121,8 @@ def main() -> int:
     lat_ms.sort()
     to_produce_ms.sort()
     to_consumer_ms.sort()
-    res = {"offered_events_per_s": a.rate, "measured": len(lat_ms),
+    res = {"offered_events_per_s": a.rate, "snapshot_secs": a.snapshot_secs,
+           "measured": len(lat_ms),
            "measured_events_per_s": len(lat_ms) / a.seconds,
            "p50_ms": percentile(lat_ms, 0.5), "p99_ms": percentile(lat_ms, 0.99),
            "p999_ms": percentile(lat_ms, 0.999), "max_ms": lat_ms[-1],

@@ -19,8 +19,9 @@
   an earlier run wrote for the same rows (``drop_stale``), so the lake ends with each row
   once, whatever the cuts.
 
-``LakeBuffer`` is plain Python; ``LakeSink`` adapts it to Bytewax, keeping unwritten rows in its
-recovery snapshot so a restart neither loses nor repeats them.
+``LakeBuffer`` is plain Python; ``LakeSink`` adapts it to Bytewax. Unwritten rows go to the
+sink's journal at each recovery snapshot, which names them (``connectors.lake_journal``), so
+a restart neither loses nor repeats them and a snapshot stays small.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 import tickflow
+from connectors.lake_journal import LakeJournal
 from schemas.arrow import arrow_schema, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
 
@@ -90,6 +92,10 @@ class OpenFile:
     # Files of one key that start inside the same raw record (a REST page or DBN chunk
     # longer than a file's span or rows) are told apart by this count (see file_name).
     part: int = 0
+    # The sink's journal (connectors.lake_journal): how many of ``chunks`` it holds, and
+    # where, as (journal file, key index) segments in chunk order.
+    journaled: int = 0
+    segments: list[tuple[str, int]] = field(default_factory=list)
 
     def append(self, event_type: str, ev: Event, raw_offset: int) -> None:
         if self.count == 0:
@@ -126,12 +132,9 @@ class OpenFile:
         state.setdefault("count", len(rows))
         state.setdefault("first_ts_ns", rows[0]["ts_event_ns"] if rows else 0)
         state.setdefault("part", 0)
+        state.setdefault("journaled", 0)
+        state.setdefault("segments", [])
         self.__dict__.update(state)
-
-    def copy(self) -> OpenFile:
-        """For a snapshot: Arrow tables are immutable, dicts are never mutated once here."""
-        return OpenFile(self.first_offset, self.last_offset, list(self.rows),
-                        list(self.chunks), self.count, self.first_ts_ns, self.part)
 
     def successor(self, raw_offset: int) -> OpenFile:
         """The file that continues this one's key from ``raw_offset`` after it closed."""
@@ -486,28 +489,78 @@ class LakeBuffer:
             self.files_written.append(self._writes.popleft().result())
 
 
-_Pending = dict[PartitionKey, OpenFile]
+class ResumeFile(NamedTuple):
+    """An open file in a recovery snapshot: its rows are in the journal's segments."""
+
+    first_offset: int
+    last_offset: int
+    rows: int
+    first_ts_ns: int
+    part: int
+    segments: list[tuple[str, int]]
 
 
-class _LakePartition(StatefulSinkPartition[list[LakeRows], _Pending]):
-    def __init__(self, buf: LakeBuffer) -> None:
+# Snapshots name journal segments; older versions carried the rows (OpenFile).
+_Resume = dict[PartitionKey, ResumeFile | OpenFile]
+
+
+def resume_files(state: _Resume, journal: LakeJournal) -> dict[PartitionKey, OpenFile]:
+    """The open files of a snapshot, their rows read back from the journal."""
+    out: dict[PartitionKey, OpenFile] = {}
+    for key, r in state.items():
+        if isinstance(r, OpenFile):
+            out[key] = r
+            continue
+        chunks = [journal.read(name, idx) for name, idx in r.segments]
+        rows = sum(c.num_rows for c in chunks)
+        if rows != r.rows:
+            raise ValueError(f"lake journal holds {rows} rows of {key.event_type} "
+                             f"{key.symbol!r} from offset {r.first_offset}, the snapshot "
+                             f"{r.rows}: the open lake files cannot resume")
+        out[key] = OpenFile(r.first_offset, r.last_offset, [], chunks, r.rows, r.first_ts_ns,
+                            r.part, len(chunks), list(r.segments))
+    return out
+
+
+class _LakePartition(StatefulSinkPartition[list[LakeRows], _Resume]):
+    def __init__(self, buf: LakeBuffer, journal: LakeJournal) -> None:
         self._buf = buf
+        self._journal = journal
 
     def write_batch(self, values: list[list[LakeRows]]) -> None:
         for items in values:
             for item in items:
                 self._buf.add_rows(item)
 
-    def snapshot(self) -> _Pending:
-        # Unwritten rows are part of the resume state; row lists are copied, events are never
-        # mutated after they leave the keyed step.
-        return {k: f.copy() for k, f in self._buf.pending.items()}
+    def snapshot(self) -> _Resume:
+        # Rows that arrived since the last snapshot go to the journal, one file per event
+        # type; the snapshot names segments, never carries rows (see lake_journal).
+        buf = self._buf
+        buf._to_arrow()
+        keys = list(buf.pending)
+        fresh: dict[str, list[tuple[int, pa.Table]]] = {}
+        for i, k in enumerate(keys):
+            f = buf.pending[k]
+            if len(f.chunks) > f.journaled:
+                fresh.setdefault(k.event_type, []).append(
+                    (i, pa.concat_tables(f.chunks[f.journaled:])))
+        names = {et: self._journal.append(et, parts) for et, parts in fresh.items()}
+        state: _Resume = {}
+        for i, k in enumerate(keys):
+            f = buf.pending[k]
+            if len(f.chunks) > f.journaled:
+                f.segments.append((names[k.event_type], i))
+                f.journaled = len(f.chunks)
+            state[k] = ResumeFile(f.first_offset, f.last_offset, f.count, f.first_ts_ns,
+                                  f.part, list(f.segments))
+        self._journal.named({n for f in buf.pending.values() for n, _ in f.segments})
+        return state
 
     def close(self) -> None:
         self._buf.flush_all()
 
 
-class LakeSink(FixedPartitionedSink[list[LakeRows], _Pending]):
+class LakeSink(FixedPartitionedSink[list[LakeRows], _Resume]):
     """Bytewax sink for lists of ``LakeRows`` (one symbol's share of a poll) keyed by symbol."""
 
     def __init__(self, root: Path, parts: int = 4, max_rows: int = DEFAULT_MAX_ROWS,
@@ -528,10 +581,14 @@ class LakeSink(FixedPartitionedSink[list[LakeRows], _Pending]):
         return zlib.crc32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str,
-                   resume_state: _Pending | None) -> _LakePartition:
+                   resume_state: _Resume | None) -> _LakePartition:
+        journal = LakeJournal(self._root, step_id, for_part)
+        pending = resume_files(resume_state, journal) if resume_state else None
+        # Files of snapshots after this one (never committed) are deleted here.
+        journal.named({n for f in (pending or {}).values() for n, _ in f.segments})
         return _LakePartition(LakeBuffer(self._root, self._max_rows, self._max_span_ns,
-                                         resume_state, self._bucket_records,
-                                         max_buffered_rows=self._max_buffered_rows))
+                                         pending, self._bucket_records,
+                                         max_buffered_rows=self._max_buffered_rows), journal)
 
 
 def read_partition(root: Path, event_type: str, symbol: str, day: dt.date) -> pa.Table:

@@ -1,0 +1,123 @@
+"""The lake sink's journal: snapshots name the open files' rows instead of carrying them, and
+a sink resumed from any kept snapshot writes the lake a crash-free run writes."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+from connectors.lake import LakeBuffer, LakeRows, LakeSink, OpenFile, read_partition
+from connectors.lake_journal import KEEP_SNAPSHOTS
+from tests.test_lake import DAY, RAW, T0, trade
+
+STEP = "tickflow_normalize.lake"
+
+
+def records(n: int, per: int = 50) -> list[LakeRows]:
+    """``n`` raw records of ``per`` trades each, over three symbols, out of time order
+    inside each record (the files sort them)."""
+    out = []
+    for off in range(n):
+        evs = []
+        for j in range(per, 0, -1):
+            seq = off * per + j
+            sym = ("SPY", "QQQ", "AAPL")[seq % 3]
+            evs.append(("stock_trade", trade(sym, seq, T0 + seq * 1000)))
+        out.append(LakeRows(RAW, 0, off, evs))
+    return out
+
+
+def lake_rows(root: Path) -> dict[str, list[int]]:
+    return {sym: read_partition(root, "stock_trade", sym, DAY).column("sequence").to_pylist()
+            for sym in ("SPY", "QQQ", "AAPL")}
+
+
+def lake_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("part-*.parquet"))
+
+
+def test_resume_from_each_kept_snapshot_writes_the_crash_free_lake(tmp_path: Path) -> None:
+    recs = records(60)
+    # Files close at 250 rows (~1.5 snapshots): some close between snapshots, some stay open
+    # across them.
+    sink = LakeSink(tmp_path / "a", parts=1, max_rows=250)
+    part = sink.build_part(STEP, "lake-0", None)
+    snaps: list[tuple[int, bytes]] = []  # (records written, pickled snapshot)
+    for i in range(0, 60, 10):
+        part.write_batch([recs[i:i + 10]])
+        snaps.append((i + 10, pickle.dumps(part.snapshot())))
+    part.close()
+    expected_files, expected_rows = lake_files(tmp_path / "a"), lake_rows(tmp_path / "a")
+    assert sum(map(len, expected_rows.values())) == 60 * 50
+
+    # A snapshot is small whatever the open rows: it names journal segments.
+    assert max(len(s) for _, s in snaps) < 5_000
+    # A crash after each of the last KEEP_SNAPSHOTS snapshots, with the files and journal the
+    # run left (lake files written after the snapshot included): a new sink resumes from
+    # that snapshot, the rows after it come again, and the lake is the same.
+    for done, snap in snaps[-KEEP_SNAPSHOTS:]:
+        root = tmp_path / f"crash-{done}"
+        shutil.copytree(tmp_path / "a", root)
+        resumed = LakeSink(root, parts=1, max_rows=250).build_part(
+            STEP, "lake-0", pickle.loads(snap))
+        resumed.write_batch([recs[done:]])
+        resumed.close()
+        assert lake_files(root) == expected_files
+        assert lake_rows(root) == expected_rows
+
+
+def test_journal_keeps_only_what_recent_snapshots_name(tmp_path: Path) -> None:
+    recs = records(80)
+    part = LakeSink(tmp_path, parts=1, max_rows=200).build_part(STEP, "lake-0", None)
+    named: list[set[str]] = []
+    for i in range(0, 80, 5):
+        part.write_batch([recs[i:i + 5]])
+        state = part.snapshot()
+        named.append({n for r in state.values() for n, _ in r.segments})  # type: ignore[union-attr]
+    journal = {p.name for p in (tmp_path / "_journal" / STEP / "lake-0").iterdir()}
+    assert journal == set().union(*named[-KEEP_SNAPSHOTS:])
+    assert len(journal) < 16  # files of closed lake files went
+
+
+def test_a_snapshot_after_resume_drops_files_of_the_uncommitted_epoch(tmp_path: Path) -> None:
+    recs = records(20)
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([recs[:10]])
+    committed = pickle.loads(pickle.dumps(part.snapshot()))
+    part.write_batch([recs[10:]])
+    part.snapshot()  # Bytewax never committed this epoch: the process died
+    jdir = tmp_path / "_journal" / STEP / "lake-0"
+    assert len(list(jdir.iterdir())) == 2
+    resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", committed)
+    assert len(list(jdir.iterdir())) == 1
+    resumed.write_batch([recs[10:]])
+    resumed.close()
+    assert sum(map(len, lake_rows(tmp_path).values())) == 20 * 50
+
+
+def test_a_missing_journal_file_stops_the_resume_with_a_clear_error(tmp_path: Path) -> None:
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([records(3)])
+    state = part.snapshot()
+    for p in (tmp_path / "_journal").rglob("*.arrow"):
+        p.unlink()
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", state)
+
+
+def test_snapshots_of_earlier_versions_still_resume(tmp_path: Path) -> None:
+    # Earlier versions pickled the open files with their rows.
+    buf = LakeBuffer(tmp_path)
+    for r in records(4):
+        buf.add_rows(r)
+    old = pickle.loads(pickle.dumps(dict(buf.pending)))
+    for f in old.values():
+        del f.__dict__["journaled"], f.__dict__["segments"]
+    old = pickle.loads(pickle.dumps(old))
+    assert all(isinstance(f, OpenFile) and f.segments == [] for f in old.values())
+    part = LakeSink(tmp_path / "b", parts=1).build_part(STEP, "lake-0", old)
+    part.close()
+    assert sum(map(len, lake_rows(tmp_path / "b").values())) == 4 * 50
