@@ -45,7 +45,8 @@ class LakeJournal:
         self._next += 1
         schema = parts[0][1].schema.append(pa.field(KEY_COLUMN, pa.int32(), nullable=False))
         tmp = self.dir / f".{name}.tmp"
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as w:
+        opts = pa.ipc.IpcWriteOptions(compression="lz4")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=opts) as w:
             for idx, rows in parts:
                 keys = pa.array([idx] * rows.num_rows, pa.int32())
                 w.write_table(pa.Table.from_arrays([*rows.columns, keys], schema=schema))
