@@ -95,7 +95,7 @@ META_ENCODER = msgspec.json.Encoder()
 META_DECODER = msgspec.json.Decoder(DbnChunkMeta)
 
 
-def record_starts(data: bytes | memoryview, start: int = 0) -> np.ndarray:
+def record_starts(data: bytes | bytearray | memoryview, start: int = 0) -> np.ndarray:
     """Byte offsets of the whole records in ``data`` from ``start``, plus the end of the
     last one (so ``n + 1`` entries for ``n`` records); stops at a partial record.
 
@@ -126,7 +126,7 @@ def record_sizes(data: bytes | memoryview, start: int = 0) -> list[tuple[int, in
     return [(a, b - a) for a, b in itertools.pairwise(starts)]
 
 
-def record_sequence(data: bytes | memoryview, offset: int) -> int:
+def record_sequence(data: bytes | bytearray | memoryview, offset: int) -> int:
     return int(_U32.unpack_from(data, offset + SEQUENCE_AT)[0])
 
 
