@@ -149,6 +149,27 @@ def test_query_prunes_partitions_and_filters_time(tmp_path: Path) -> None:
         query(tmp_path, "nope")
 
 
+def test_the_readme_ways_to_read_the_lake_with_pyarrow_and_pandas(tmp_path: Path) -> None:
+    """Files hold ``symbol`` as a string column and their folders repeat it: pyarrow's own
+    hive discovery (pandas' default) types the folder value as a dictionary and refuses to
+    merge the two. The README gives two calls that work; keep them working."""
+    import pyarrow.dataset as ds
+
+    opt = "O:SPY251216C00676000"
+    buf = LakeBuffer(tmp_path)
+    for i in range(5):
+        buf.add("stock_trade", trade("SPY", i, T0 + i * S), RAW, 0, i)
+        buf.add("stock_trade", trade(opt, i, T0 + 86_400 * S + i * S), RAW, 0, 10 + i)
+    buf.flush_all()
+    path = tmp_path / "stock_trade"
+    by_files = pq.read_table(path, partitioning=None)  # pandas.read_parquet(.., partitioning=None)
+    by_hive = ds.dataset(path, partitioning="hive").to_table()
+    for t in (by_files, by_hive):
+        assert t.num_rows == 10
+        assert sorted(set(t.column("symbol").to_pylist())) == [opt, "SPY"]
+    assert sorted(set(by_hive.column("date").to_pylist())) == ["2025-11-13", "2025-11-14"]
+
+
 def test_to_table_equals_from_pylist_and_sort_is_stable() -> None:
     """The lake's fast row -> column conversion gives exactly pyarrow's own result, and
     Arrow's sort keeps arrival order on equal (ts_event_ns, sequence) like sorted() does."""
