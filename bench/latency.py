@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -116,8 +117,9 @@ def main() -> int:
             flow.wait(30)
             logs.close()
     if not lat_ms:
-        print(f"no records measured; see {work / 'procs.log'}")
+        print(f"no records measured; see {work / 'procs.log'}")  # kept for reading
         return 1
+    shutil.rmtree(work, ignore_errors=True)
     lat_ms.sort()
     to_produce_ms.sort()
     to_consumer_ms.sort()
