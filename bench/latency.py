@@ -7,6 +7,11 @@ the event's ``ts_recv_ns`` (the connector's receipt time). That is an upper boun
 -> acknowledged by the broker: it adds the consumer's own fetch delay (kept at 1 ms here).
 All processes run on this machine, so clocks agree. The first seconds (start-up) are left out.
 Target: p99 under 10 ms at 10k events/s.
+
+Baseline, in the same run and on the same broker before the pipeline starts: the broker alone,
+one hop. A producer with the flow's settings sends ``--rate`` records/s of the normalized
+records' size, a consumer like the one above reads them; produce -> acknowledged (delivery
+report) and produce -> consumed per record. The pipeline crosses the broker twice.
 """
 
 from __future__ import annotations
@@ -21,13 +26,20 @@ import tempfile
 import time
 from pathlib import Path
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 
+from connectors.kafka_sink import producer_config
 from flows.runner import flow_argv
 from infra.broker import TansuBroker
 from infra.procs import ManagedProcess, free_port, python_module_argv
 from infra.registry import registry_process
-from infra.topics import STOCK_QUOTES, STOCK_TRADES, create_topics, topic_specs
+from infra.topics import (
+    STOCK_QUOTES,
+    STOCK_TRADES,
+    TopicSpec,
+    create_topics,
+    topic_specs,
+)
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
 
@@ -37,6 +49,57 @@ SYMBOLS = ("SPY", "QQQ", "AAPL", "MSFT", "NVDA", "TSLA")
 
 def percentile(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
+
+
+PROBE_TOPIC = "bench.latency.probe"
+
+
+def broker_alone(kconf: dict[str, str], rate: float, seconds: float, warmup: float,
+                 size: int = 200) -> dict[str, float]:
+    """One broker hop at ``rate`` records/s: p50/p99 of produce -> ack and -> consumed (ms).
+
+    Records are sent every millisecond in small bursts, as a flow producing per batch does;
+    each carries its send time. Producer and consumer share this thread: the producer is
+    polled for delivery reports and the consumer drained between bursts.
+    """
+    create_topics(kconf, [TopicSpec(PROBE_TOPIC, 1, {
+        "retention.ms": "-1", "retention.bytes": "-1", "cleanup.policy": "delete"})])
+    prod = Producer(producer_config(kconf))
+    cons = Consumer({**kconf, "group.id": "bench-latency-probe", "enable.auto.commit": False,
+                     "fetch.wait.max.ms": 1})
+    cons.assign([TopicPartition(PROBE_TOPIC, 0, OFFSET_END)])
+    acked: list[float] = []
+    consumed: list[float] = []
+    pad = b"x" * max(0, size - 20)
+    measuring = False
+
+    def on_delivery(err: object, msg: object) -> None:
+        if err is None and measuring:
+            sent = int.from_bytes(msg.value()[:8], "little")  # type: ignore[attr-defined]
+            acked.append((time.time_ns() - sent) / 1e6)
+
+    start = time.monotonic()
+    sent_n = 0
+    while (elapsed := time.monotonic() - start) < warmup + seconds:
+        measuring = elapsed >= warmup
+        due = int(elapsed * rate)
+        while sent_n < due:
+            prod.produce(PROBE_TOPIC, time.time_ns().to_bytes(8, "little") + pad, b"probe",
+                         on_delivery=on_delivery)
+            sent_n += 1
+        prod.poll(0)
+        for m in cons.consume(500, 0.001):
+            if m.error() is None and measuring:
+                sent = int.from_bytes((m.value() or b"")[:8], "little")
+                consumed.append((time.time_ns() - sent) / 1e6)
+    prod.flush(10)
+    cons.close()
+    acked.sort()
+    consumed.sort()
+    return {"produce_to_ack_p50_ms": percentile(acked, 0.5),
+            "produce_to_ack_p99_ms": percentile(acked, 0.99),
+            "produce_to_consumer_p50_ms": percentile(consumed, 0.5),
+            "produce_to_consumer_p99_ms": percentile(consumed, 0.99)}
 
 
 def main() -> int:
@@ -62,6 +125,7 @@ def main() -> int:
     with broker, registry, sim:
         kconf = {"bootstrap.servers": broker.bootstrap_servers}
         create_topics(kconf, topic_specs(raw_partitions=1, normalized_partitions=2))
+        floor = broker_alone(kconf, a.rate, min(a.seconds, 15), 3)
         env = {**os.environ, "PYTHONPATH": repo, "KAFKA_BOOTSTRAP_SERVERS":
                broker.bootstrap_servers, "SCHEMA_REGISTRY_URL": f"http://{HOST}:{rport}",
                "MASSIVE_API_KEY": "bench", "MASSIVE_WS_HOST": f"{HOST}:{sport}",
@@ -131,7 +195,8 @@ def main() -> int:
            "receipt_to_produce_p50_ms": percentile(to_produce_ms, 0.5),
            "receipt_to_produce_p99_ms": percentile(to_produce_ms, 0.99),
            "produce_to_consumer_p50_ms": percentile(to_consumer_ms, 0.5),
-           "produce_to_consumer_p99_ms": percentile(to_consumer_ms, 0.99)}
+           "produce_to_consumer_p99_ms": percentile(to_consumer_ms, 0.99),
+           "broker_alone": floor}
     print(f"offered {a.rate:,.0f} events/s, measured {res['measured']:,} records "
           f"({res['measured_events_per_s']:,.0f}/s): p50 {res['p50_ms']:.1f} ms, "
           f"p99 {res['p99_ms']:.1f} ms, p99.9 {res['p999_ms']:.1f} ms, max "
@@ -140,6 +205,12 @@ def main() -> int:
           f"p99 {res['receipt_to_produce_p99_ms']:.1f} ms; produced -> consumed: p50 "
           f"{res['produce_to_consumer_p50_ms']:.1f} ms, p99 "
           f"{res['produce_to_consumer_p99_ms']:.1f} ms")
+    print(f"  baseline, the broker alone (one hop, same rate): produce -> acknowledged p50 "
+          f"{floor['produce_to_ack_p50_ms']:.1f} ms, p99 {floor['produce_to_ack_p99_ms']:.1f} "
+          f"ms; produce -> consumed p50 {floor['produce_to_consumer_p50_ms']:.1f} ms, p99 "
+          f"{floor['produce_to_consumer_p99_ms']:.1f} ms")
+    print(f"  pipeline p99 / broker-alone p99 (produce -> consumed): "
+          f"{res['p99_ms'] / floor['produce_to_consumer_p99_ms']:.1f}x")
     a.out.write_text(json.dumps(res, indent=2))
     return 0
 
