@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import threading
@@ -79,6 +80,47 @@ def test_disconnect_is_reported_as_a_loss_window_and_a_gap(settings: Settings) -
             for h in health if h["to_state"] == "GAP_DETECTED"}
     assert gaps == {(sym, "LOSS_WINDOW", body["start_ns"], body["end_ns"])
                     for sym in ("SPY", "AAPL")}
+
+
+def test_disconnect_storm_every_cut_is_a_loss_window_and_one_gap(settings: Settings) -> None:
+    """The server cuts every connection after 12 frames, again and again: each cut is one
+    loss window, nothing sent is missing, the frame sequence runs on across reconnects, and
+    DataHealth goes to GAP_DETECTED once per symbol (later windows are counted in the open
+    gaps, not new transitions) and is never corrupted by the churn."""
+    s = sim(disconnect_every=12)
+    pause = threading.Timer(2.5, lambda: setattr(s, "paused", True))
+    pause.start()
+    try:
+        stats = asyncio.run(run_ws(cfg(s, ["Q.SPY", "T.SPY", "Q.AAPL"], backoff_min_s=0.05,
+                                       backoff_max_s=0.2), settings.kafka_config(),
+                                   duration_s=3.2))
+    finally:
+        pause.cancel()
+        s.stop_thread()
+    cuts = s.fault_counts["disconnect_storm"]
+    assert cuts >= 4
+    assert stats.disconnects == cuts and stats.connects == cuts + 1
+    recs = raw_records(settings)
+    kinds = [dict(m.headers())["kind"] for m in recs]
+    losses = [json.loads(m.value()) for m, k in zip(recs, kinds, strict=True)
+              if k == b"loss_window"]
+    data = [m for m, k in zip(recs, kinds, strict=True) if k == b"vendor"
+            and not m.value().startswith(b'[{"ev":"status"')]
+    assert stats.loss_windows == len(losses) == cuts
+    assert all(x["reason"] == "disconnect" for x in losses)
+    windows = [(x["start_ns"], x["end_ns"]) for x in losses]
+    assert all(a < b for a, b in windows) and all(
+        w[1] <= n[0] for w, n in itertools.pairwise(windows))
+    assert s.frames_sent == len(data) + sum(x["frames_lost"] for x in losses)
+    seqs = [int(dict(m.headers())["frame_seq"]) for m in recs]
+    assert seqs == list(range(1, len(seqs) + 1))
+
+    run_main(build_flow(settings, [RAW_MASSIVE_STOCKS], tail=False))
+    health = [decode(BY_TOPIC[HEALTH], m.value()) for m in read_all(settings.kafka_config(),
+                                                                    HEALTH)]
+    assert sorted((h["symbol"], h["to_state"], h["window_start_ns"], h["window_end_ns"])
+                  for h in health) == [(sym, "GAP_DETECTED", *windows[0])
+                                       for sym in ("AAPL", "SPY")]
 
 
 def test_auth_failure_is_clear_retried_and_never_shows_the_key(

@@ -59,6 +59,7 @@ class Faults:
     drop_every: int = 0  # the frame is never sent: its events are lost
     disorder_every: int = 0  # one event arrives after a newer one of its symbol
     disconnect_after_frames: int = 0  # abrupt close (no close frame), once per server
+    disconnect_every: int = 0  # abrupt close after every N-th frame of each connection (a storm)
     auth_fail: bool = False  # every key is refused
     slow_send_ms: int = 0  # pause before each frame (a slow server / slow consumer)
     http_429_every: int = 0  # every N-th REST request is refused with 429 (rate limit)
@@ -469,10 +470,12 @@ class SimulatorServer:
         if hit(f.duplicate_every, "duplicate"):
             await ws.send(text)
             self.frames_sent += 1
-        if (f.disconnect_after_frames and not self._disconnected
-                and k >= f.disconnect_after_frames):
-            self._disconnected = True
-            self.fault_counts["disconnect"] += 1
+        once = (f.disconnect_after_frames and not self._disconnected
+                and k >= f.disconnect_after_frames)
+        if once or hit(f.disconnect_every, "disconnect_storm"):
+            if once:
+                self._disconnected = True
+                self.fault_counts["disconnect"] += 1
             await asyncio.sleep(0.05)  # what was sent reaches the client first
             ws.transport.abort()  # abrupt: no close frame, like a network drop
             return False
