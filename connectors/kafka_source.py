@@ -18,6 +18,7 @@ per-item cost is then paid once per poll, not once per record.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -35,7 +36,11 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
 from connectors.offsets import hold_flow_lock
-from infra.broker import TANSU_SESSION_TIMEOUT_MS
+from infra.broker import (
+    TANSU_CATCH_UP_FETCH_WAIT_MS,
+    TANSU_SESSION_TIMEOUT_MS,
+    TANSU_STARVED_AFTER_S,
+)
 from tickflow.raw import RawRecord
 
 log = logging.getLogger(__name__)
@@ -60,9 +65,16 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
                  state: PartitionState, tail: bool, batch_size: int,
                  lock: IO[bytes] | None = None) -> None:
         self._lock = lock
+        self._conf = conf
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, partition, state.next_offset)])
         self._tp = TopicPartition(topic, partition)
+        # The broker-side fetch wait: widened while the broker starves our fetches (see
+        # TANSU_CATCH_UP_FETCH_WAIT_MS), back to the configured one at the head.
+        self._base_wait_ms = int(conf.get("fetch.wait.max.ms", 500))
+        self._wait_ms = self._base_wait_ms
+        self._behind = 0  # records past our position at the last poll (cached watermark)
+        self._starved_since: float | None = None
         self._lag = CONSUMER_LAG.labels(topic, str(partition))
         self._topic = topic
         self._partition = partition
@@ -91,7 +103,41 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
                                        msg.value(), msg.headers())  # type: ignore[arg-type, unused-ignore]
             out.append(rec)
             self._state.next_offset = offset + 1
+        self._adapt_fetch_wait(bool(out))
         return [out] if out else []
+
+    def _adapt_fetch_wait(self, got: bool) -> None:
+        """Widen the fetch wait while polls return nothing although the partition holds
+        records past our position; narrow it once we are back at the head. Runs after
+        ``next_offset`` took in this poll's records: a rebuilt consumer starts there."""
+        if got or self._behind <= 0:
+            self._starved_since = None
+            if self._wait_ms != self._base_wait_ms and self._behind <= 0:
+                self._rebuild(self._base_wait_ms)
+            return
+        now = time.monotonic()
+        if self._starved_since is None:
+            self._starved_since = now
+        elif (now - self._starved_since >= TANSU_STARVED_AFTER_S
+              and self._wait_ms < TANSU_CATCH_UP_FETCH_WAIT_MS[1]):
+            first, most = TANSU_CATCH_UP_FETCH_WAIT_MS
+            wait = min(most, max(first, 2 * self._wait_ms))
+            log.warning("fetches of %s[%d] at offset %d return nothing while %d records lie "
+                        "past it: the broker's lookup outlasts the fetch wait; widening it "
+                        "to %d ms", self._topic, self._partition, self._state.next_offset,
+                        self._behind, wait)
+            self._rebuild(wait)
+            self._starved_since = now
+
+    def _rebuild(self, wait_ms: int) -> None:
+        """A fresh consumer with another fetch wait, at the next offset to read (what the
+        old one had prefetched past it is fetched again, nothing is skipped)."""
+        old = self._consumer
+        self._consumer = Consumer({**self._conf, "fetch.wait.max.ms": wait_ms})
+        self._consumer.assign([TopicPartition(self._topic, self._partition,
+                                              self._state.next_offset)])
+        old.close()
+        self._wait_ms = wait_ms
 
     def _poll(self) -> list[Message]:
         """What is already fetched, up to a batch; else wait briefly for one record. A
@@ -105,7 +151,8 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         # The end offset from the last fetch response: no request to the broker.
         _, high = c.get_watermark_offsets(self._tp, cached=True)
         if high >= 0 and self._state.next_offset >= 0:
-            self._lag.set(max(0, high - self._state.next_offset - len(msgs)))
+            self._behind = high - self._state.next_offset - len(msgs)
+            self._lag.set(max(0, self._behind))
         return msgs
 
     def snapshot(self) -> PartitionState:
