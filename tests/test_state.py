@@ -45,11 +45,28 @@ def test_window_state_is_bounded_by_event_time() -> None:
     assert len(w) <= bound
 
 
-def test_window_cap_bounds_bursts() -> None:
-    w = SequenceWindow(window_ns=10**18, max_entries=100)
-    for i in range(1000):
+def test_window_cap_bounds_bursts_and_prunes_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    prunes = 0
+    prune = SequenceWindow._prune
+
+    def counted(self: SequenceWindow) -> None:
+        nonlocal prunes
+        prunes += 1
+        prune(self)
+
+    monkeypatch.setattr(SequenceWindow, "_prune", counted)
+    w = SequenceWindow(window_ns=10**18, max_entries=800)
+    sizes = []
+    for i in range(20_000):
         w.seen(i, 0)
-    assert len(w) == 100
+        sizes.append(len(w))
+    # The cap and at most an eighth of it awaiting a chunked prune, which keeps the newest.
+    assert max(sizes) == 900 and min(sizes[900:]) == 800
+    assert list(w.seqs) == list(range(20_000 - len(w), 20_000))
+    # Each prune removes an eighth of the cap, not one entry: deleting from the head of
+    # the arrays moves all the rest, and doing that per event made a hot symbol O(cap).
+    assert prunes <= 20_000 // 100
+    assert w.seen(19_999, 0) is True and w.seen(20_000 - len(w), 0) is True
 
 
 def test_state_counts_duplicates_per_source() -> None:
