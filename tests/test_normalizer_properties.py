@@ -8,12 +8,10 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tickflow.feed import FeedState
-from tickflow.normalize import normalize_record, route
+from tickflow.normalize import normalize_record
 from tickflow.normalize.databento import META_ENCODER, DbnChunkMeta
 from tickflow.normalizer import MarketDataNormalizer
 from tickflow.raw import H_DBN, H_PROVENANCE, RawRecord, RawSource
-from tickflow.state import SymbolState
 
 RECV = 1_763_000_000_000_000_000
 
@@ -98,13 +96,8 @@ def test_arbitrary_rest_pages_never_raise(raw: bytes, prov: bytes | None) -> Non
     dataflow's whole path (feed step, routing, per-symbol state): events or dead letters
     carrying the page's bytes, never an exception."""
     headers = () if prov is None else ((H_PROVENANCE, prov),)
-    rec = RawRecord("raw.massive.rest", 0, 0, None, raw, headers,
-                    source=RawSource.MASSIVE_REST.value, received_ns=RECV)
-    norm = FeedState().process(rec)
-    dlq, batches = route(rec, norm)
-    out: list[tuple[str, dict]] = [("dead_letter", d) for d in dlq]
-    for b in batches:
-        out += SymbolState(b.symbol).process(b)
+    out = MarketDataNormalizer().on_message(raw, RECV, source=RawSource.MASSIVE_REST.value,
+                                            headers=headers)
     _check(out, raw)
     try:
         body = json.loads(raw)

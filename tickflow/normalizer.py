@@ -4,6 +4,8 @@ separate steps; this is the boundary for using them on their own."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
 from tickflow.feed import FeedState
 from tickflow.health import Health
@@ -25,9 +27,12 @@ class MarketDataNormalizer:
         self._offset = 0
 
     def on_message(self, raw: bytes, received_ns: int, source: str = RawSource.MASSIVE_WS.value,
-                   feed: str = "stocks") -> list[tuple[str, Event]]:
-        rec = RawRecord("in-process", 0, self._offset, None, raw, (), source=source,
-                        received_ns=received_ns, feed=feed)
+                   feed: str = "stocks", headers: Sequence[tuple[str, bytes | None]] = ()
+                   ) -> list[tuple[str, Event]]:
+        """``headers``: what the source needs besides the bytes, as the raw topic carries it
+        (a REST page's ``provenance``, a DBN chunk's ``dbn``)."""
+        rec = RawRecord("in-process", 0, self._offset, None, raw, tuple(headers),
+                        source=source, received_ns=received_ns, feed=feed)
         self._offset += 1
         fs = self._feeds.get(feed)
         if fs is None:
