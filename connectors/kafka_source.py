@@ -6,9 +6,13 @@ this source
 * resumes from its recovery snapshot when there is one, and otherwise starts at the
   consumer group's committed offset (so a reset with standard tooling really replays), or at
   the earliest offset for a new group;
-* commits progress to a named consumer group, so lag is visible in standard tools. It commits
-  the offset of the *previous* snapshot: a committed offset is then always covered by a
-  completed epoch, so starting from it may repeat a little but never skips;
+* commits progress to a named consumer group, so lag is visible in standard tools. With a
+  recovery store, the committed offset is the one the store holds *durably* for the
+  partition (``connectors.recovery_store``), never the source's own snapshot: that is taken
+  when an epoch closes at the source, before its items reach the sinks, and a flow killed
+  before the epoch became durable resumes a partition the store has no state for from the
+  group's offset. Committed ahead, that offset skipped whatever was in flight (issue 16).
+  Without a store, the end of a bounded run is committed when its partition ends;
 
 One partition object per Kafka partition, with explicit resume state (``PartitionState``).
 Each poll becomes ONE item: the list of raw records it returned (``RawBatch``). The engine's
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +42,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
 from connectors.offsets import hold_flow_lock
+from connectors.recovery_store import RecoveryStore
 from infra.broker import (
     TANSU_CATCH_UP_FETCH_WAIT_MS,
     TANSU_SESSION_TIMEOUT_MS,
@@ -63,8 +70,12 @@ class PartitionState:
 class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
     def __init__(self, conf: dict[str, Any], topic: str, partition: int,
                  state: PartitionState, tail: bool, batch_size: int,
-                 lock: IO[bytes] | None = None) -> None:
+                 lock: IO[bytes] | None = None,
+                 durable: Callable[[], PartitionState | None] | None = None) -> None:
         self._lock = lock
+        # With a recovery store: what it holds durably for this partition (see module doc).
+        self._durable = durable
+        self._committed: int | None = None
         self._conf = conf
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, partition, state.next_offset)])
@@ -82,11 +93,12 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         self._tail = tail
         self._batch_size = batch_size
         self._eof = False
-        self._to_commit: int | None = None
+        self._wake: float | None = None
 
     def next_batch(self) -> list[RawBatch]:
         if self._eof:
-            raise StopIteration()
+            self._end()
+            return []
         msgs = self._poll()
         out: list[RawRecord] = []
         for msg in msgs:
@@ -105,6 +117,24 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
             self._state.next_offset = offset + 1
         self._adapt_fetch_wait(bool(out))
         return [out] if out else []
+
+    def _end(self) -> None:
+        """End a bounded run's partition once its last record is durable: without a store
+        at once; with one, when the store holds the partition's end (the epoch closes and
+        the flow writes it within a snapshot interval or two). Bytewax closes a partition
+        as it ends; ending here first means its committed offset is then the true end."""
+        if self._durable is None or self._state.next_offset < 0:
+            raise StopIteration()
+        self._wake = time.monotonic() + 0.1
+        durable = self._durable()
+        if durable is not None and durable.next_offset >= self._state.next_offset:
+            raise StopIteration()
+
+    def next_awake(self) -> datetime | None:
+        # While a bounded partition waits for its end to be durable: look again in 0.1 s.
+        if self._eof and self._wake is not None:
+            return datetime.now(UTC) + timedelta(seconds=max(0.0, self._wake - time.monotonic()))
+        return None
 
     def _adapt_fetch_wait(self, got: bool) -> None:
         """Widen the fetch wait while polls return nothing although the partition holds
@@ -156,18 +186,35 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         return msgs
 
     def snapshot(self) -> PartitionState:
-        # Commit what the previous snapshot covered (see module doc), then remember this one.
-        if self._to_commit is not None and self._to_commit >= 0:
-            try:
-                self._consumer.commit(
-                    offsets=[TopicPartition(self._topic, self._partition, self._to_commit)],
-                    asynchronous=True,
-                )
-            except KafkaException as exc:  # lag reporting must never stop the flow
-                log.warning("offset commit failed for %s[%d]: %s", self._topic,
-                            self._partition, exc)
-        self._to_commit = self._state.next_offset
+        if self._durable is not None:
+            self._commit_durable(asynchronous=True)
         return PartitionState(self._state.next_offset)
+
+    def _commit_durable(self, asynchronous: bool) -> None:
+        """Commit what the recovery store holds durably for this partition, if it moved."""
+        assert self._durable is not None
+        try:
+            durable = self._durable()
+        except Exception as exc:  # the store is busy or damaged: report, never stop the flow
+            log.warning("cannot read the recovery store for %s[%d]: %s", self._topic,
+                        self._partition, exc)
+            return
+        if durable is not None and durable.next_offset >= 0:
+            self._commit(durable.next_offset, asynchronous)
+
+    def _commit(self, offset: int, asynchronous: bool) -> None:
+        if offset == self._committed:
+            return
+        try:
+            tps = [TopicPartition(self._topic, self._partition, offset)]
+            if asynchronous:
+                self._consumer.commit(offsets=tps, asynchronous=True)
+            else:
+                self._consumer.commit(offsets=tps, asynchronous=False)
+            self._committed = offset
+        except KafkaException as exc:  # lag reporting must never stop the flow
+            log.warning("offset commit failed for %s[%d]: %s", self._topic,
+                        self._partition, exc)
 
     def close(self) -> None:
         try:
@@ -177,18 +224,13 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
                 self._lock.close()  # releases the flow lock
 
     def _close(self) -> None:
-        # A finished bounded run has processed everything it read: record it for the group.
-        if self._state.next_offset < 0:  # read nothing: leave the group's offset alone
-            self._consumer.close()
-            return
-        try:
-            self._consumer.commit(
-                offsets=[TopicPartition(self._topic, self._partition, self._state.next_offset)],
-                asynchronous=False,
-            )
-        except KafkaException as exc:
-            log.warning("final offset commit failed for %s[%d]: %s", self._topic,
-                        self._partition, exc)
+        # Bytewax closes a partition as soon as it ends, while its last records may still be
+        # on their way to the sinks: with a store, only what it holds durably is committed
+        # (a restart commits the rest); without one, the end of a bounded run.
+        if self._durable is not None:
+            self._commit_durable(asynchronous=False)
+        elif self._state.next_offset >= 0:  # read nothing: leave the group's offset alone
+            self._commit(self._state.next_offset, asynchronous=False)
         self._consumer.close()
 
 
@@ -201,8 +243,11 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
 
     def __init__(self, kafka_conf: dict[str, Any], topics: list[str], group_id: str,
                  tail: bool = True, batch_size: int = 1000,
-                 lock_dir: Path | None = None, fetch_wait_ms: int = 10) -> None:
+                 lock_dir: Path | None = None, fetch_wait_ms: int = 10,
+                 recovery_dir: Path | None = None) -> None:
         self._conf = kafka_conf
+        # The flow's Bytewax recovery store, when it runs with one: group commits follow it.
+        self._store = RecoveryStore(recovery_dir) if recovery_dir is not None else None
         self._fetch_wait_ms = fetch_wait_ms
         self._topics = topics
         self._group = group_id
@@ -252,8 +297,11 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
             resume_state = PartitionState(self._committed_offset(conf, topic, partition))
         lock = (hold_flow_lock(self._lock_dir, self._group) if self._lock_dir is not None
                 else None)
+        store = self._store
+        durable = (None if store is None else
+                   lambda: store.durable_state(step_id, for_part))
         return _RawPartition(conf, topic, partition, resume_state, self._tail,
-                             self._batch_size, lock)
+                             self._batch_size, lock, durable)
 
     @staticmethod
     def _committed_offset(conf: dict[str, Any], topic: str, partition: int) -> int:

@@ -32,6 +32,7 @@ from connectors.kafka_source import RawBatch, RawKafkaSource
 from connectors.lake import LakeRows, LakeSink
 from connectors.offsets import read_floor
 from flows import metrics
+from flows.runner import recovery_dir_of_run
 from infra.topics import RAW_DATABENTO, RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
 from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
@@ -160,7 +161,8 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
                                                s.consumer_group, tail=tail,
                                                lock_dir=s.state_dir,
-                                               fetch_wait_ms=s.fetch_wait_ms))
+                                               fetch_wait_ms=s.fetch_wait_ms,
+                                               recovery_dir=recovery_dir_of_run()))
     by_feed = op.key_on("by_raw_partition", raw, lambda rs: f"{rs[0].topic}:{rs[0].partition}")
     per_feed = op.stateful_map("feed_state", by_feed,
                                make_feed_step(s.clock_drift_ms * 1_000_000,

@@ -6,8 +6,10 @@ them when the directory is new, so ``tickflow flow run --recovery-dir D`` just w
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 RECOVERY_PARTITIONS = 4
@@ -30,3 +32,18 @@ def flow_argv(workers: int = 1, recovery_dir: Path | None = None,
         init_recovery(recovery_dir)
         argv += ["-r", str(recovery_dir), "-s", str(int(snapshot_secs)), "-b", "0"]
     return argv + list(extra or [])
+
+
+def recovery_dir_of_run(argv: Sequence[str] | None = None,
+                        env: Mapping[str, str] | None = None) -> Path | None:
+    """The recovery directory this process's ``python -m bytewax.run`` was given (``-r`` /
+    ``--recovery-directory`` or ``BYTEWAX_RECOVERY_DIRECTORY``), None without recovery.
+    Bytewax does not hand it to the flow; the raw source needs it (``RecoveryStore``)."""
+    args = list(sys.argv if argv is None else argv)
+    for i, a in enumerate(args):
+        if a in ("-r", "--recovery-directory") and i + 1 < len(args):
+            return Path(args[i + 1])
+        if a.startswith("--recovery-directory="):
+            return Path(a.split("=", 1)[1])
+    value = (os.environ if env is None else env).get("BYTEWAX_RECOVERY_DIRECTORY")
+    return Path(value) if value else None
