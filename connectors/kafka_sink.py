@@ -15,6 +15,7 @@ from typing import Any
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaException, Producer
 
+from connectors.failpoints import failpoint
 from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class _KafkaPartition(StatefulSinkPartition[list[OutRecord], None]):
                     except BufferError:
                         poll(0.05)  # queue full: let librdkafka drain, then retry
         poll(0)
+        failpoint("sink.produced")
         self._check()
 
     def _check(self) -> None:
@@ -116,6 +118,7 @@ class _KafkaPartition(StatefulSinkPartition[list[OutRecord], None]):
         if remaining:
             raise KafkaException(f"{remaining} records not acknowledged within 60 s")
         self._check()
+        failpoint("sink.flushed")
 
     def close(self) -> None:
         try:

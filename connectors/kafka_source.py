@@ -41,8 +41,9 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
+from connectors.failpoints import failpoint
 from connectors.offsets import hold_flow_lock
-from connectors.recovery_store import RecoveryStore
+from connectors.recovery_store import StoreReader
 from infra.broker import (
     TANSU_CATCH_UP_FETCH_WAIT_MS,
     TANSU_SESSION_TIMEOUT_MS,
@@ -212,6 +213,7 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
             else:
                 self._consumer.commit(offsets=tps, asynchronous=False)
             self._committed = offset
+            failpoint("source.committed")
         except KafkaException as exc:  # lag reporting must never stop the flow
             log.warning("offset commit failed for %s[%d]: %s", self._topic,
                         self._partition, exc)
@@ -247,7 +249,7 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
                  recovery_dir: Path | None = None) -> None:
         self._conf = kafka_conf
         # The flow's Bytewax recovery store, when it runs with one: group commits follow it.
-        self._store = RecoveryStore(recovery_dir) if recovery_dir is not None else None
+        self._store = StoreReader.shared(recovery_dir) if recovery_dir is not None else None
         self._fetch_wait_ms = fetch_wait_ms
         self._topics = topics
         self._group = group_id

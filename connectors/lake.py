@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 import tickflow
+from connectors.failpoints import failpoint
 from connectors.lake_journal import LakeJournal
 from schemas.arrow import arrow_schema, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
@@ -260,7 +261,7 @@ def drop_stale(root: Path, key: PartitionKey, f: OpenFile) -> list[Path]:
     one's offsets (or a later part of the same first record) is a leftover of a run that cut
     the same rows at other points (files close on the row limit, an offset bucket or a
     restart, whose timing can differ). Without this, a replay or a resumed crash could leave
-    those rows twice.
+    those rows twice. Temporary files of writes a crash cut short go the same way.
     """
     d = _file_dir(root, key)
     prefix = f"part-{escape_symbol(key.raw_topic)}-{key.raw_partition}-"
@@ -272,7 +273,15 @@ def drop_stale(root: Path, key: PartitionKey, f: OpenFile) -> list[Path]:
         return gone
     for e in entries:
         n = e.name
-        if n == mine or not n.startswith(prefix) or not n.endswith(".parquet"):
+        if n.startswith("." + prefix) and ".parquet.tmp-" in n:
+            # The temporary file of a write a crash interrupted: of this very file, or of one
+            # whose rows this one holds now.
+            n = n[1:n.index(".tmp-")]
+            if n == mine:
+                os.unlink(e.path)
+                gone.append(Path(e.path))
+                continue
+        elif n == mine or not n.startswith(prefix) or not n.endswith(".parquet"):
             continue
         first_s, _, part_s = n[len(prefix):-len(".parquet")].partition("_")
         if not first_s.isdigit() or not (part_s.isdigit() or not part_s):
@@ -317,7 +326,9 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
     final = d / name
     tmp = d / f".{name}.tmp-{os.getpid()}"
     write_parquet(table, tmp)
+    failpoint("lake.before_rename")
     os.replace(tmp, final)
+    failpoint("lake.after_rename")
     return final
 
 

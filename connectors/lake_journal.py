@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from connectors.failpoints import failpoint
+
 KEY_COLUMN = "_lake_key"  # which open file of the snapshot a row belongs to
 KEEP_SNAPSHOTS = 3
 _SUFFIX = ".arrow"
@@ -52,6 +54,7 @@ class LakeJournal:
                 w.write_table(pa.Table.from_arrays([*rows.columns, keys], schema=schema))
         with open(tmp, "rb+") as f:  # durable before a snapshot names it
             os.fsync(f.fileno())
+        failpoint("journal.before_rename")
         os.replace(tmp, self.dir / name)
         return name
 

@@ -12,13 +12,23 @@ module reads the store the way Bytewax 0.21 itself computes the resume point
 (``src/recovery.rs``, ``resume_from``): the newest execution's frontier is the minimum over
 its workers of their furthest frontier; a key resumes from its newest snapshot strictly
 before that epoch.
+
+The store is never opened in the flow's own process: Bytewax links its own copy of SQLite,
+and two copies in one process break each other's POSIX locks (closing one copy's
+connection drops the other's locks, and one may truncate the WAL index the other has mapped:
+the flow died of SIGBUS doing exactly that). ``StoreReader`` asks a small helper process,
+``python -m connectors.recovery_store <dir>``, one line per question.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import pickle
 import sqlite3
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +69,11 @@ class RecoveryStore:
     def durable_state(self, step_id: str, key: str) -> Any | None:
         """The snapshot of ``key`` of step ``step_id`` a restart would resume with, or
         None when the store holds none for it (yet)."""
+        raw = self.durable_snapshot(step_id, key)
+        return None if raw is None else pickle.loads(raw)  # our own store, by Bytewax
+
+    def durable_snapshot(self, step_id: str, key: str) -> bytes | None:
+        """``durable_state`` still pickled (what the helper process answers with)."""
         conns = self._connections()
         try:
             epoch = _durable_epoch(conns)
@@ -71,7 +86,7 @@ class RecoveryStore:
                     best = (int(row[0]), row[1])
             if best is None or best[1] is None:  # none, or a deletion (state discarded)
                 return None
-            return pickle.loads(best[1])  # our own store, written by Bytewax
+            return best[1]
         finally:
             for c in conns:
                 c.close()
@@ -98,3 +113,65 @@ def _durable_epoch(conns: list[sqlite3.Connection]) -> int | None:
             if worker in fronts:
                 fronts[worker] = max(fronts[worker], int(frontier))
     return min(fronts.values())
+
+
+class StoreReader:
+    """``RecoveryStore.durable_state`` for a process that runs a Bytewax dataflow: the
+    questions go to a helper process (see module doc), started on first use and ending with
+    this one (its input closes). Thread-safe: the workers of a process share it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def shared(cls, directory: Path) -> StoreReader:
+        """One reader (one helper process) per recovery directory and process."""
+        with _readers_lock:
+            r = _readers.get(directory)
+            if r is None:
+                r = _readers[directory] = StoreReader(directory)
+            return r
+
+    def durable_state(self, step_id: str, key: str) -> Any | None:
+        if "\t" in step_id + key or "\n" in step_id + key:
+            raise ValueError("step ids and keys with tabs or newlines are not supported")
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = subprocess.Popen(
+                    [sys.executable, "-m", "connectors.recovery_store", str(self.directory)],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            self._proc.stdin.write(f"{step_id}\t{key}\n".encode())
+            self._proc.stdin.flush()
+            line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the recovery store reader for {self.directory} exited")
+        answer = line.strip()
+        if answer.startswith(b"!"):
+            raise RuntimeError(answer[1:].decode(errors="replace"))
+        return None if answer == b"-" else pickle.loads(base64.b64decode(answer))
+
+
+_readers: dict[Path, StoreReader] = {}
+_readers_lock = threading.Lock()
+
+
+def _serve(directory: Path) -> None:
+    """The helper process: ``step_id<TAB>key`` lines in, one answer line each out (base64
+    of the pickled snapshot, ``-`` for none, ``!message`` for an error)."""
+    store = RecoveryStore(directory)
+    for line in sys.stdin.buffer:
+        step_id, _, key = line.decode().rstrip("\n").partition("\t")
+        try:
+            raw = store.durable_snapshot(step_id, key)
+            out = b"-" if raw is None else base64.b64encode(raw)
+        except Exception as exc:  # answered, never fatal: the flow logs it and goes on
+            out = b"!" + repr(exc).encode().replace(b"\n", b" ")
+        sys.stdout.buffer.write(out + b"\n")
+        sys.stdout.buffer.flush()
+
+
+if __name__ == "__main__":
+    _serve(Path(sys.argv[1]))
