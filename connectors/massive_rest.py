@@ -244,31 +244,31 @@ GAP_MARGIN_NS = 2 * 1_000_000_000
 
 
 def open_gaps(kafka_conf: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
-    """Per symbol, the gap windows on ``market.health`` not yet followed by BACKFILLED."""
+    """Per symbol, the gap windows ``market.health`` leaves open (``open_gap_windows``)."""
     from infra.topics import HEALTH
     from schemas.model import DATA_HEALTH
     from schemas.serde import decode
+    from tickflow.health import open_gap_windows
     from tickflow.topicstats import read_all
 
-    gaps: dict[str, list[tuple[int, int]]] = {}
-    for m in read_all(kafka_conf, HEALTH):
-        h = decode(DATA_HEALTH, m.value() or b"")
-        sym = h["symbol"]
-        if h["to_state"] == "GAP_DETECTED" and h["window_start_ns"] is not None:
-            gaps.setdefault(sym, []).append((h["window_start_ns"], h["window_end_ns"]))
-        elif h["reason_code"] == "BACKFILLED":
-            gaps.pop(sym, None)
-    return gaps
+    return open_gap_windows([decode(DATA_HEALTH, m.value() or b"")
+                             for m in read_all(kafka_conf, HEALTH)])
 
 
-def gap_fill_requests(gaps: dict[str, list[tuple[int, int]]], until_ns: int,
+def gap_fill_requests(gaps: dict[str, list[tuple[int, int]]],
                       margin_ns: int = GAP_MARGIN_NS) -> list[BackfillRequest]:
-    """Quotes and trades requests per symbol from its first open gap (less a margin) to
-    ``until_ns``: a symbol already in GAP_DETECTED counts later gaps without a new
-    transition, so only a window running up to now is sure to cover them all."""
+    """Quotes and trades requests per symbol for each open gap window, widened by
+    ``margin_ns`` on each side (windows that then overlap are merged): the loss window and
+    no more, whenever the backfill runs."""
     out = []
     for sym, windows in sorted(gaps.items()):
-        start = min(w[0] for w in windows) - margin_ns
-        end = max(until_ns, max(w[1] for w in windows) + margin_ns)
-        out += [BackfillRequest(sym, kind, start, end) for kind in ("quotes", "trades")]
+        merged: list[list[int]] = []
+        for g0, g1 in sorted(windows):
+            lo, hi = g0 - margin_ns, g1 + margin_ns
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        out += [BackfillRequest(sym, kind, lo, hi) for lo, hi in merged
+                for kind in ("quotes", "trades")]
     return out

@@ -134,7 +134,7 @@ def test_disconnect_gap_is_filled_by_backfill(settings: Settings, tmp_path: Path
         run_main(env_flow, epoch_interval=None, recovery_config=RecoveryConfig(str(rec)))
         gaps = open_gaps(settings.kafka_config())
         assert set(gaps) == {"SPY"}
-        reqs = gap_fill_requests(gaps, until_ns=time.time_ns())
+        reqs = gap_fill_requests(gaps)
         backfill(reqs, KEY, f"http://127.0.0.1:{s.port}", settings.kafka_config(),
                  tmp_path / "cp.json")
         # The flow resumes where it stopped (its state knows the open gap) and reads the pages.

@@ -7,8 +7,8 @@ import copy
 import pytest
 
 from tickflow.dedup import SequenceWindow
-from tickflow.health import ALLOWED, Health, HealthTracker
-from tickflow.normalize.base import Loss, Reject
+from tickflow.health import ALLOWED, Health, HealthTracker, open_gap_windows
+from tickflow.normalize.base import Fill, Loss, Reject
 from tickflow.state import SymbolBatch, SymbolState
 
 S = 1_000_000_000
@@ -83,8 +83,52 @@ def test_loss_window_then_backfill_returns_to_healthy() -> None:
     st = SymbolState("SPY")
     out = st.process(batch(losses=[Loss("SPY", S, 3 * S, "disconnect")]))
     assert out[0][1]["to_state"] == "GAP_DETECTED"
-    t = st.health.backfilled(S, 3 * S, "MASSIVE_REST", 3 * S, 4 * S)
-    assert t is not None and t["to_state"] == "HEALTHY" and t["reason_code"] == "BACKFILLED"
+    [t] = st.health.backfilled(S, 3 * S, "MASSIVE_REST", 3 * S, 4 * S)
+    assert t["to_state"] == "HEALTHY" and t["reason_code"] == "BACKFILLED"
+
+
+def test_a_gap_while_corrupted_is_an_event_and_holds_healthy_back_until_filled() -> None:
+    st = SymbolState("SPY")
+    st.health.recovery_events = 2
+    out = st.process(batch(quote(1, S), rejects=[Reject("BAD_VALUE", "neg price", "SPY", 0, S)]))
+    assert [e["to_state"] for _, e in out if "to_state" in e] == ["CORRUPTED", "RECOVERING"]
+    # The loss window arrives while RECOVERING: no transition, but an event with its window.
+    out = st.process(batch(losses=[Loss("SPY", 5 * S, 6 * S, "disconnect")]))
+    [(_, rec)] = out
+    assert (rec["from_state"], rec["to_state"], rec["reason_code"]) == (
+        "RECOVERING", "RECOVERING", "LOSS_WINDOW")
+    assert (rec["window_start_ns"], rec["window_end_ns"]) == (5 * S, 6 * S)
+    # Enough valid data to recover, but the gap is open: never HEALTHY with a hole.
+    out = st.process(batch(quote(2, 7 * S), quote(3, 8 * S), quote(4, 9 * S)))
+    assert not [e for t, e in out if t == "data_health"]
+    assert st.health.state == "RECOVERING"
+    events = [rec]
+    # A backfill of quotes alone does not close a stock gap; quotes and trades do.
+    for kind in ("quotes", "trades"):
+        fill = SymbolBatch("SPY", "MASSIVE_REST", 10 * S, fills=[Fill("SPY", 4 * S, 7 * S, kind)])
+        events += [e for _, e in st.process(fill)]
+    [done] = events[1:]
+    assert (done["from_state"], done["to_state"], done["reason_code"]) == (
+        "RECOVERING", "HEALTHY", "BACKFILLED")
+    assert open_gap_windows([rec]) == {"SPY": [(5 * S, 6 * S)]}
+    assert open_gap_windows(events) == {}
+
+
+def test_each_gap_is_visible_and_filled_by_its_own_window() -> None:
+    h = HealthTracker("SPY")
+    a = h.gap("LOSS_WINDOW", "x", "MASSIVE_WS", S, 2 * S, 2 * S, 2 * S)
+    b = h.gap("LOSS_WINDOW", "y", "MASSIVE_WS", 5 * S, 6 * S, 6 * S, 6 * S)
+    assert a is not None and b is not None
+    assert (b["from_state"], b["to_state"]) == ("GAP_DETECTED", "GAP_DETECTED")
+    assert open_gap_windows([a, b]) == {"SPY": [(S, 2 * S), (5 * S, 6 * S)]}
+    # A fill of the second window closes it alone: a record, the symbol stays degraded.
+    [f] = h.backfilled(4 * S, 7 * S, "MASSIVE_REST", 7 * S, 8 * S)
+    assert (f["to_state"], f["reason_code"]) == ("GAP_DETECTED", "GAP_FILLED")
+    assert open_gap_windows([a, b, f]) == {"SPY": [(S, 2 * S)]}
+    [g] = h.backfilled(0, 3 * S, "MASSIVE_REST", 3 * S, 9 * S)
+    assert (g["to_state"], g["reason_code"]) == ("HEALTHY", "BACKFILLED")
+    assert open_gap_windows([a, b, f, g]) == {}
+    assert len({e["event_id"] for e in (a, b, f, g)}) == 4
 
 
 def test_corruption_recovers_after_enough_valid_events() -> None:

@@ -414,7 +414,7 @@ def backfill_run(
 
 @backfill_app.command("gaps")
 def backfill_gaps() -> None:
-    """Backfill every open gap reported on market.health (from its start until now)."""
+    """Backfill every open gap reported on market.health (each window, plus a margin)."""
     from connectors.massive_rest import gap_fill_requests, open_gaps
 
     gaps = open_gaps(get_settings().kafka_config())
@@ -422,7 +422,7 @@ def backfill_gaps() -> None:
         console.print("no open gaps on market.health")
         return
     console.print(f"open gaps: {', '.join(sorted(gaps))}")
-    _run_backfill(gap_fill_requests(gaps, until_ns=time.time_ns()))
+    _run_backfill(gap_fill_requests(gaps))
 
 
 @app.command()

@@ -13,6 +13,14 @@ tolerance is impossible data and corrupts (``tickflow.state``). A gap is cleared
 real data covering it (a backfill), never by invented data. Each transition is returned as
 a ``DataHealthTransition`` event (schemas/data_health.avsc); no wall clock is read: every
 time comes from the record that caused the transition.
+
+Every gap is visible, whatever the state: a loss window that arrives while the symbol is
+already GAP_DETECTED, CORRUPTED or RECOVERING is an event too, with ``from_state ==
+to_state`` (a record, not a transition), its reason and window; each gap a backfill closes
+is a ``GAP_FILLED`` record with the gap's window (the last one, from GAP_DETECTED, is the
+BACKFILLED transition to HEALTHY). A symbol with an open gap is never HEALTHY: RECOVERING
+waits for its gaps to be filled before it returns to HEALTHY. ``market.health`` alone then
+says which windows are open (``open_gap_windows``).
 """
 
 from __future__ import annotations
@@ -79,7 +87,19 @@ class HealthTracker:
         if to not in ALLOWED[self.state]:
             raise AssertionError(f"illegal DataHealth transition {self.state} -> {to}")
         frm, self.state = self.state, to
+        return self._event(frm, code, reason, source, ts_event_ns, ts_recv_ns, window)
+
+    def _record(self, code: str, reason: str, source: str, ts_event_ns: int, ts_recv_ns: int,
+                window: tuple[int, int]) -> Event:
+        """A health event that changes no state (a gap recorded or filled)."""
+        return self._event(self.state, code, reason, source, ts_event_ns, ts_recv_ns, window)
+
+    def _event(self, frm: Health, code: str, reason: str, source: str, ts_event_ns: int,
+               ts_recv_ns: int, window: tuple[int, int] | None) -> Event:
+        # ``transitions`` numbers every health event of the symbol (records included): it
+        # makes each event id unique and deterministic.
         self.transitions += 1
+        to = self.state
         return {
             "event_id": f"{self.symbol}|{ts_event_ns}|health|{self.transitions}",
             "symbol": self.symbol,
@@ -122,8 +142,8 @@ class HealthTracker:
         if self.state == Health.HEALTHY:
             return self._move(Health.GAP_DETECTED, code, reason, source, ts_event_ns,
                               ts_recv_ns, (start_ns, end_ns))
-        # Already degraded: the gap is recorded and counted, the state stays.
-        return None
+        # Already degraded: the state stays, and the gap is still an event of its own.
+        return self._record(code, reason, source, ts_event_ns, ts_recv_ns, (start_ns, end_ns))
 
     def corrupt(self, code: str, reason: str, source: str, ts_event_ns: int,
                 ts_recv_ns: int) -> Event | None:
@@ -144,7 +164,8 @@ class HealthTracker:
                               ts_recv_ns, None)
         if self.state == Health.RECOVERING:
             self.since_corrupt += 1
-            if self.since_corrupt >= self.recovery_events:
+            # With a gap open, RECOVERING waits for the backfill (never HEALTHY with a hole).
+            if self.since_corrupt >= self.recovery_events and not self.gaps:
                 return self._move(Health.HEALTHY, "CONTINUITY_RESUMED",
                                   f"{self.since_corrupt} valid events in a row", source,
                                   ts_event_ns, ts_recv_ns, None)
@@ -152,16 +173,54 @@ class HealthTracker:
 
     def backfilled(self, start_ns: int, end_ns: int, source: str, ts_event_ns: int,
                    ts_recv_ns: int, kind: str = "all",
-                   needed: frozenset[str] = frozenset({"all"})) -> Event | None:
+                   needed: frozenset[str] = frozenset({"all"})) -> list[Event]:
         """A complete backfill of ``kind`` covering [start_ns, end_ns] arrived. A gap closes
-        once every kind in ``needed`` covers it (a stock feed lost quotes and trades)."""
-        for (g0, g1), kinds in list(self.gaps.items()):
+        once every kind in ``needed`` covers it (a stock feed lost quotes and trades); each
+        closed gap is an event (see module doc), in window order."""
+        closed = []
+        for (g0, g1), kinds in sorted(self.gaps.items()):
             if start_ns <= g0 and g1 <= end_ns:
                 kinds.add(kind)
                 if needed <= kinds:
                     del self.gaps[(g0, g1)]
-        if self.state == Health.GAP_DETECTED and not self.gaps:
-            return self._move(Health.HEALTHY, "BACKFILLED",
-                              "every open gap was filled by backfilled data", source,
-                              ts_event_ns, ts_recv_ns, (start_ns, end_ns))
-        return None
+                    closed.append((g0, g1))
+        out: list[Event] = []
+        for i, w in enumerate(closed):
+            last = i == len(closed) - 1 and not self.gaps
+            if last and self.state == Health.GAP_DETECTED:
+                t = self._move(Health.HEALTHY, "BACKFILLED",
+                               "every open gap was filled by backfilled data", source,
+                               ts_event_ns, ts_recv_ns, w)
+            elif (last and self.state == Health.RECOVERING
+                  and self.since_corrupt >= self.recovery_events):
+                t = self._move(Health.HEALTHY, "BACKFILLED",
+                               f"{self.since_corrupt} valid events in a row and every open "
+                               "gap filled", source, ts_event_ns, ts_recv_ns, w)
+            else:
+                t = self._record("GAP_FILLED", f"backfilled data covers the gap ({kind})",
+                                 source, ts_event_ns, ts_recv_ns, w)
+            if t:
+                out.append(t)
+        return out
+
+
+# Reasons of health events that close the gap of their window.
+FILL_REASONS = frozenset({"BACKFILLED", "GAP_FILLED"})
+
+
+def open_gap_windows(events: list[Event]) -> dict[str, list[tuple[int, int]]]:
+    """Per symbol, the gap windows that ``market.health`` events (in topic order) leave open:
+    every event with a window opens it, unless its reason fills it."""
+    gaps: dict[str, set[tuple[int, int]]] = {}
+    for h in events:
+        if h.get("window_start_ns") is None or h.get("window_end_ns") is None:
+            continue
+        w = (int(h["window_start_ns"]), int(h["window_end_ns"]))
+        sym = gaps.setdefault(h["symbol"], set())
+        if h["reason_code"] in FILL_REASONS:
+            # Exact window (this version); older logs named the whole fill's window.
+            for g in [g for g in sym if g == w or (w[0] <= g[0] and g[1] <= w[1])]:
+                sym.discard(g)
+        else:
+            sym.add(w)
+    return {s: sorted(ws) for s, ws in sorted(gaps.items()) if ws}

@@ -134,10 +134,9 @@ class SymbolState:
             out.append((type_name, ev))
 
         for fill in b.fills:
-            t = h.backfilled(fill.start_ns, fill.end_ns, b.source, fill.end_ns, b.ts_recv_ns,
-                             fill.kind, BACKFILL_KINDS)
-            if t:
-                out.append((DATA_HEALTH.name, t))
+            out += [(_DATA_HEALTH, t) for t in h.backfilled(
+                fill.start_ns, fill.end_ns, b.source, fill.end_ns, b.ts_recv_ns, fill.kind,
+                BACKFILL_KINDS)]
         return out
 
     def _impossible(self, type_name: str, ev: Event, ts: int) -> tuple[str, str] | None:
