@@ -33,7 +33,7 @@ from connectors.lake import LakeRows, LakeSink
 from connectors.offsets import read_floor
 from flows import metrics
 from flows.runner import recovery_dir_of_run
-from infra.topics import RAW_DATABENTO, RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
+from infra.topics import RAW_TOPICS
 from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
 from tickflow.feed import DEFAULT_EXPIRED_STATE_DAYS, FeedState
@@ -145,8 +145,9 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     s = settings or get_settings()
     if raw_topics is None:
         env_topics = os.environ.get("TICKFLOW_RAW_TOPICS")
-        raw_topics = (env_topics.split(",") if env_topics
-                      else [RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS, RAW_DATABENTO])
+        # Every raw topic by default: live feeds, REST backfill pages (a gap is closed only
+        # when the flow reads them) and DBN chunks.
+        raw_topics = env_topics.split(",") if env_topics else list(RAW_TOPICS)
     if tail is None:
         tail = os.environ.get("TICKFLOW_TAIL", "1") not in ("0", "false", "no")
 

@@ -14,6 +14,7 @@ import pytest
 from bytewax.testing import run_main
 
 from connectors.massive_rest import (
+    GAP_MARGIN_NS,
     BackfillError,
     BackfillRequest,
     backfill,
@@ -116,32 +117,45 @@ def test_backfill_pages_checkpoints_and_reruns_add_nothing(settings: Settings,
     assert all(v["done"] for v in cp.values())
 
 
-def test_disconnect_gap_is_filled_by_backfill(settings: Settings, tmp_path: Path) -> None:
+def test_disconnect_gap_is_filled_by_backfill_as_deployed(settings: Settings,
+                                                          tmp_path: Path) -> None:
     # The connection drops; what the market sent meanwhile is lost for the socket, reported
-    # as a loss window, and fetched from REST history.
+    # as a loss window, and fetched from REST history. The flow runs as deployed: the CLI,
+    # its default raw topics (no TICKFLOW_RAW_TOPICS), a recovery store; the backfill is
+    # `tickflow backfill gaps`.
     s = _sim(disconnect_after_frames=40)
-    rec = tmp_path / "recovery"
-    from flows.runner import init_recovery
-
-    init_recovery(rec)
+    env = {k: v for k, v in os.environ.items() if k != "TICKFLOW_RAW_TOPICS"}
+    env.update({"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+                "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+                "TICKFLOW_LAKE_ROOT": str(settings.lake_root),
+                "TICKFLOW_STATE_DIR": str(settings.state_dir),
+                "MASSIVE_REST_URL": f"http://127.0.0.1:{s.port}", "MASSIVE_API_KEY": KEY})
+    flow = [sys.executable, "-m", "tickflow.cli", "flow", "run", "--bounded",
+            "--recovery-dir", str(tmp_path / "recovery"), "--snapshot-secs", "1"]
     try:
         cfg = WsConfig(f"127.0.0.1:{s.port}", "stocks", ["Q.SPY", "T.SPY"], api_key=KEY,
                        secure=False, backoff_min_s=0.8)
         asyncio.run(run_ws(cfg, settings.kafka_config(), duration_s=3.0))
-        env_flow = build_flow(settings, [RAW_MASSIVE_STOCKS, RAW_MASSIVE_REST], tail=False)
-        from bytewax.recovery import RecoveryConfig
-
-        run_main(env_flow, epoch_interval=None, recovery_config=RecoveryConfig(str(rec)))
+        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
         gaps = open_gaps(settings.kafka_config())
         assert set(gaps) == {"SPY"}
-        reqs = gap_fill_requests(gaps)
-        backfill(reqs, KEY, f"http://127.0.0.1:{s.port}", settings.kafka_config(),
-                 tmp_path / "cp.json")
+        bf = subprocess.run([sys.executable, "-m", "tickflow.cli", "backfill", "gaps"],
+                            env=env, capture_output=True, text=True, timeout=300)
+        assert bf.returncode == 0, bf.stderr[-3000:]
+        assert KEY not in bf.stdout + bf.stderr
         # The flow resumes where it stopped (its state knows the open gap) and reads the pages.
-        run_main(build_flow(settings, [RAW_MASSIVE_STOCKS, RAW_MASSIVE_REST], tail=False),
-                 epoch_interval=None, recovery_config=RecoveryConfig(str(rec)))
+        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
     finally:
         s.stop_thread()
+    pages = [json.loads(dict(m.headers() or [])["provenance"])
+             for m in read_all(settings.kafka_config(), RAW_MASSIVE_REST)]
+    # The requests cover the loss window plus the margin, not up to now.
+    [(g0, g1)] = gaps["SPY"]
+    assert pages and all(p["params"]["timestamp.gte"] == g0 - GAP_MARGIN_NS
+                         and p["params"]["timestamp.lte"] == g1 + GAP_MARGIN_NS
+                         for p in pages), [p["params"] for p in pages]
     health = [decode(BY_TOPIC[HEALTH], m.value()) for m in read_all(settings.kafka_config(),
                                                                     HEALTH)]
     assert [(h["from_state"], h["to_state"], h["reason_code"]) for h in health] == [
