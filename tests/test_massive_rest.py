@@ -18,14 +18,13 @@ from connectors.massive_rest import (
     BackfillError,
     BackfillRequest,
     backfill,
-    gap_fill_requests,
     open_gaps,
 )
 from connectors.massive_ws import WsConfig, run_ws
 from flows.normalize import build_flow
 from infra.procs import free_port
 from infra.simulator import Faults, SimulatorConfig, SimulatorServer
-from infra.topics import HEALTH, RAW_MASSIVE_REST, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
+from infra.topics import HEALTH, RAW_MASSIVE_REST, STOCK_QUOTES, STOCK_TRADES
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
 from tickflow.normalize.massive import ROUND_LOT_CUTOFF_NS
