@@ -7,8 +7,10 @@
   produce, flush (the broker acknowledged the page), then checkpoint: a ``kill -9`` anywhere
   repeats at most one page (its events are then dropped downstream as duplicates by their
   (symbol, sequence) identity) and never skips one. A finished request is skipped on rerun.
-* HTTP 429 and 5xx are retried (the SDK's own retries, then ours with backoff); a 4xx that
-  cannot succeed (unknown key, unknown ticker, bad request) is a clear error at once.
+* HTTP 429 and 5xx are retried (the SDK's own retries, then ours with backoff, counted in
+  ``BackfillStats.retries``); any other refusal (a bad key as 401 or 403, with a
+  ``NOT_AUTHORIZED`` or ``ERROR`` body or none, an unknown ticker, a bad request) is a clear
+  error at once, which never contains the key.
 """
 
 from __future__ import annotations
@@ -39,9 +41,6 @@ from tickflow.raw import RawSource, make_headers
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 50_000  # the vendor's maximum; TICKFLOW_BACKFILL_PAGE_LIMIT lowers it
-FATAL_STATUSES = {"NOT_AUTHORIZED", "NOT_FOUND", "BAD_REQUEST", "AUTH_ERROR"}
-
-
 class BackfillError(RuntimeError):
     """A request that will not succeed; the message says which and why (never the key)."""
 
@@ -109,14 +108,19 @@ class BackfillStats:
     done_fraction: float = 0.0
 
 
-def _fatal(exc: BadResponse) -> str | None:
-    """The vendor's status if this error will not go away by retrying."""
+def _refusal(exc: BadResponse, api_key: str) -> str:
+    """What the vendor said when it refused a request, for the error message: its status
+    and message when the body is JSON, else the start of the body; never the key."""
+    text = str(exc)
     try:
-        body = json.loads(str(exc))
+        body = json.loads(text)
     except ValueError:
-        return None
-    status = body.get("status") if isinstance(body, dict) else None
-    return str(status) if status in FATAL_STATUSES else None
+        body = None
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("status", "error", "message") if body.get(k)]
+        text = ": ".join(parts) or text
+    text = text[:300]
+    return text.replace(api_key, "***") if api_key else text
 
 
 class Backfiller:
@@ -139,7 +143,7 @@ class Backfiller:
                                   "compression.type": "zstd",
                                   "message.max.bytes": MAX_MESSAGE_BYTES})
 
-    def _fetch(self, req: BackfillRequest, path: str | None) -> bytes:
+    def _fetch(self, req: BackfillRequest, path: str | None, stats: BackfillStats) -> bytes:
         for attempt in range(1, self.max_attempts + 1):
             try:
                 if path is None:
@@ -154,21 +158,23 @@ class Backfiller:
                     resp = self.client._get(path=path, raw=True)
                 return bytes(resp.data)
             except BadResponse as exc:
-                status = _fatal(exc)
-                if status is not None:
-                    raise BackfillError(f"Massive refused {req.endpoint} for {req.ticker}: "
-                                        f"{status}: {str(exc)[:300]}") from None
-                err: Exception = exc
+                # The SDK retries what can pass (413, 429, 499, 5xx) itself; a status it
+                # hands back is the vendor's answer (401/403 bad key, 400, 404, in any of
+                # its error shapes): retrying would only wait, so fail at once.
+                raise BackfillError(f"Massive refused {req.endpoint} for {req.ticker}: "
+                                    f"{_refusal(exc, self.client.API_KEY)}") from None
             except MaxRetryError as exc:  # 429 / 5xx beyond the SDK's retries
-                err = exc
+                err: Exception = exc
             if attempt < self.max_attempts:
                 delay = self.backoff_s * 2 ** (attempt - 1)
                 log.warning("backfill request failed, retrying", extra={
                     "ticker": req.ticker, "endpoint": req.endpoint, "attempt": attempt,
                     "delay_s": delay, "error": type(err).__name__})
                 time.sleep(delay)
+                stats.retries += 1
+        last = str(err)[:300].replace(self.client.API_KEY, "***")
         raise BackfillError(f"{req.endpoint} for {req.ticker} failed {self.max_attempts} times; "
-                            f"last error: {type(err).__name__}: {str(err)[:300]}")
+                            f"last error: {type(err).__name__}: {last}")
 
     def run(self, req: BackfillRequest, stats: BackfillStats,
             progress: Callable[[BackfillStats], None] | None = None) -> None:
@@ -177,7 +183,7 @@ class Backfiller:
             stats.skipped_done += 1
             return
         while True:
-            data = self._fetch(req, cp.next_path)
+            data = self._fetch(req, cp.next_path, stats)
             page = msgspec.json.decode(data, type=_Next)
             next_path = None
             if page.next_url:

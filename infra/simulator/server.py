@@ -63,6 +63,10 @@ class Faults:
     auth_fail: bool = False  # every key is refused
     slow_send_ms: int = 0  # pause before each frame (a slow server / slow consumer)
     http_429_every: int = 0  # every N-th REST request is refused with 429 (rate limit)
+    # How REST refuses a bad key, in the vendor's documented shapes: 0 HTTP 401
+    # {"status":"NOT_AUTHORIZED"}, 1 HTTP 403 {"status":"ERROR","error":...}, 2 HTTP 401
+    # {"status":"ERROR","error":...}, 3 HTTP 403 with a plain-text body.
+    auth_error_shape: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> Faults:
@@ -279,8 +283,7 @@ class SimulatorServer:
         key = auth[7:] if auth.startswith("Bearer ") else parse_qs(
             urlsplit(request.path).query).get("apiKey", [""])[-1]
         if not self._key_ok(key):
-            return _json_response(401, {"status": "NOT_AUTHORIZED",
-                                        "message": "Unknown API Key"})
+            return _auth_refusal(self.cfg.faults.auth_error_shape)
         every = self.cfg.faults.http_429_every
         if every and self.rest_requests % every == 0:
             self.fault_counts["http_429"] += 1
@@ -496,9 +499,24 @@ class SimulatorServer:
         return chunk
 
 
+def _auth_refusal(shape: int) -> Response:
+    """A refused key, in one of the vendor's shapes (see Faults.auth_error_shape)."""
+    if shape == 1:
+        return _json_response(403, {"status": "ERROR", "request_id": "sim",
+                                    "error": "You are not entitled to this data."})
+    if shape == 2:
+        return _json_response(401, {"status": "ERROR", "request_id": "sim",
+                                    "error": "Unknown API Key"})
+    if shape == 3:
+        data = b"Forbidden"
+        return Response(403, "Forbidden", Headers({"Content-Type": "text/plain",
+                                                  "Content-Length": str(len(data))}), data)
+    return _json_response(401, {"status": "NOT_AUTHORIZED", "message": "Unknown API Key"})
+
+
 def _json_response(status: int, body: dict[str, Any]) -> Response:
     data = json.dumps(body).encode()
-    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-              429: "Too Many Requests"}.get(status, "Error")
+    reason = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+              404: "Not Found", 429: "Too Many Requests"}.get(status, "Error")
     return Response(status, reason, Headers({"Content-Type": "application/json",
                                              "Content-Length": str(len(data))}), data)
