@@ -10,7 +10,9 @@
   processed again for state and lake but their events are not published a second time (the
   "replay floor", kept beside the state). Replay starts earlier than asked, never later.
 * Executing discards the Bytewax recovery store: the flow then starts from the group's
-  offsets, so the two never disagree.
+  offsets, so the two never disagree. The flow records where its store is
+  (``record_recovery_dir``); a reset that is not given that store refuses, because the flow
+  would resume from the store and ignore the moved offsets.
 """
 
 from __future__ import annotations
@@ -164,6 +166,28 @@ def read_floor(state_dir: Path, group: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in json.loads(f.read_text()).items()} if f.exists() else {}
 
 
+def _recovery_record(state_dir: Path, group: str) -> Path:
+    return state_dir / "recovery-dirs" / f"{group}.json"
+
+
+def record_recovery_dir(state_dir: Path, group: str, recovery_dir: Path) -> None:
+    """Called by the flow when it runs with a recovery store: where the store is."""
+    f = _recovery_record(state_dir, group)
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"recovery_dir": str(recovery_dir.resolve())}))
+    tmp.replace(f)
+
+
+def recorded_recovery_dir(state_dir: Path, group: str) -> Path | None:
+    """The recovery store the flow of ``group`` last ran with, if it still holds one."""
+    f = _recovery_record(state_dir, group)
+    if not f.exists():
+        return None
+    d = Path(json.loads(f.read_text())["recovery_dir"])
+    return d if any(d.glob("part-*.sqlite3")) else None
+
+
 def flow_lock_path(state_dir: Path, group: str) -> Path:
     return state_dir / "locks" / f"{group}.lock"
 
@@ -207,6 +231,13 @@ def execute_reset(conf: dict[str, Any], group: str, rows: list[PlanRow], state_d
 
 def _execute_reset(conf: dict[str, Any], group: str, rows: list[PlanRow], state_dir: Path,
                    recovery_dir: Path | None) -> None:
+    store = recorded_recovery_dir(state_dir, group)
+    if store is not None and (recovery_dir is None
+                              or recovery_dir.resolve() != store.resolve()):
+        raise ResetError(
+            f"the dataflow of group {group!r} resumes from its recovery store {store}, not "
+            f"from the group's offsets: moving them alone would be ignored. Pass "
+            f"--recovery-dir {store} to reset both (the store is discarded)")
     admin = AdminClient(conf)
     try:
         desc = admin.describe_consumer_groups([group])[group].result(timeout=30)

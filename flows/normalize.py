@@ -30,7 +30,7 @@ from bytewax.dataflow import Dataflow
 from connectors.kafka_sink import KafkaOutSink, OutRecord
 from connectors.kafka_source import RawBatch, RawKafkaSource
 from connectors.lake import LakeRows, LakeSink
-from connectors.offsets import read_floor
+from connectors.offsets import read_floor, record_recovery_dir
 from flows import metrics
 from flows.runner import recovery_dir_of_run
 from infra.topics import RAW_TOPICS
@@ -158,12 +158,15 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     port = int(os.environ.get("TICKFLOW_METRICS_PORT", "0"))
     if port:  # one endpoint per process: give each process of a cluster its own port
         metrics.serve(port, os.environ.get("TICKFLOW_METRICS_ADDR", "127.0.0.1"))
+    recovery_dir = recovery_dir_of_run()
+    if recovery_dir is not None:  # `replay reset` must move this store with the offsets
+        record_recovery_dir(s.state_dir, s.consumer_group, recovery_dir)
     flow = Dataflow("tickflow_normalize")
     raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
                                                s.consumer_group, tail=tail,
                                                lock_dir=s.state_dir,
                                                fetch_wait_ms=s.fetch_wait_ms,
-                                               recovery_dir=recovery_dir_of_run()))
+                                               recovery_dir=recovery_dir))
     by_feed = op.key_on("by_raw_partition", raw, lambda rs: f"{rs[0].topic}:{rs[0].partition}")
     per_feed = op.stateful_map("feed_state", by_feed,
                                make_feed_step(s.clock_drift_ms * 1_000_000,

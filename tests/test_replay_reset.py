@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from connectors.offsets import ResetError, no_flow_running
 from flows.runner import flow_argv
@@ -44,6 +44,15 @@ def lake_rows(root: Path) -> list[dict]:
     return sorted(t.to_pylist(), key=lambda r: r["event_id"])
 
 
+def committed_offsets(settings: Settings) -> list[int]:
+    c = Consumer({**settings.kafka_config(), "group.id": settings.consumer_group})
+    try:
+        return [tp.offset for tp in c.committed(
+            [TopicPartition(RAW_MASSIVE_STOCKS, p) for p in (0, 1)], timeout=10)]
+    finally:
+        c.close()
+
+
 def test_reset_to_datetime_replays_exactly_from_there(settings: Settings, tmp_path: Path) -> None:
     frames = raw_frames(400)
     p = Producer(settings.kafka_config())
@@ -62,7 +71,18 @@ def test_reset_to_datetime_replays_exactly_from_there(settings: Settings, tmp_pa
 
     middle = dt.datetime.fromtimestamp((T0_MS + 250 * 1000) / 1000, dt.UTC).isoformat()
     cli = [sys.executable, "-m", "tickflow.cli", "replay", "reset", "--topic",
-           RAW_MASSIVE_STOCKS, "--to-datetime", middle, "--recovery-dir", str(rec)]
+           RAW_MASSIVE_STOCKS, "--to-datetime", middle]
+    # Without the flow's recovery store the flow would resume from it and ignore the new
+    # offsets: refused, nothing moved.
+    before = committed_offsets(settings)
+    refused = subprocess.run([*cli, "--execute"], env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 1 and str(rec.resolve()) in refused.stderr.replace("\n", "")
+    refused = subprocess.run([*cli, "--execute", "--recovery-dir", str(tmp_path / "other")],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1, refused.stdout
+    assert committed_offsets(settings) == before and rec.exists()
+    cli += ["--recovery-dir", str(rec)]
     dry = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
     assert dry.returncode == 0 and "dry run" in dry.stdout, dry.stderr
     assert "250" in dry.stdout and "200" in dry.stdout  # requested 250, aligned start 200
