@@ -45,6 +45,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 import tickflow
 from connectors.failpoints import failpoint
+from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
 from connectors.lake_journal import LakeJournal
 from schemas.arrow import arrow_schema, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
@@ -227,10 +228,14 @@ def _leaf_paths(name: str, t: pa.DataType) -> list[str]:
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
-    """The lake's Parquet settings, for every file it writes (the flow, imports, compact)."""
+    """The lake's Parquet settings, for every file it writes (the flow, imports, compact):
+    page checksums, and a content digest per row group in the metadata (lake_checksum)."""
     delta = delta_columns(table.schema)
     leaves = [p for f in table.schema for p in _leaf_paths(f.name, f.type)]
-    pq.write_table(table, path, compression="zstd",
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                           **checksum_metadata(table)})
+    pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS,
+                   write_page_checksum=True,
                    write_statistics=stats_columns(table.schema),
                    use_dictionary=[p for p in leaves if p not in delta],
                    column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"))

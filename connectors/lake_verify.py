@@ -1,26 +1,34 @@
 """``tickflow lake verify``: check every lake file against its provenance, and every
 partition for duplicates, without trusting anything but the bytes on disk.
 
-Per file: readable, named as the writer names files, its ``tickflow.rows`` equal to the rows
-really in it, its ``tickflow.checksum`` (CRC-32 of its event ids in file order) equal to the
-one recomputed, its event type / symbol / date equal to its folder, rows sorted. Per
-partition (event type, symbol, date): no event id twice, across all its files. Leftover
-temporary files of an interrupted write are reported too.
+Per file: readable with every Parquet page checksum verified, named as the writer names
+files, its ``tickflow.rows`` equal to the rows really in it, the content digest of each row
+group (every column of every row, ``connectors.lake_checksum``) equal to the one the writer
+recorded, its ``tickflow.checksum`` (CRC-32 of its event ids) too, its event type / symbol /
+date equal to its folder, rows sorted. A damaged page or a changed value is reported with
+the file and the row group. Per partition (event type, symbol, date): no event id twice,
+across all its files. Leftover temporary files of an interrupted write are reported too.
+Files written before the content digests existed are checked by their event ids only, and
+say so.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from connectors.lake import LAKE_EVENT_TYPES, NS_PER_DAY, event_id_checksum, sort_keys
+from connectors.lake_checksum import KEY as CHECKSUM_KEY
+from connectors.lake_checksum import table_digest
 from schemas.model import TRADE_RECORD
 
 _FILE_RE = re.compile(r"^part-.+-\d+-\d{20}(_\d{6})?\.parquet$")
@@ -65,12 +73,9 @@ def verify(root: Path) -> list[PartitionReport]:
                 rep.problems.append(f"{f.name}: not a lake file name")
                 continue
             rep.files += 1
-            try:
-                cols = list(dict.fromkeys(["event_id", *sort_keys(event_type)]))
-                table = pq.read_table(f, columns=cols)
-                meta = pq.read_schema(f).metadata or {}
-            except Exception as exc:  # any unreadable file is a finding, not a crash
-                rep.problems.append(f"{f.name}: unreadable ({type(exc).__name__}: {exc})")
+            table, meta, problems = _read_checked(f)
+            rep.problems += [f"{f.name}: {p}" for p in problems]
+            if table is None:
                 continue
             rep.problems += [f"{f.name}: {p}" for p in _check_file(table, meta, event_type,
                                                                   symbol, day)]
@@ -82,10 +87,44 @@ def verify(root: Path) -> list[PartitionReport]:
     return out
 
 
+def _read_checked(path: Path) -> tuple[pa.Table | None, dict[bytes, bytes], list[str]]:
+    """The file's rows, row group by row group with page checksums verified and each
+    group's content digest compared with the recorded one; and what was wrong."""
+    try:
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
+        meta = pf.schema_arrow.metadata or {}
+    except Exception as exc:  # any unreadable file is a finding, not a crash
+        return None, {}, [f"unreadable ({type(exc).__name__}: {exc})"]
+    recorded = meta.get(CHECKSUM_KEY)
+    want: list[str] | None = json.loads(recorded) if recorded else None
+    problems = []
+    if want is None:
+        problems.append("no content checksum in its metadata (written by an older version): "
+                        "checked by its event ids only")
+    elif len(want) != max(1, pf.num_row_groups):
+        problems.append(f"{pf.num_row_groups} row groups, its metadata has digests for "
+                        f"{len(want)}")
+    groups = []
+    for i in range(pf.num_row_groups):
+        try:
+            g = pf.read_row_group(i)
+        except Exception as exc:
+            problems.append(f"row group {i}: damaged ({type(exc).__name__}: {exc})")
+            continue
+        if want is not None and i < len(want) and table_digest(
+                g.replace_schema_metadata(None)) != want[i]:
+            problems.append(f"row group {i}: content differs from what was written "
+                            "(its digest does not match)")
+        groups.append(g)
+    if len(groups) != pf.num_row_groups:
+        return None, meta, problems
+    table = (pa.concat_tables(groups) if groups
+             else pf.schema_arrow.empty_table())
+    return table, meta, problems
+
+
 def _check_file(table: object, meta: dict[bytes, bytes], event_type: str, symbol: str,
                 day: str) -> list[str]:
-    import pyarrow as pa
-
     assert isinstance(table, pa.Table)
     problems = []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -265,6 +266,58 @@ def test_verify_finds_each_kind_of_damage(tmp_path: Path) -> None:
                      "notes.txt: not a lake file name", "unreadable",
                      "rows of ['2025-11-14'] in the date=2025-11-13 folder"):
         assert expected in text, (expected, text)
+
+
+def test_verify_reports_an_edited_price_and_a_flipped_byte_with_file_and_row_group(
+        tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from connectors.lake_checksum import ROW_GROUP_ROWS
+    from connectors.lake_verify import verify
+
+    n = ROW_GROUP_ROWS + 1000  # two row groups
+    buf = LakeBuffer(tmp_path)
+    for s in range(1, n + 1):
+        buf.add("stock_trade", trade("SPY", s, T0 + s * 1000), RAW, 0, s // 100)
+    buf.add("stock_trade", trade("QQQ", 1, T0), RAW, 0, 1)
+    buf.flush_all()
+    assert all(not r.problems and not r.duplicates for r in verify(tmp_path))
+    [f] = partition_dir(tmp_path, "stock_trade", "SPY", DAY).glob("part-*")
+    assert pq.ParquetFile(f).num_row_groups == 2
+    original = f.read_bytes()
+
+    # 1. Every price of the second row group times 1000, ids and metadata kept, pages and
+    # their checksums rewritten consistently: only the content digest can see it.
+    t = pq.read_table(f)
+    px = t.column("price_e9")
+    edited = pc.if_else(pa.array(np.arange(t.num_rows) >= ROW_GROUP_ROWS),
+                        pc.multiply(px, 1000), px)
+    t2 = t.set_column(t.schema.get_field_index("price_e9"), t.schema.field("price_e9"),
+                      edited)
+    pq.write_table(t2, f, row_group_size=ROW_GROUP_ROWS, write_page_checksum=True)
+    assert pq.read_schema(f).metadata == t.schema.metadata
+    [spy] = [r for r in verify(tmp_path) if r.symbol == "SPY"]
+    assert spy.problems == [f"{f.name}: row group 1: content differs from what was written "
+                            "(its digest does not match)"], spy.problems
+
+    # 2. One byte flipped inside a data page: every reader that checks page checksums
+    # refuses it, and verify names the file and the row group.
+    f.write_bytes(original)
+    col = pq.ParquetFile(f).metadata.row_group(0).column(t.schema.get_field_index("size"))
+    start = col.dictionary_page_offset or col.data_page_offset
+    data = bytearray(original)
+    data[start + col.total_compressed_size - 1] ^= 0x40  # the chunk's last page's data
+    f.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="CRC"):
+        pq.read_table(f, page_checksum_verification=True)
+    [spy] = [r for r in verify(tmp_path) if r.symbol == "SPY"]
+    assert len(spy.problems) == 1 and spy.problems[0].startswith(
+        f"{f.name}: row group 0: damaged"), spy.problems
+
+    # 3. Restored, the lake verifies again; the other symbol's file was never touched.
+    f.write_bytes(original)
+    assert all(not r.problems and not r.duplicates for r in verify(tmp_path))
 
 
 def test_compact_merges_inside_a_bucket_keeps_rows_and_survives_a_cut_and_a_replay(
