@@ -283,8 +283,9 @@ class RawWriter:
             p.poll(0)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Report any overflow not yet reported, drain the queue and wait until the broker
-        acknowledged everything."""
+        """Report any overflow not yet reported, end the session cleanly (its
+        ``session_end`` record), drain the queue and wait until the broker acknowledged
+        everything."""
         if self._overflow is not None:
             start, end, n = self._overflow
             self._overflow = None
@@ -295,6 +296,10 @@ class RawWriter:
             self._q.put(_Pending(body, make_headers(self.source, end, self.session_id,
                                                     self.frame_seq, self.feed,
                                                     RecordKind.LOSS_WINDOW)))
+        self.frame_seq += 1
+        self._q.put(_Pending(b"", make_headers(self.source, time.time_ns(), self.session_id,
+                                               self.frame_seq, self.feed,
+                                               RecordKind.SESSION_END)))
         self._q.put(None)
         self._thread.join(timeout)
         deadline = time.monotonic() + timeout

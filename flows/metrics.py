@@ -29,6 +29,9 @@ EVENTS_OUT = Counter("tickflow_events_out_total", "Events published, by event ty
 DEAD_LETTERS = Counter("tickflow_dead_letters_total", "Dead letters, by reason", ["reason"])
 HEALTH = Counter("tickflow_health_transitions_total", "DataHealth transitions, by new state",
                  ["to_state"])
+HEALTH_RECORDS = Counter("tickflow_health_records_total",
+                         "DataHealth events that change no state (a gap recorded while "
+                         "degraded, a gap filled), by reason", ["reason"])
 DUPLICATES = Counter("tickflow_duplicates_total", "Exact duplicates dropped, by source",
                      ["source"])
 RAW_IN = Counter("tickflow_raw_records_total", "Raw records read, by topic", ["topic"])
@@ -149,7 +152,10 @@ def observe(events: list[tuple[str, Event]]) -> None:
         elif type_name == DEAD_LETTER.name:
             DEAD_LETTERS.labels(ev["reason_code"]).inc()
         elif type_name == DATA_HEALTH.name:
-            HEALTH.labels(ev["to_state"]).inc()
+            if ev["from_state"] != ev["to_state"]:  # records (a gap while degraded) apart
+                HEALTH.labels(ev["to_state"]).inc()
+            else:
+                HEALTH_RECORDS.labels(ev["reason_code"]).inc()
     for t, n in types.items():
         EVENTS_OUT.labels(t).inc(n)
     for t, lats in latencies.items():

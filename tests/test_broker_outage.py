@@ -31,6 +31,8 @@ def vendor_frames(conf: dict[str, str]) -> tuple[list[int], list[dict]]:
         h = dict(m.headers())
         if h["kind"] == b"loss_window":
             losses.append(json.loads(m.value()))
+        elif h["kind"] == b"session_end":
+            continue
         elif not m.value().startswith(b'[{"ev":"status"'):
             seqs.append(int(h["frame_seq"]))
     return seqs, losses

@@ -167,6 +167,7 @@ def test_metrics_endpoint_and_health_command(settings: Settings, monkeypatch) ->
     assert delta("tickflow_dead_letters_total", reason="UNDECODABLE") == 1
     assert delta("tickflow_duplicates_total", source="MASSIVE_WS") == 4
     assert delta("tickflow_health_transitions_total", to_state="GAP_DETECTED") == 2
+    assert delta("tickflow_health_records_total", reason="UNDECODABLE") == 2
     assert delta("tickflow_latency_seconds_count", type="stock_trade") == 36
     # Every event arrived 2 ms after its event time: inside le="0.002" (bounds inclusive).
     assert delta("tickflow_latency_seconds_bucket", le="0.002", type="stock_trade") == 36
@@ -178,4 +179,6 @@ def test_metrics_endpoint_and_health_command(settings: Settings, monkeypatch) ->
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "SPY" in res.stdout and "AAPL" in res.stdout and "GAP_DETECTED" in res.stdout
-    assert "last 2 transitions" in res.stdout
+    # Two gap transitions (the lost frame) and two gap records (the malformed frame, while
+    # both symbols were already GAP_DETECTED).
+    assert "last 4 health events" in res.stdout

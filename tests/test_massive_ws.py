@@ -39,7 +39,12 @@ def cfg(s: SimulatorServer, subs: list[str], **kw: object) -> WsConfig:
 
 
 def raw_records(settings: Settings) -> list:
-    return list(read_all(settings.kafka_config(), RAW_MASSIVE_STOCKS))
+    """The raw records of the session, its closing ``session_end`` record checked and left
+    out."""
+    recs = list(read_all(settings.kafka_config(), RAW_MASSIVE_STOCKS))
+    assert recs and dict(recs[-1].headers())["kind"] == b"session_end", "no clean close"
+    assert all(dict(m.headers())["kind"] != b"session_end" for m in recs[:-1])
+    return recs[:-1]
 
 
 def test_backoff_is_exponential_with_jitter_and_capped() -> None:
@@ -85,8 +90,8 @@ def test_disconnect_is_reported_as_a_loss_window_and_a_gap(settings: Settings) -
 def test_disconnect_storm_every_cut_is_a_loss_window_and_one_gap(settings: Settings) -> None:
     """The server cuts every connection after 12 frames, again and again: each cut is one
     loss window, nothing sent is missing, the frame sequence runs on across reconnects, and
-    DataHealth goes to GAP_DETECTED once per symbol (later windows are counted in the open
-    gaps, not new transitions) and is never corrupted by the churn."""
+    DataHealth goes to GAP_DETECTED once per symbol (later windows are records on
+    market.health, not transitions) and is never corrupted by the churn."""
     s = sim(disconnect_every=12)
     pause = threading.Timer(2.5, lambda: setattr(s, "paused", True))
     pause.start()
@@ -118,9 +123,12 @@ def test_disconnect_storm_every_cut_is_a_loss_window_and_one_gap(settings: Setti
     run_main(build_flow(settings, [RAW_MASSIVE_STOCKS], tail=False))
     health = [decode(BY_TOPIC[HEALTH], m.value()) for m in read_all(settings.kafka_config(),
                                                                     HEALTH)]
-    assert sorted((h["symbol"], h["to_state"], h["window_start_ns"], h["window_end_ns"])
-                  for h in health) == [(sym, "GAP_DETECTED", *windows[0])
-                                       for sym in ("AAPL", "SPY")]
+    # One transition per symbol; every further window is a record of its own (the symbol
+    # stays GAP_DETECTED), so backfill gaps sees each of them.
+    assert sorted((h["symbol"], h["from_state"], h["to_state"], h["window_start_ns"],
+                   h["window_end_ns"]) for h in health) == sorted(
+        (sym, "HEALTHY" if i == 0 else "GAP_DETECTED", "GAP_DETECTED", *w)
+        for sym in ("AAPL", "SPY") for i, w in enumerate(windows))
 
 
 def test_auth_failure_is_clear_retried_and_never_shows_the_key(
@@ -201,7 +209,7 @@ def test_every_frame_sent_is_written_or_reported_lost(settings: Settings, fault:
     lost_frames = sum(x["frames_lost"] for x in losses)
     assert s.frames_sent > 20
     assert s.frames_sent == len(data) + lost_frames
-    assert stats.dropped == 0 and stats.written == len(recs)
+    assert stats.dropped == 0 and stats.written == len(recs) + 1  # + its session_end
     if "disconnect_after_frames" in fault:
         assert [x["reason"] for x in losses] == ["disconnect"]
 

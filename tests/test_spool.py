@@ -57,7 +57,7 @@ def test_frames_offered_while_the_broker_is_down_all_arrive_in_order(tmp_path: P
         create_topics(conf, topic_specs(1, 1))
         w.close(timeout=60)
         values = [m.value() for m in read_all(conf, RAW_MASSIVE_STOCKS)]
-    assert values == [b'[{"n":%d}]' % i for i in range(n)]
+    assert values == [*(b'[{"n":%d}]' % i for i in range(n)), b""]  # + its session_end
     assert w.failed == 0 and w.spool is not None and len(w.spool) == 0
 
 
@@ -84,8 +84,11 @@ def test_what_a_full_spool_cannot_keep_is_reported_as_a_loss_window(tmp_path: Pa
     losses = [json.loads(m.value()) for m, k in zip(recs, kinds, strict=True)
               if k == b"loss_window"]
     vendor = sum(1 for k in kinds if k == b"vendor")
+    ends = sum(1 for k in kinds if k == b"session_end")
     assert sum(x["frames_lost"] for x in losses) == w.spool_dropped
-    assert vendor + w.spool_dropped == n + 1  # every frame: delivered or reported lost
+    # Every frame (and the session's end: lost, the flow reads a killed session, which
+    # holds here) delivered or reported lost.
+    assert vendor + ends + w.spool_dropped == n + 2
     assert all(x["reason"] == "spool full" for x in losses)
 
 
@@ -107,7 +110,7 @@ def test_oversized_frame_is_reported_lost_and_blocks_nothing(tmp_path: Path) -> 
         assert w.oversized == 1 and w.failed == 0
         recs = list(read_all(conf, RAW_MASSIVE_STOCKS))
         kinds = [dict(m.headers())["kind"] for m in recs]
-        assert kinds == [b"vendor", b"loss_window", b"vendor"]
+        assert kinds == [b"vendor", b"loss_window", b"vendor", b"session_end"]
         loss = json.loads(recs[1].value())
         assert loss["symbols"] == ["SPY"] and "exceeds the raw topic's limit" in loss["reason"]
         assert [m.value() for m in recs if dict(m.headers())["kind"] == b"vendor"] == [

@@ -162,8 +162,22 @@ def connect_massive_ws(
                    api_key=s.massive_api_key.get_secret_value(), secure=s.massive_ws_secure,
                    spool_path=s.state_dir / "spool" / f"massive-{market}.spool")
     _serve_status()
-    stats = asyncio.run(run_ws(cfg, s.kafka_config(), seconds))
+    _stop_cleanly_on_sigterm()
+    try:
+        stats = asyncio.run(run_ws(cfg, s.kafka_config(), seconds))
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the session closed cleanly meanwhile
+        console.print("stopped")
+        return
     console.print(f"frames {stats.frames}, written {stats.written}, dropped {stats.dropped}")
+
+
+def _stop_cleanly_on_sigterm() -> None:
+    """SIGTERM (docker stop, a Kubernetes rollout) stops a connector like Ctrl-C: it writes
+    what it holds and ends its session with a ``session_end`` record. Only a kill it cannot
+    catch leaves the session open, and the flow reports that as a loss window."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def _serve_status() -> None:
@@ -208,6 +222,7 @@ def connect_massive_live(
     opt = WsConfig(s.massive_ws_host, "options", [], api_key=key, secure=s.massive_ws_secure,
                    spool_path=spool / "massive-options.spool")
     _serve_status()
+    _stop_cleanly_on_sigterm()
     st, ot = asyncio.run(run_live(stk, opt, manager, s.kafka_config(), seconds))
     console.print(f"stocks: {st.frames} frames, options: {ot.frames} frames, "
                   f"{len(manager.current)} option channels at the end")
@@ -474,10 +489,11 @@ def health(
         help="Ask running dataflow processes instead of market.health: their status URL "
              "(http://host:TICKFLOW_METRICS_PORT), repeatable, one per process")] = None,
 ) -> None:
-    """Per-symbol DataHealth now, and the most recent transitions (from market.health).
+    """Per-symbol DataHealth now, its open gaps, and the most recent health events (from
+    market.health: transitions, and gaps recorded or filled while a symbol was degraded).
 
-    market.health has a record per transition, so its counts are as of each symbol's last
-    transition; --live reads the running flow's state with up-to-date counts.
+    Counts are as of each symbol's last health event; --live reads the running flow's
+    state with up-to-date counts.
     """
     import datetime as dt
 
@@ -495,26 +511,33 @@ def health(
               for m in read_all(get_settings().kafka_config(), HEALTH)]
     events = [e for e in events if not wanted or e["symbol"] in wanted]
     events.sort(key=lambda e: (e["ts_event_ns"], e["event_id"]))
+    from tickflow.health import open_gap_windows
+
     latest: dict[str, dict[str, Any]] = {}
+    since: dict[str, int] = {}
     for e in events:
         latest[e["symbol"]] = e
+        if e["from_state"] != e["to_state"] or e["symbol"] not in since:
+            since[e["symbol"]] = e["ts_event_ns"]  # the state's start, records aside
+    open_by_symbol = open_gap_windows(events)
 
     def when(ns: int) -> str:
         return dt.datetime.fromtimestamp(ns / 1e9, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
     colors = {"HEALTHY": "green", "GAP_DETECTED": "yellow", "CORRUPTED": "red",
               "RECOVERING": "cyan"}
-    t = Table("symbol", "state", "since (event time, UTC)", "reason", "gaps", "corrupt",
-              "duplicates", "out of order", title="DataHealth")
+    t = Table("symbol", "state", "since (event time, UTC)", "last reason", "open gaps",
+              "gaps", "corrupt", "duplicates", "out of order", title="DataHealth")
     for sym, e in sorted(latest.items()):
         st = e["to_state"]
-        t.add_row(sym, f"[{colors.get(st, 'white')}]{st}[/]", when(e["ts_event_ns"]),
-                  e["reason_code"], str(e["gaps_total"]), str(e["corrupt_total"]),
+        t.add_row(sym, f"[{colors.get(st, 'white')}]{st}[/]", when(since[sym]),
+                  e["reason_code"], str(len(open_by_symbol.get(sym, []))),
+                  str(e["gaps_total"]), str(e["corrupt_total"]),
                   str(e["duplicates_total"]), str(e.get("out_of_order_total", 0)))
     console.print(t if latest else "no DataHealth transitions yet: every symbol is HEALTHY")
     if events:
         r = Table("event time (UTC)", "symbol", "from", "to", "reason",
-                  title=f"last {min(recent, len(events))} transitions")
+                  title=f"last {min(recent, len(events))} health events")
         for e in events[-recent:]:
             r.add_row(when(e["ts_event_ns"]), e["symbol"], e["from_state"], e["to_state"],
                       e["reason"][:60])

@@ -6,6 +6,10 @@ partition and turns such a feed-level loss into a loss window for each of them, 
 DataHealth moves to GAP_DETECTED at once (window = receipt time of the last good frame ..
 receipt time of the next one). The symbol memory is bounded by receipt time.
 
+A live feed's connector session that ends without its ``session_end`` record (killed, not
+stopped) is noticed when the feed's next session starts: a loss window from the old
+session's last frame to the new one's first, for every symbol seen on the partition.
+
 It also remembers the expiry of the option contracts on its partition: once receipt time
 is ``expired_state_days`` past a contract's expiry, the record being processed names it in
 ``Normalized.expired`` and the keyed step drops the contract's state. A 0DTE chain adds
@@ -18,7 +22,7 @@ from __future__ import annotations
 from tickflow.latency import DEFAULT_THRESHOLD_NS, ClockMonitor
 from tickflow.normalize import SOURCE_SYMBOL, normalize_record
 from tickflow.normalize.base import CORRUPT_CHUNK, SCHEMA, UNDECODABLE, Loss, Normalized
-from tickflow.raw import H_DBN, RawRecord, RawSource
+from tickflow.raw import H_DBN, RawRecord, RawSource, RecordKind
 from tickflow.symbols import BadTicker, parse_option_ticker
 
 # Live feeds whose receipt times are real receipt times (a backfill's are hours late).
@@ -36,14 +40,16 @@ class FeedState:
     """Frame continuity per connector session and the symbols seen, for one raw partition."""
 
     __slots__ = ("clocks", "contracts", "drift_threshold_ns", "expired_state_days", "expiries",
-                 "frame_gaps", "last_prune_ns", "next_drop_day", "sessions", "symbol_ttl_ns",
-                 "symbols", "undecodable")
+                 "feeds", "frame_gaps", "last_prune_ns", "next_drop_day", "sessions",
+                 "symbol_ttl_ns", "symbols", "undecodable")
 
     def __init__(self, symbol_ttl_ns: int = DEFAULT_SYMBOL_TTL_NS,
                  drift_threshold_ns: int = DEFAULT_THRESHOLD_NS,
                  expired_state_days: int = DEFAULT_EXPIRED_STATE_DAYS) -> None:
         # session id -> (last frame_seq, its received_ns); insertion order = recency
         self.sessions: dict[str, tuple[int, int]] = {}
+        # live feed (source:feed) -> (its current session, last receipt ns, ended cleanly)
+        self.feeds: dict[str, tuple[str, int, bool]] = {}
         # symbol -> last received_ns
         self.symbols: dict[str, int] = {}
         self.symbol_ttl_ns = symbol_ttl_ns
@@ -158,10 +164,24 @@ class FeedState:
                        f"{mon.baseline / 1e6:.1f} ms (threshold {mon.threshold_ns / 1e6:.0f} ms)"),
         })
 
+    def _track_session(self, rec: RawRecord, norm: Normalized, recv: int) -> None:
+        """A live feed's next session after one that never closed: a loss window."""
+        key = f"{rec.source}:{rec.feed}"
+        cur = self.feeds.get(key)
+        if (cur is not None and cur[0] != rec.session_id and not cur[2]
+                and rec.session_id not in self.sessions):
+            self._feed_loss(norm, cur[1], recv, "SESSION_LOST",
+                            f"session {cur[0]} of feed {rec.feed!r} ended without a clean "
+                            f"close; the next one starts at {rec.coordinates}")
+        if cur is None or cur[0] == rec.session_id or rec.session_id not in self.sessions:
+            self.feeds[key] = (rec.session_id, recv, rec.kind == RecordKind.SESSION_END.value)
+
     def _track_frame(self, rec: RawRecord, norm: Normalized, recv: int) -> int | None:
         """Update the session's frame_seq; returns the previous frame's receipt time."""
         if not rec.session_id or rec.frame_seq is None:
             return None
+        if rec.source == RawSource.MASSIVE_WS.value:
+            self._track_session(rec, norm, recv)
         prev = self.sessions.pop(rec.session_id, None)
         if prev is None:
             self.sessions[rec.session_id] = (rec.frame_seq, recv)

@@ -28,6 +28,11 @@ class RecordKind(StrEnum):
 
     VENDOR = "vendor"
     LOSS_WINDOW = "loss_window"
+    # The last record of a connector session that closed cleanly (empty body). A live
+    # feed's session that ends without one (the process was killed) lost what it had
+    # received but not written and what the vendor sent until the next session: the flow
+    # reports that as a loss window (tickflow.feed).
+    SESSION_END = "session_end"
 
 
 # Header names (ASCII values: human-readable in any Kafka tool).

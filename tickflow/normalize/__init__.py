@@ -52,6 +52,8 @@ def normalize_record(rec: RawRecord) -> Normalized:
         except msgspec.DecodeError as exc:
             return Normalized(rejects=[Reject(SCHEMA, f"bad loss_window record: {exc}")])
         return Normalized(losses=[Loss(s, lw.start_ns, lw.end_ns, lw.reason) for s in lw.symbols])
+    if rec.kind == RecordKind.SESSION_END.value:
+        return Normalized()  # continuity bookkeeping only (tickflow.feed)
     if rec.kind != RecordKind.VENDOR.value:
         return Normalized(rejects=[Reject(SCHEMA, f"unknown raw record kind {rec.kind!r}")])
     meta_raw = rec.header(H_DBN)

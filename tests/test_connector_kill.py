@@ -1,0 +1,105 @@
+"""A live connector killed (kill -9) and started again: what it had received but not written
+and what the vendor sent while nothing listened are lost, and the flow says so: a loss
+window on market.health for every symbol of the feed, from the dead session's last frame to
+the next session's first, which `tickflow backfill gaps` closes. A clean stop (SIGTERM, as
+docker and Kubernetes stop a container) and a restart open none."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from connectors.massive_rest import open_gaps
+from infra.procs import free_port
+from infra.simulator import SimulatorConfig, SimulatorServer
+from infra.topics import HEALTH, RAW_MASSIVE_STOCKS
+from schemas.model import BY_TOPIC
+from schemas.serde import decode
+from tickflow.settings import Settings
+from tickflow.topicstats import read_all
+
+KEY = "kill-test-key"
+
+
+def raw_sessions(settings: Settings) -> list[tuple[str, int, bytes]]:
+    """(session id, received_ns, kind) of each raw record, in log order (one partition)."""
+    out = []
+    for m in read_all(settings.kafka_config(), RAW_MASSIVE_STOCKS):
+        h = dict(m.headers() or [])
+        out.append((h["session_id"].decode(), int(h["received_ns"]), h["kind"]))
+    return out
+
+
+def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
+        settings: Settings, tmp_path: Path) -> None:
+    sim = SimulatorServer(SimulatorConfig(port=free_port(), rate=1000, api_keys=(KEY,))
+                          ).run_in_thread()
+    env = {k: v for k, v in os.environ.items() if k != "TICKFLOW_RAW_TOPICS"}
+    env.update({"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+                "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+                "TICKFLOW_LAKE_ROOT": str(settings.lake_root),
+                "TICKFLOW_STATE_DIR": str(settings.state_dir),
+                "MASSIVE_WS_HOST": f"127.0.0.1:{sim.port}", "MASSIVE_WS_SECURE": "false",
+                "MASSIVE_REST_URL": f"http://127.0.0.1:{sim.port}", "MASSIVE_API_KEY": KEY})
+    connect = [sys.executable, "-m", "tickflow.cli", "connect", "massive-ws", "--market",
+               "stocks", "--subscribe", "Q.SPY,T.SPY,Q.QQQ,T.QQQ"]
+    flow = [sys.executable, "-m", "tickflow.cli", "flow", "run", "--bounded",
+            "--recovery-dir", str(tmp_path / "recovery"), "--snapshot-secs", "1"]
+    log = (tmp_path / "connect.log").open("w")
+
+    def run_until(n_frames: int, stop: signal.Signals) -> None:
+        before = sim.frames_sent
+        p = subprocess.Popen(connect, env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while sim.frames_sent < before + n_frames:  # it is streaming
+            assert p.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        p.send_signal(stop)
+        assert p.wait(timeout=60) == (-signal.SIGKILL if stop == signal.SIGKILL else 0)
+
+    try:
+        run_until(30, signal.SIGKILL)  # killed: its session never ends
+        time.sleep(2.0)  # nothing listens; the market goes on
+        run_until(30, signal.SIGTERM)  # stopped cleanly
+        time.sleep(1.0)
+        run_until(30, signal.SIGTERM)  # and started again: no loss
+        sessions = raw_sessions(settings)
+        order = list(dict.fromkeys(s for s, _, _ in sessions))
+        assert len(order) == 3
+        ends = {s for s, _, k in sessions if k == b"session_end"}
+        assert ends == set(order[1:])  # the killed one has none; the stopped ones do
+        killed_last = max(r for s, r, _ in sessions if s == order[0])
+        second_first = min(r for s, r, _ in sessions if s == order[1])
+
+        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        health = [decode(BY_TOPIC[HEALTH], m.value())
+                  for m in read_all(settings.kafka_config(), HEALTH)]
+        # One loss window per symbol of the feed, exactly the dead time; none for the clean
+        # stop and restart.
+        assert sorted((h["symbol"], h["to_state"], h["reason_code"], h["window_start_ns"],
+                       h["window_end_ns"]) for h in health) == [
+            (sym, "GAP_DETECTED", "SESSION_LOST", killed_last, second_first)
+            for sym in ("QQQ", "SPY")]
+        assert second_first - killed_last > 2_000_000_000
+        assert open_gaps(settings.kafka_config()) == {
+            "QQQ": [(killed_last, second_first)], "SPY": [(killed_last, second_first)]}
+
+        bf = subprocess.run([sys.executable, "-m", "tickflow.cli", "backfill", "gaps"],
+                            env=env, capture_output=True, text=True, timeout=300)
+        assert bf.returncode == 0, bf.stderr[-3000:]
+        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        sim.stop_thread()
+        log.close()
+    assert open_gaps(settings.kafka_config()) == {}
+    health = [decode(BY_TOPIC[HEALTH], m.value())
+              for m in read_all(settings.kafka_config(), HEALTH)]
+    assert sorted((h["symbol"], h["to_state"], h["reason_code"]) for h in health
+                  if h["reason_code"] == "BACKFILLED") == [
+        ("QQQ", "HEALTHY", "BACKFILLED"), ("SPY", "HEALTHY", "BACKFILLED")]
