@@ -51,7 +51,7 @@ def test_rest_quote_page_golden() -> None:
     assert out.rejects == []
     (_, t, ev, key), (_, _, one_sided, _) = out.events
     assert t == "stock_quote" and key == 100
-    assert ev == {"event_id": "SPY|1763000000123000000|100", "symbol": "SPY",
+    assert ev == {"event_id": "SPY|Q|2025-11-12|100", "symbol": "SPY",
                   "ts_event_ns": 1763000000123000000, "ts_recv_ns": 1763000001000000000,
                   "latency_ns": 877000000, "source": "MASSIVE_REST", "sequence": 100,
                   "bid_px_e9": 676_250_000_000, "bid_size": 300, "bid_exchange": 4,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -30,14 +31,14 @@ def test_stock_quote_and_trade_golden() -> None:
     assert out.rejects == []
     assert out.events == [
         ("SPY", "stock_quote", {
-            "event_id": "SPY|1763000000123000000|100", "symbol": "SPY",
+            "event_id": "SPY|Q|2025-11-12|100", "symbol": "SPY",
             "ts_event_ns": 1763000000123000000, "ts_recv_ns": RECV, "latency_ns": 7_000_000,
             "source": "MASSIVE_WS", "sequence": 100,
             "bid_px_e9": 676_250_000_000, "bid_size": 300, "bid_exchange": 4,
             "ask_px_e9": 676_270_000_000, "ask_size": 500, "ask_exchange": 7,
             "conditions": [1], "indicators": [604], "tape": 2, "spread_state": "NORMAL"}, 100),
         ("SPY", "stock_trade", {
-            "event_id": "SPY|1763000000124000000|101", "symbol": "SPY",
+            "event_id": "SPY|T|2025-11-12|101", "symbol": "SPY",
             "ts_event_ns": 1763000000124000000, "ts_recv_ns": RECV, "latency_ns": 6_000_000,
             "source": "MASSIVE_WS", "sequence": 101, "price_e9": 676_260_000_000, "size": 100,
             "exchange": 4, "trade_id": "52983525029461", "conditions": [12, 37], "tape": 2,
@@ -176,3 +177,28 @@ def test_prices_are_exact(units: int, decimals: int) -> None:
     if price >= 1_000_000:
         return
     assert px_e9(float(str(price))) == int(price * 1_000_000_000)
+
+
+def test_the_same_event_has_one_id_on_the_websocket_and_in_rest() -> None:
+    """Identity by (symbol, kind, trading date, sequence): the WebSocket's millisecond ``t``
+    and REST's nanosecond ``sip_timestamp`` of one trade give the same event_id."""
+    from tickflow.normalize.massive_rest import RestProvenance, normalize_rest_page
+
+    sip_ns = 1_763_049_600_123_456_789  # 2025-11-13 16:00:00.123456789 UTC
+    ws = normalize_ws_frame(
+        b'[{"ev":"T","sym":"SPY","x":4,"i":"7","z":2,"p":676.26,"s":100,"c":[12],'
+        b'"t":%d,"q":9001}]' % (sip_ns // 1_000_000), sip_ns + 10**7, "MASSIVE_WS",
+        options=False)
+    page = json.dumps({"results": [{"price": 676.26, "size": 100, "exchange": 4, "id": "7",
+                                    "conditions": [12], "sip_timestamp": sip_ns,
+                                    "sequence_number": 9001, "tape": 2}]}).encode()
+    rest = normalize_rest_page(page, RestProvenance("massive", "trades", "SPY", {}, 1, True),
+                               sip_ns + 3600 * 10**9, "MASSIVE_REST")
+    [(_, _, w, _)] = ws.events
+    [(_, _, r, _)] = rest.events
+    assert w["ts_event_ns"] != r["ts_event_ns"]  # the precisions differ...
+    assert w["event_id"] == r["event_id"] == "SPY|T|2025-11-13|9001"  # ...the identity not
+    # New York's date, also in the evening session after UTC midnight (20:30 ET).
+    from tickflow.identity import massive_event_id
+
+    assert massive_event_id("SPY", "T", 1_763_083_800 * 10**9, 1) == "SPY|T|2025-11-13|1"

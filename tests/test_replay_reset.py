@@ -22,6 +22,7 @@ from flows.runner import flow_argv
 from infra.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from tickflow.identity import massive_event_id
 from tickflow.raw import RawSource, make_headers
 from tickflow.settings import Settings
 from tickflow.topicstats import read_all
@@ -103,7 +104,8 @@ def test_reset_to_datetime_replays_exactly_from_there(settings: Settings, tmp_pa
         if off >= 250:
             for ev in json.loads(m.value()):
                 if ev["ev"] == "Q":
-                    want_ids.add(f"{ev['sym']}|{ev['t'] * 1_000_000}|{ev['q']}")
+                    want_ids.add(massive_event_id(ev["sym"], "Q", ev["t"] * 1_000_000,
+                                                  ev["q"]))
     got_ids = {decode(BY_TOPIC[STOCK_QUOTES], v)["event_id"] for v in again.elements()}
     assert got_ids == want_ids and sum(again.values()) == len(want_ids)
     assert lake_rows(settings.lake_root) == lake_before

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from schemas.model import OPTION_QUOTE, OPTION_TRADE, STOCK_QUOTE, STOCK_TRADE, Event
+from tickflow.identity import QUOTE, TRADE, massive_event_id
 from tickflow.normalize.base import (
     BAD_TICKER,
     BAD_VALUE,
@@ -139,10 +140,10 @@ def quote_sides(bid: float, bid_size: float, ask: float, ask_size: float
     return bid_px, bid_sz, ask_px, ask_sz
 
 
-def _envelope(sym: str, t_ms: int, seq: int, recv_ns: int, source: str) -> Event:
+def _envelope(sym: str, kind: str, t_ms: int, seq: int, recv_ns: int, source: str) -> Event:
     ts = t_ms * NS_PER_MS
     return {
-        "event_id": f"{sym}|{ts}|{seq}",
+        "event_id": massive_event_id(sym, kind, ts, seq),
         "symbol": sym,
         "ts_event_ns": ts,
         "ts_recv_ns": recv_ns,
@@ -157,7 +158,7 @@ def _sides(m: _StockQuote | _OptionQuote) -> tuple[int | None, int, int | None, 
 
 
 def _stock_quote(m: _StockQuote, recv_ns: int, source: str) -> Event:
-    ev = _envelope(m.sym, m.t, m.q, recv_ns, source)
+    ev = _envelope(m.sym, QUOTE, m.t, m.q, recv_ns, source)
     bid, bid_sz, ask, ask_sz = _sides(m)
     if ev["ts_event_ns"] < ROUND_LOT_CUTOFF_NS:
         bid_sz *= ROUND_LOT
@@ -185,7 +186,7 @@ def trade_price(price: float, size: float) -> int:
 
 
 def _stock_trade(m: _StockTrade, recv_ns: int, source: str) -> Event:
-    ev = _envelope(m.sym, m.t, m.q, recv_ns, source)
+    ev = _envelope(m.sym, TRADE, m.t, m.q, recv_ns, source)
     ev["price_e9"] = trade_price(m.p, m.s)
     ev["size"] = m.s
     ev["exchange"] = m.x
@@ -207,7 +208,7 @@ def _option_fields(ev: Event, sym: str) -> None:
 
 
 def _option_quote(m: _OptionQuote, recv_ns: int, source: str) -> Event:
-    ev = _envelope(m.sym, m.t, m.q, recv_ns, source)
+    ev = _envelope(m.sym, QUOTE, m.t, m.q, recv_ns, source)
     _option_fields(ev, m.sym)
     bid, bid_sz, ask, ask_sz = _sides(m)
     ev["bid_px_e9"] = bid
@@ -221,7 +222,7 @@ def _option_quote(m: _OptionQuote, recv_ns: int, source: str) -> Event:
 
 
 def _option_trade(m: _OptionTrade, recv_ns: int, source: str) -> Event:
-    ev = _envelope(m.sym, m.t, m.q, recv_ns, source)
+    ev = _envelope(m.sym, TRADE, m.t, m.q, recv_ns, source)
     _option_fields(ev, m.sym)
     ev["price_e9"] = trade_price(m.p, m.s)
     ev["size"] = m.s

@@ -12,6 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.model import OPTION_QUOTE, OPTION_TRADE, STOCK_QUOTE, STOCK_TRADE, Event
+from tickflow.identity import QUOTE, TRADE, massive_event_id
 from tickflow.normalize.base import (
     BAD_TICKER,
     BAD_VALUE,
@@ -88,8 +89,8 @@ _QUOTES = msgspec.json.Decoder(_QuotePage)
 _TRADES = msgspec.json.Decoder(_TradePage)
 
 
-def _base(sym: str, ts: int, seq: int, recv: int, source: str) -> Event:
-    return {"event_id": f"{sym}|{ts}|{seq}", "symbol": sym, "ts_event_ns": ts,
+def _base(sym: str, kind: str, ts: int, seq: int, recv: int, source: str) -> Event:
+    return {"event_id": massive_event_id(sym, kind, ts, seq), "symbol": sym, "ts_event_ns": ts,
             "ts_recv_ns": recv, "latency_ns": recv - ts, "source": source, "sequence": seq}
 
 
@@ -115,8 +116,9 @@ def normalize_rest_page(value: bytes, prov: RestProvenance, recv: int, source: s
     except msgspec.DecodeError as exc:
         out.rejects.append(Reject(UNDECODABLE, f"REST page is not valid JSON: {exc}", sym))
         return out
+    kind = QUOTE if prov.endpoint == "quotes" else TRADE
     for idx, r in enumerate(results):
-        ev = _base(sym, r.sip_timestamp, r.sequence_number, recv, source)
+        ev = _base(sym, kind, r.sip_timestamp, r.sequence_number, recv, source)
         if contract is not None:
             ev.update(underlying=contract.underlying, expiry=contract.expiry,
                       right=contract.right, strike_e9=contract.strike_e9)
