@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
-from tickflow.dedup import SequenceWindow
+from tickflow.dedup import CONFLICT, DUPLICATE, NEW, OLDER, SequenceWindow
 from tickflow.health import ALLOWED, Health, HealthTracker, open_gap_windows
 from tickflow.normalize.base import Fill, Loss, Reject
 from tickflow.state import SymbolBatch, SymbolState
@@ -26,10 +27,10 @@ def batch(*events: tuple[str, dict, int], **kw: object) -> SymbolBatch:
 
 def test_window_drops_exact_duplicates_and_keeps_out_of_order_events() -> None:
     w = SequenceWindow(window_ns=10 * S)
-    assert [w.seen(s, s * S // 10) for s in (1, 5, 9)] == [False, False, False]
-    assert w.seen(5, S // 2) is True          # duplicate
-    assert w.seen(7, 7 * S // 10) is False    # late but new: kept
-    assert w.seen(7, 7 * S // 10) is True
+    assert [w.seen(s, s * S // 10) for s in (1, 5, 9)] == [NEW, NEW, NEW]
+    assert w.seen(5, S // 2) == DUPLICATE          # duplicate
+    assert w.seen(7, 7 * S // 10) == NEW    # late but new: kept
+    assert w.seen(7, 7 * S // 10) == DUPLICATE
 
 
 def test_window_state_is_bounded_by_event_time() -> None:
@@ -66,7 +67,7 @@ def test_window_cap_bounds_bursts_and_prunes_in_chunks(monkeypatch: pytest.Monke
     # Each prune removes an eighth of the cap, not one entry: deleting from the head of
     # the arrays moves all the rest, and doing that per event made a hot symbol O(cap).
     assert prunes <= 20_000 // 100
-    assert w.seen(19_999, 0) is True and w.seen(20_000 - len(w), 0) is True
+    assert w.seen(19_999, 0) == DUPLICATE and w.seen(20_000 - len(w), 0) == DUPLICATE
 
 
 def test_state_counts_duplicates_per_source() -> None:
@@ -196,3 +197,65 @@ def test_crossed_beyond_tolerance_is_corruption_but_a_small_cross_is_only_flagge
     assert [t for t, _ in out] == ["stock_quote"]
     out = st.process(batch(q(2, 103_000_000_000, 100_000_000_000)))  # 3 %: impossible
     assert [e["reason_code"] for t, e in out if t == "data_health"] == ["CROSSED_MARKET"]
+
+
+def trade_ev(seq: int, ts: int, price: int, source: str = "MASSIVE_WS") -> tuple[str, dict, int]:
+    return ("stock_trade", {"event_id": f"SPY|T|d|{seq}", "symbol": "SPY", "sequence": seq,
+                            "ts_event_ns": ts, "ts_recv_ns": ts, "latency_ns": 0,
+                            "source": source, "price_e9": price, "size": 100, "exchange": 4,
+                            "trade_id": str(seq)}, seq)
+
+
+def test_same_identity_other_payload_is_a_conflict_never_a_silent_drop() -> None:
+    st = SymbolState("SPY")
+    st.process(batch(trade_ev(1, S, 100), trade_ev(2, 2 * S, 101),
+                     *(trade_ev(s, s * S, 100) for s in range(3, 21))))
+    # Twice on one feed: the exact repeat is dropped, the changed price is surfaced.
+    out = st.process(batch(trade_ev(2, 2 * S, 101), trade_ev(1, S, 999)))
+    assert [t for t, _ in out] == ["dead_letter"]
+    [(_, dl)] = out
+    assert dl["reason_code"] == "CONFLICT" and "SPY|T|d|1" in dl["reason"]
+    assert json.loads(dl["raw_value"])["event"]["price_e9"] == 999
+    assert st.health.duplicates_total == 1 and st.health.conflicts_total == 1
+    # The same on WebSocket then REST, hours later (outside the recent window).
+    late = SymbolBatch("SPY", "MASSIVE_REST", 0, events=[
+        trade_ev(1, S, 999, "MASSIVE_REST"), trade_ev(2, 2 * S, 101, "MASSIVE_REST"),
+        trade_ev(12, 12 * S, 555, "MASSIVE_REST")])
+    st.process(batch(trade_ev(3, 3 * 3600 * S, 102)))  # the live feed moved on
+    out = st.process(late)
+    assert [e["reason_code"] for t, e in out if t == "dead_letter"] == ["CONFLICT"]
+    assert st.health.conflicts_total == 2 and st.health.duplicates_total == 3
+    # seq 12 lies deep inside what the live feed published (no loss near it): dropped by
+    # identity, its payload no longer known, and counted as such.
+    assert st.unverified_duplicates == 1
+
+
+def test_a_backfill_between_spans_merges_them_and_forgets_its_events() -> None:
+    st = SymbolState("SPY")
+    st.process(batch(*(trade_ev(s, s * S, 100) for s in range(1, 11))))
+    st.process(batch(losses=[Loss("SPY", 10 * S, 20 * S, "disconnect")]))
+    st.process(batch(*(trade_ev(s, s * S, 100) for s in range(21, 31))))
+    [spans] = st.spans.values()
+    assert [(s.lo, s.hi) for s in spans.spans] == [(1, 10), (21, 30)]
+    rest = SymbolBatch("SPY", "MASSIVE_REST", 0, events=[
+        trade_ev(s, s * S, 100, "MASSIVE_REST") for s in range(8, 24)],
+        fills=[Fill("SPY", 8 * S, 23 * S, "trades")])
+    out = st.process(rest)
+    published = [e["sequence"] for t, e in out if t == "stock_trade"]
+    assert published == list(range(11, 21))  # the lost ones, nothing of the edges
+    assert [(s.lo, s.hi) for s in spans.spans] == [(1, 30)] and not len(spans.extra_seqs)
+    # The same backfill again, much later: nothing twice.
+    st.process(batch(trade_ev(40, 4 * 3600 * S, 100)))
+    again = st.process(SymbolBatch("SPY", "MASSIVE_REST", 0, events=[
+        trade_ev(s, s * S, 100, "MASSIVE_REST") for s in range(8, 24)]))
+    assert not [e for t, e in again if t == "stock_trade"]
+    assert st.health.conflicts_total == 0
+
+
+def test_a_new_trading_day_does_not_meet_yesterdays_sequences() -> None:
+    w = SequenceWindow(window_ns=10 * S)
+    assert w.seen(5, S, 1) == NEW
+    assert w.seen(5, 20 * 3600 * S, 2) == NEW  # hours later, sequences restarted
+    assert w.seen(5, 20 * 3600 * S, 2) == DUPLICATE
+    assert w.seen(5, 20 * 3600 * S, 3) == CONFLICT
+    assert w.seen(4, 19 * 3600 * S, 3) == OLDER

@@ -52,6 +52,7 @@ class HealthTracker:
     """DataHealth of one symbol, with running counts and the open gap windows."""
 
     __slots__ = (
+        "conflicts_total",
         "corrupt_total",
         "duplicates_total",
         "events_total",
@@ -74,6 +75,7 @@ class HealthTracker:
         self.gaps_total = 0
         self.corrupt_total = 0
         self.out_of_order_total = 0
+        self.conflicts_total = 0
         self.since_corrupt = 0
         self.transitions = 0
         # Open gap windows (start_ns, end_ns) -> the backfilled kinds (quotes, trades, ...)
@@ -117,7 +119,14 @@ class HealthTracker:
             "gaps_total": self.gaps_total,
             "corrupt_total": self.corrupt_total,
             "out_of_order_total": self.out_of_order_total,
+            "conflicts_total": self.conflicts_total,
         }
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        # A recovery snapshot from before a counter existed: that counter starts at 0.
+        self.conflicts_total = 0
+        for k, v in state[1].items():
+            setattr(self, k, v)
 
     def snapshot(self) -> dict[str, object]:
         """Current state, counts and open gap windows: what ``health(symbol)`` answers."""
@@ -129,6 +138,7 @@ class HealthTracker:
             "gaps_total": self.gaps_total,
             "corrupt_total": self.corrupt_total,
             "out_of_order_total": self.out_of_order_total,
+            "conflicts_total": self.conflicts_total,
             "transitions": self.transitions,
             # list() copies in one step: the status server reads this from another thread.
             "open_gaps": [[g0, g1] for g0, g1 in sorted(list(self.gaps))],

@@ -7,11 +7,25 @@ single events, keeps the engine's per-item overhead off the hot path.
 
 from __future__ import annotations
 
+import json
+from array import array
 from dataclasses import dataclass, field
 
-from schemas.model import DATA_HEALTH, OPTION_QUOTE, OPTION_TRADE, Event
-from tickflow.dedup import DEFAULT_WINDOW_NS, SequenceWindow
+from schemas.model import DATA_HEALTH, DEAD_LETTER, OPTION_QUOTE, OPTION_TRADE, Event
+from tickflow.dedup import (
+    CONFLICT,
+    DEFAULT_WINDOW_NS,
+    DUPLICATE,
+    EDGE_NS,
+    NEW,
+    NS_PER_MS,
+    OLDER,
+    PublishedSpans,
+    SequenceWindow,
+    fingerprint,
+)
 from tickflow.health import HealthTracker
+from tickflow.identity import trading_date
 from tickflow.normalize.base import (
     BAD_VALUE,
     CORRUPT_CHUNK,
@@ -36,6 +50,30 @@ DEFAULT_TIME_TOLERANCE_NS = 5 * 1_000_000_000
 # the event; crossed by more than this fraction of the ask, it is impossible data.
 CROSSED_TOLERANCE = 0.01
 _OPTION_QUOTE, _OPTION_TRADE, _DATA_HEALTH = OPTION_QUOTE.name, OPTION_TRADE.name, DATA_HEALTH.name
+
+# What an exact duplicate must repeat besides its identity: the fields every source of the
+# event carries alike (the event time enters at millisecond precision, the WebSocket's).
+PAYLOAD_FIELDS: dict[str, tuple[str, ...]] = {
+    "stock_quote": ("bid_px_e9", "bid_size", "bid_exchange", "ask_px_e9", "ask_size",
+                    "ask_exchange"),
+    "option_quote": ("bid_px_e9", "bid_size", "bid_exchange", "ask_px_e9", "ask_size",
+                     "ask_exchange"),
+    "stock_trade": ("price_e9", "size", "exchange", "trade_id"),
+    "option_trade": ("price_e9", "size", "exchange"),
+    "futures_trade": ("price_e9", "size", "aggressor", "flags", "instrument_id"),
+    "mbp10": ("price_e9", "size", "action", "side", "depth", "flags", "instrument_id"),
+}
+# Backfill kinds and the event types whose published spans a complete backfill extends.
+FILL_TYPES = {"quotes": ("stock_quote", "option_quote"),
+              "trades": ("stock_trade", "option_trade")}
+BACKFILL_SOURCES = frozenset({"MASSIVE_REST"})
+SPAN_DAYS = 7  # trading days of published spans kept per event type (late backfills)
+
+
+def payload_fingerprint(type_name: str, ev: Event) -> int:
+    """The payload an exact duplicate repeats (see PAYLOAD_FIELDS), as 64 bits."""
+    fields = PAYLOAD_FIELDS.get(type_name, ())
+    return fingerprint((ev["ts_event_ns"] // NS_PER_MS, *(ev.get(f) for f in fields)))
 
 
 @dataclass(slots=True)
@@ -65,7 +103,9 @@ class SymbolState:
         "health",
         "last_ts",
         "quote",
+        "spans",
         "tolerance_ns",
+        "unverified_duplicates",
         "window_ns",
         "windows",
     )
@@ -77,6 +117,10 @@ class SymbolState:
         self.tolerance_ns = tolerance_ns
         self.windows: dict[str, SequenceWindow] = {}
         self.dup_by_source: dict[str, int] = {}
+        # (event type, trading date) -> what was published (late backfills add nothing twice)
+        self.spans: dict[tuple[str, str], PublishedSpans] = {}
+        # Duplicates dropped by identity alone (payload no longer kept: see tickflow.dedup).
+        self.unverified_duplicates = 0
         self.last_ts: dict[str, int] = {}
         # Latest (bid, ask) of an option contract, for trade enrichment.
         self.quote: tuple[int | None, int | None] | None = None
@@ -93,6 +137,7 @@ class SymbolState:
             else:
                 t = h.gap(loss.code, loss.reason, b.source, loss.start_ns, loss.end_ns,
                           loss.end_ns, b.ts_recv_ns)
+                self._spans_gap()
             if t:
                 out.append((DATA_HEALTH.name, t))
 
@@ -113,13 +158,40 @@ class SymbolState:
                 win = windows[type_name] = SequenceWindow(self.window_ns)
             seqs = win.seqs
             behind = bool(seqs) and key < seqs[-1]
-            if win.seen(key, ts):
+            fp = payload_fingerprint(type_name, ev)
+            seen = win.seen(key, ts, fp)
+            backfill = source in BACKFILL_SOURCES
+            spans = None
+            if seen == OLDER or (seen == NEW and backfill):
+                # Beyond the recent window (or a backfill, whatever its age): what was
+                # published, by sequence spans.
+                spans = self._spans(type_name, ts)
+                published, kept_fp = spans.lookup(key)
+                if published:
+                    if kept_fp is None:
+                        self.unverified_duplicates += 1
+                        seen = DUPLICATE
+                    else:
+                        seen = DUPLICATE if kept_fp == fp else CONFLICT
+                else:
+                    seen = NEW
+            if seen == DUPLICATE:
                 h.duplicates_total += 1
                 self.dup_by_source[source] = self.dup_by_source.get(source, 0) + 1
                 continue
+            if seen == CONFLICT:
+                h.conflicts_total += 1
+                out.append((DEAD_LETTER.name, _conflict_letter(b, type_name, ev)))
+                continue
+            if spans is None:
+                spans = self._spans(type_name, ts)
+            if backfill:
+                spans.backfilled(key, fp)
+            else:
+                spans.live(key, ts, fp)
             if behind:
                 h.out_of_order_total += 1
-            problem = self._impossible(type_name, ev, ts)
+            problem = self._impossible(type_name, ev, ts, backfill)
             if problem is not None:
                 h.events_total += 1
                 t = h.corrupt(*problem, source, ts, recv)
@@ -134,17 +206,45 @@ class SymbolState:
             out.append((type_name, ev))
 
         for fill in b.fills:
+            for (type_name, _), spans in self.spans.items():
+                if type_name in FILL_TYPES.get(fill.kind, ()):
+                    spans.filled(fill.start_ns, fill.end_ns)
             out += [(_DATA_HEALTH, t) for t in h.backfilled(
                 fill.start_ns, fill.end_ns, b.source, fill.end_ns, b.ts_recv_ns, fill.kind,
                 BACKFILL_KINDS)]
         return out
 
-    def _impossible(self, type_name: str, ev: Event, ts: int) -> tuple[str, str] | None:
+    def _spans(self, type_name: str, ts: int) -> PublishedSpans:
+        key = (type_name, trading_date(ts))
+        spans = self.spans.get(key)
+        if spans is None:
+            spans = self.spans[key] = PublishedSpans()
+            days = sorted({d for t, d in self.spans if t == type_name})
+            for d in days[:-SPAN_DAYS]:  # bounded: the last SPAN_DAYS trading dates
+                del self.spans[(type_name, d)]
+        return spans
+
+    def _spans_gap(self) -> None:
+        """A loss window for this symbol: every growing span ends, keeping the payloads of
+        its last EDGE_NS for the backfill that will overlap them."""
+        for (type_name, _), spans in self.spans.items():
+            cur = spans.current
+            if cur is not None:
+                win = self.windows.get(type_name)
+                tail = (win.recent(cur.t_hi - EDGE_NS) if win is not None
+                        else (array("q"), array("q")))
+                spans.gap(tail)
+
+    def _impossible(self, type_name: str, ev: Event, ts: int,
+                    backfill: bool = False) -> tuple[str, str] | None:
         """(reason code, reason) when a decodable event is still impossible data. Such an
         event is kept and published (it is what the vendor sent) but counts as corruption,
-        not as valid data on the way back to HEALTHY."""
+        not as valid data on the way back to HEALTHY. Backfilled history is behind the live
+        stream by design: its time is not checked against it."""
         last = self.last_ts.get(type_name)
-        if last is not None and ts < last:
+        if backfill:
+            pass
+        elif last is not None and ts < last:
             if ts < last - self.tolerance_ns:
                 return "TIME_REGRESSION", f"event time ran back {(last - ts) / 1e9:.3f}s"
         else:
@@ -170,3 +270,28 @@ class SymbolState:
             ev["aggressor"] = "SELL"
         else:
             ev["aggressor"] = "MID"
+
+
+def _conflict_letter(b: SymbolBatch, type_name: str, ev: Event) -> Event:
+    """The dead letter of an event whose identity was published with another payload: the
+    conflicting version (as it would have been published) in ``raw_value`` as JSON, the raw
+    record's coordinates (its bytes stay in the raw log there), reason CONFLICT."""
+    coords = f"{b.raw_topic}:{b.raw_partition}:{b.raw_offset}"
+    return {
+        "event_id": f"{coords}:conflict:{ev['event_id']}",
+        "source": ev.get("source", b.source),
+        "raw_topic": b.raw_topic,
+        "raw_partition": b.raw_partition,
+        "raw_offset": b.raw_offset,
+        "raw_key": None,
+        "raw_value": json.dumps({"event_type": type_name, "event": ev}, sort_keys=True,
+                                default=str).encode(),
+        "raw_headers": [],
+        "event_index": None,
+        "symbol": b.symbol,
+        "reason_code": "CONFLICT",
+        "reason": (f"{type_name} {ev['event_id']} was already published with another "
+                   "payload (price, size or venue differ): a correction, a conflicting "
+                   "copy or corruption; the first version stays published, this one is here"),
+        "ts_recv_ns": b.ts_recv_ns,
+    }

@@ -26,9 +26,15 @@ MAX_SCAN = 400_000
 _WINDOW = 4_096  # events generated per scan step
 
 
+def _sip_ns(ev: dict[str, Any]) -> int:
+    """The SIP time in ns: REST has the nanoseconds the WebSocket's ``t`` (ms) truncates
+    (a fixed function of the event, so every request answers the same)."""
+    return ev["t"] * NS_PER_MS + (ev["q"] * 7919) % NS_PER_MS
+
+
 def rest_quote(ev: dict[str, Any]) -> dict[str, Any]:
     """A WebSocket quote event in the REST v3 quote layout."""
-    ts = ev["t"] * NS_PER_MS
+    ts = _sip_ns(ev)
     return {"ask_exchange": ev.get("ax"), "ask_price": ev["ap"], "ask_size": ev["as"],
             "bid_exchange": ev.get("bx"), "bid_price": ev["bp"], "bid_size": ev["bs"],
             "conditions": [ev["c"]] if ev.get("c") is not None else [],
@@ -38,7 +44,7 @@ def rest_quote(ev: dict[str, Any]) -> dict[str, Any]:
 
 def rest_trade(ev: dict[str, Any]) -> dict[str, Any]:
     """A WebSocket trade event in the REST v3 trade layout."""
-    ts = ev["t"] * NS_PER_MS
+    ts = _sip_ns(ev)
     out = {"conditions": ev.get("c") or [], "exchange": ev.get("x"), "id": ev.get("i"),
            "participant_timestamp": ts - 120_000, "price": ev["p"],
            "sequence_number": ev["q"], "sip_timestamp": ts, "size": ev["s"],

@@ -103,6 +103,9 @@ class SimulatorConfig:
     duration_s: float | None = None  # streams end (close 1001) this long after start
     tick_s: float = 0.02  # how often due events are framed and sent
     control: bool = True  # serve the /_sim/ control API
+    # REST serves history up to the simulator's clock plus this much: a test can ask for a
+    # day that is already over (its live frames built from the same market directly).
+    rest_ahead_ms: int = 0
     faults: Faults = field(default_factory=Faults)
     market: MarketConfig = field(default_factory=MarketConfig)
 
@@ -294,7 +297,8 @@ class SimulatorServer:
 
         def run() -> tuple[int, dict[str, Any]]:
             with self._rest_lock:
-                return handle_rest(request.path, self._rest_market, now, f"http://{host}")
+                return handle_rest(request.path, self._rest_market,
+                                   now + self.cfg.rest_ahead_ms, f"http://{host}")
 
         # A long page scan runs off the event loop, so the streams keep flowing meanwhile.
         status, body = await asyncio.to_thread(run)

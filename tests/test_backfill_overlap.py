@@ -1,0 +1,145 @@
+"""A backfill run minutes or an hour after a loss window adds nothing twice.
+
+Ten minutes (or an hour and a half) of live SPY and QQQ quotes and trades reach the raw log,
+with a 30 s disconnect in the middle (reported by the connector as a loss window). Then
+`backfill gaps` fetches the window plus its margin through the real SDK from the simulator's
+REST history of the same market (nanosecond SIP times, where the WebSocket has milliseconds),
+and the flow reads the pages. The dedup window (120 s of event time) is long past the gap's
+edges by then. The topics and the lake must hold every vendor event exactly once, by
+event_id and by (symbol, type, sequence); the gap is closed; nothing outside the window
+came twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import msgspec
+import pyarrow.dataset as ds
+import pytest
+from confluent_kafka import Producer
+
+from connectors.massive_rest import GAP_MARGIN_NS, open_gaps
+from infra.procs import free_port
+from infra.simulator import SimulatorConfig, SimulatorServer
+from infra.simulator.market import MarketConfig, SyntheticMarket
+from infra.topics import HEALTH, RAW_MASSIVE_REST, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
+from schemas.model import BY_TOPIC
+from schemas.serde import decode
+from tickflow.identity import massive_event_id
+from tickflow.raw import LossWindow, RawSource, RecordKind, make_headers
+from tickflow.settings import Settings
+from tickflow.topicstats import read_all
+
+KEY = "overlap-key"
+T0_MS = 1_763_046_000_000  # 2025-11-13 15:00 UTC
+RATE = 40.0  # events per second of event time
+GAP = (300_000, 330_000)  # ms after T0: the 30 s disconnect
+MARKET = MarketConfig(seed=5, symbols=("SPY", "QQQ"), start_ms=T0_MS, rate=RATE)
+
+
+def live_log(settings: Settings, minutes: float) -> list[dict]:
+    """The live feed's raw records: frames of 10 events, none inside the gap, and the
+    connector's loss window for it. Returns every event the market produced."""
+    market = SyntheticMarket(MARKET)
+    events = market.events(int(minutes * 60 * RATE))
+    p = Producer({**settings.kafka_config(), "linger.ms": 5})
+    seq = 0
+
+    def write(value: bytes, recv_ns: int, kind: RecordKind = RecordKind.VENDOR) -> None:
+        nonlocal seq
+        seq += 1
+        p.produce(RAW_MASSIVE_STOCKS, value, b"massive_ws:stocks", partition=0,
+                  headers=make_headers(RawSource.MASSIVE_WS, recv_ns, "live-1", seq, "stocks",
+                                       kind))
+
+    last_recv = 0
+    reported = False
+    for i in range(0, len(events), 10):
+        frame = events[i:i + 10]
+        t_rel = frame[-1]["t"] - T0_MS
+        recv = (frame[-1]["t"] + 3) * 1_000_000
+        if GAP[0] <= t_rel < GAP[1]:
+            continue  # sent while the connection was down
+        if t_rel >= GAP[1] and not reported:
+            write(msgspec.json.encode(LossWindow(last_recv, recv, "disconnect", ["*"])), recv,
+                  RecordKind.LOSS_WINDOW)
+            reported = True
+        write(json.dumps(frame).encode(), recv)
+        last_recv = recv
+    assert p.flush(30) == 0
+    return events
+
+
+@pytest.mark.parametrize("minutes", [10, 95], ids=["5min-later", "1h-later"])
+def test_a_late_backfill_adds_nothing_twice(settings: Settings, tmp_path: Path,
+                                            minutes: float) -> None:
+    events = live_log(settings, minutes)
+    sim = SimulatorServer(SimulatorConfig(
+        port=free_port(), seed=MARKET.seed, rate=RATE, api_keys=(KEY,),
+        anchor_to_wall_clock=False, market=replace(MARKET),
+        rest_ahead_ms=int(minutes * 60_000) + 60_000)).run_in_thread()
+    env = {k: v for k, v in os.environ.items() if k != "TICKFLOW_RAW_TOPICS"}
+    env.update({"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+                "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+                "TICKFLOW_LAKE_ROOT": str(settings.lake_root),
+                "TICKFLOW_STATE_DIR": str(settings.state_dir),
+                "MASSIVE_REST_URL": f"http://127.0.0.1:{sim.port}", "MASSIVE_API_KEY": KEY})
+    flow = [sys.executable, "-m", "tickflow.cli", "flow", "run", "--bounded",
+            "--recovery-dir", str(tmp_path / "recovery"), "--snapshot-secs", "1"]
+    try:
+        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        gaps = open_gaps(settings.kafka_config())
+        assert set(gaps) == {"SPY", "QQQ"}
+        bf = subprocess.run([sys.executable, "-m", "tickflow.cli", "backfill", "gaps"],
+                            env=env, capture_output=True, text=True, timeout=300)
+        assert bf.returncode == 0, bf.stderr[-3000:]
+        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+    finally:
+        sim.stop_thread()
+    assert open_gaps(settings.kafka_config()) == {}
+    [(g0, g1)] = gaps["SPY"]
+    pages = list(read_all(settings.kafka_config(), RAW_MASSIVE_REST))
+    assert pages  # the backfill really fetched history
+
+    want: dict[str, set[str]] = {"stock_quote": set(), "stock_trade": set()}
+    for e in events:
+        kind = "Q" if e["ev"] == "Q" else "T"
+        want["stock_quote" if kind == "Q" else "stock_trade"].add(
+            massive_event_id(e["sym"], kind, e["t"] * 1_000_000, e["q"]))
+    for topic in (STOCK_QUOTES, STOCK_TRADES):
+        et = BY_TOPIC[topic]
+        got = [decode(et, m.value()) for m in read_all(settings.kafka_config(), topic)]
+        ids = Counter(g["event_id"] for g in got)
+        keys = Counter((g["symbol"], g["sequence"]) for g in got)
+        assert not [k for k, n in ids.items() if n > 1], f"{topic}: published twice"
+        assert not [k for k, n in keys.items() if n > 1]
+        assert set(ids) == want[et.name], (
+            f"{topic}: {len(want[et.name] - set(ids))} missing, "
+            f"{len(set(ids) - want[et.name])} unknown")
+        # What the backfill published lies in the window: the lost events, nothing else.
+        rest = [g for g in got if g["source"] == "MASSIVE_REST"]
+        assert rest and all(g0 - GAP_MARGIN_NS <= g["ts_event_ns"] <= g1 + GAP_MARGIN_NS
+                            for g in rest)
+        assert all(GAP[0] - 1000 <= g["ts_event_ns"] // 1_000_000 - T0_MS <= GAP[1] + 1000
+                   for g in rest)
+        lake = ds.dataset(settings.lake_root / et.name, format="parquet",
+                          partitioning=None).to_table(columns=["event_id"])
+        lake_ids = Counter(lake.column("event_id").to_pylist())
+        assert set(lake_ids) == want[et.name] and max(lake_ids.values()) == 1
+    # The margin's live events came again from REST: dropped as exact duplicates (their
+    # payloads compared), counted on the health events.
+    health = [decode(BY_TOPIC[HEALTH], m.value()) for m in read_all(settings.kafka_config(),
+                                                                    HEALTH)]
+    closing = [h for h in health if h["reason_code"] == "BACKFILLED"]
+    assert {h["symbol"] for h in closing} == {"SPY", "QQQ"}, [
+        (h["symbol"], h["from_state"], h["to_state"], h["reason_code"]) for h in health]
+    assert all(h["duplicates_total"] > 0 and h["conflicts_total"] == 0 for h in closing)
