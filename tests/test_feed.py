@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tickflow.feed import FeedState
 from tickflow.normalize import route
-from tickflow.raw import RawRecord
+from tickflow.raw import RawRecord, RecordKind
 from tickflow.state import SymbolState
 
 MS = 1_000_000
@@ -42,10 +42,26 @@ def test_lost_frame_marks_every_symbol_of_the_feed_at_once() -> None:
     assert "2 raw frame(s) lost" in h["reason"]
 
 
-def test_new_session_and_repeated_frames_are_not_gaps() -> None:
-    feed, _, health = run([frame(1), frame(2), frame(2), frame(1, session="s2"),
-                           frame(2, session="s2")])
+def session_end(fs: int, session: str = "s1") -> RawRecord:
+    return RawRecord("raw.massive.stocks", 0, 100 + fs, None, b"", (), source="massive_ws",
+                     kind=RecordKind.SESSION_END.value, received_ns=(T0 + fs) * MS + 2,
+                     session_id=session, frame_seq=fs, feed="stocks")
+
+
+def test_a_new_session_after_a_clean_close_and_repeated_frames_are_not_gaps() -> None:
+    feed, _, health = run([frame(1), frame(2), frame(2), session_end(3),
+                           frame(1, session="s2"), frame(2, session="s2")])
     assert feed.frame_gaps == 0 and health == []
+
+
+def test_a_new_session_after_one_that_never_closed_is_a_loss_window() -> None:
+    feed, _, health = run([frame(1), frame(2), frame(9, session="s2"),
+                           frame(2, session="s1"), frame(10, session="s2")])
+    # One window per symbol, from s1's last frame to s2's first; s1's straggler (a retry
+    # landing late) neither reopens nor repeats it.
+    assert sorted((h["symbol"], h["reason_code"], h["window_start_ns"], h["window_end_ns"])
+                  for h in health) == [
+        (s, "SESSION_LOST", (T0 + 2) * MS + 1, (T0 + 9) * MS + 1) for s in ("AAPL", "SPY")]
 
 
 def test_undecodable_frame_is_a_gap_for_the_feed() -> None:
