@@ -55,7 +55,7 @@ def test_a_new_session_after_a_clean_close_and_repeated_frames_are_not_gaps() ->
 
 
 def test_a_new_session_after_one_that_never_closed_is_a_loss_window() -> None:
-    feed, _, health = run([frame(1), frame(2), frame(9, session="s2"),
+    _, _, health = run([frame(1), frame(2), frame(9, session="s2"),
                            frame(2, session="s1"), frame(10, session="s2")])
     # One window per symbol, from s1's last frame to s2's first; s1's straggler (a retry
     # landing late) neither reopens nor repeats it.

@@ -259,3 +259,42 @@ def test_a_new_trading_day_does_not_meet_yesterdays_sequences() -> None:
     assert w.seen(5, 20 * 3600 * S, 2) == DUPLICATE
     assert w.seen(5, 20 * 3600 * S, 3) == CONFLICT
     assert w.seen(4, 19 * 3600 * S, 3) == OLDER
+
+
+def test_option_trade_takes_the_quote_at_or_before_its_own_event_time() -> None:
+    st = SymbolState("O:SPY251216C00676000")
+
+    def oq(seq: int, ts: int, bid: int, ask: int) -> tuple[str, dict, int]:
+        return ("option_quote", {"event_id": f"q{seq}", "symbol": st.health.symbol,
+                                 "sequence": seq, "ts_event_ns": ts, "ts_recv_ns": ts,
+                                 "latency_ns": 0, "source": "MASSIVE_WS", "bid_px_e9": bid,
+                                 "ask_px_e9": ask, "spread_state": "NORMAL"}, seq)
+
+    def ot(seq: int, ts: int, px: int, source: str = "MASSIVE_WS") -> tuple[str, dict, int]:
+        return ("option_trade", {"event_id": f"t{seq}", "symbol": st.health.symbol,
+                                 "sequence": seq, "ts_event_ns": ts, "ts_recv_ns": ts,
+                                 "latency_ns": 0, "source": source, "price_e9": px,
+                                 "size": 1, "exchange": 1, "opt_bid_px_e9": None,
+                                 "opt_ask_px_e9": None, "aggressor": "MID",
+                                 "nbbo_ts_ns": None}, seq)
+
+    st.process(batch(oq(1, 10 * S, 100, 110), oq(2, 20 * S, 200, 210),
+                     oq(3, 50 * S, 300, 310)))
+    # A backfilled trade of t=25 s, processed after the newer quote of t=50 s: the quote of
+    # t=20 s, not the latest one.
+    out = st.process(SymbolBatch(st.health.symbol, "MASSIVE_REST", 0,
+                                 events=[ot(4, 25 * S, 210, "MASSIVE_REST")]))
+    [(_, t)] = [o for o in out if o[0] == "option_trade"]
+    assert (t["opt_bid_px_e9"], t["opt_ask_px_e9"], t["nbbo_ts_ns"], t["aggressor"]) == (
+        200, 210, 20 * S, "BUY")
+    # Before every quote kept: no NBBO, and the event says so. So is a trade more than the
+    # 60 s kept behind the newest quote.
+    out = st.process(SymbolBatch(st.health.symbol, "MASSIVE_REST", 0,
+                                 events=[ot(5, 5 * S, 100, "MASSIVE_REST")]))
+    [(_, t)] = [o for o in out if o[0] == "option_trade"]
+    assert (t["opt_bid_px_e9"], t["nbbo_ts_ns"], t["aggressor"]) == (None, None, "MID")
+    st.process(batch(oq(6, 200 * S, 400, 410)))
+    out = st.process(SymbolBatch(st.health.symbol, "MASSIVE_REST", 0,
+                                 events=[ot(7, 60 * S, 300, "MASSIVE_REST")]))
+    [(_, t)] = [o for o in out if o[0] == "option_trade"]
+    assert (t["opt_bid_px_e9"], t["nbbo_ts_ns"]) == (None, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from array import array
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 
 from schemas.model import DATA_HEALTH, DEAD_LETTER, OPTION_QUOTE, OPTION_TRADE, Event
@@ -122,8 +123,18 @@ class SymbolState:
         # Duplicates dropped by identity alone (payload no longer kept: see tickflow.dedup).
         self.unverified_duplicates = 0
         self.last_ts: dict[str, int] = {}
-        # Latest (bid, ask) of an option contract, for trade enrichment.
-        self.quote: tuple[int | None, int | None] | None = None
+        # An option contract's recent quotes by event time, for trade enrichment.
+        self.quote: QuoteHistory | None = None
+
+    def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        # A recovery snapshot from before a field existed: that field starts fresh.
+        fresh = SymbolState("")
+        for name in self.__slots__:
+            setattr(self, name, getattr(fresh, name))
+        for name, value in state[1].items():
+            setattr(self, name, value)
+        if not isinstance(self.quote, QuoteHistory):  # was the latest (bid, ask) alone
+            self.quote = None
 
     def process(self, b: SymbolBatch) -> list[tuple[str, Event]]:
         """Apply one batch; returns ``(event type name, event)`` to emit, health included."""
@@ -200,7 +211,9 @@ class SymbolState:
             if t:
                 out.append((_DATA_HEALTH, t))
             if type_name == _OPTION_QUOTE:
-                self.quote = (ev["bid_px_e9"], ev["ask_px_e9"])
+                if self.quote is None:
+                    self.quote = QuoteHistory()
+                self.quote.add(ts, ev["bid_px_e9"], ev["ask_px_e9"])
             elif type_name == _OPTION_TRADE:
                 self._enrich_option_trade(ev)
             out.append((type_name, ev))
@@ -258,9 +271,11 @@ class SymbolState:
 
     def _enrich_option_trade(self, ev: Event) -> None:
         """The contract's NBBO at trade time and the aggressor it implies."""
-        if self.quote is None:
-            return
-        bid, ask = self.quote
+        found = None if self.quote is None else self.quote.at(ev["ts_event_ns"])
+        if found is None:
+            return  # no quote known at the trade's time: NBBO null, MID (nbbo_ts_ns null)
+        quote_ts, bid, ask = found
+        ev["nbbo_ts_ns"] = quote_ts
         ev["opt_bid_px_e9"] = bid
         ev["opt_ask_px_e9"] = ask
         px = ev["price_e9"]
@@ -270,6 +285,53 @@ class SymbolState:
             ev["aggressor"] = "SELL"
         else:
             ev["aggressor"] = "MID"
+
+
+QUOTE_HISTORY_NS = 60 * 1_000_000_000
+_NO_PX = -1  # an empty side in QuoteHistory (prices are positive)
+
+
+class QuoteHistory:
+    """An option contract's quotes of the last ``QUOTE_HISTORY_NS`` of event time, sorted by
+    it: a trade takes the latest quote at or before its own event time, never a later one
+    (a backfilled trade processed after newer live quotes). Bounded by event time."""
+
+    __slots__ = ("asks", "bids", "times")
+
+    def __init__(self) -> None:
+        self.times = array("q")
+        self.bids = array("q")
+        self.asks = array("q")
+
+    def add(self, ts: int, bid: int | None, ask: int | None) -> None:
+        times = self.times
+        b = _NO_PX if bid is None else bid
+        a = _NO_PX if ask is None else ask
+        if times and ts < times[-1] - QUOTE_HISTORY_NS:
+            return  # older than what is kept: trades of that time find no quote
+        if not times or ts >= times[-1]:
+            times.append(ts)
+            self.bids.append(b)
+            self.asks.append(a)
+        else:
+            i = bisect_right(times, ts)
+            times.insert(i, ts)
+            self.bids.insert(i, b)
+            self.asks.insert(i, a)
+        horizon = times[-1] - QUOTE_HISTORY_NS
+        if times[0] < horizon - (QUOTE_HISTORY_NS >> 3):  # prune in chunks (see dedup)
+            n = bisect_left(times, horizon)
+            del times[:n]
+            del self.bids[:n]
+            del self.asks[:n]
+
+    def at(self, ts: int) -> tuple[int, int | None, int | None] | None:
+        """(quote time, bid, ask) of the latest quote at or before ``ts``, if kept."""
+        i = bisect_right(self.times, ts) - 1
+        if i < 0 or self.times[i] < self.times[-1] - QUOTE_HISTORY_NS:
+            return None
+        b, a = self.bids[i], self.asks[i]
+        return self.times[i], (None if b == _NO_PX else b), (None if a == _NO_PX else a)
 
 
 def _conflict_letter(b: SymbolBatch, type_name: str, ev: Event) -> Event:

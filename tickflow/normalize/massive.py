@@ -229,10 +229,11 @@ def _option_trade(m: _OptionTrade, recv_ns: int, source: str) -> Event:
     ev["exchange"] = m.x
     ev["conditions"] = m.c or []
     # The contract's NBBO and the aggressor are filled in by the per-contract state,
-    # which holds the latest quote (tickflow.state).
+    # which holds its recent quotes by event time (tickflow.state).
     ev["opt_bid_px_e9"] = None
     ev["opt_ask_px_e9"] = None
     ev["aggressor"] = "MID"
+    ev["nbbo_ts_ns"] = None
     return ev
 
 

@@ -140,7 +140,8 @@ def normalize_rest_page(value: bytes, prov: RestProvenance, recv: int, source: s
                           exchange=r.exchange,
                           conditions=r.conditions or [])
                 if option:
-                    ev.update(opt_bid_px_e9=None, opt_ask_px_e9=None, aggressor="MID")
+                    ev.update(opt_bid_px_e9=None, opt_ask_px_e9=None, aggressor="MID",
+                              nbbo_ts_ns=None)
                 else:
                     ev.update(trade_id=r.id, tape=r.tape, trf_id=r.trf_id,
                               trf_ts_ns=r.trf_timestamp, correction=r.correction)
