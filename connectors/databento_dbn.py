@@ -25,6 +25,7 @@ import zstandard
 from tickflow.normalize.databento import (
     META_ENCODER,
     DbnChunkMeta,
+    dataset_problem,
     record_sequence,
     record_starts,
     record_ts_recv,
@@ -98,6 +99,14 @@ def read_metadata(stream: IO[bytes], path: Path) -> tuple[Any, int]:
     return dbn.Metadata.decode(prefix + body), 8 + length
 
 
+def check_dataset(metadata: Any, path: Path) -> None:
+    """Refuse a file of a dataset the product does not normalize, before anything of it is
+    published, imported or replayed (tickflow.normalize.databento.COVERED_DATASETS)."""
+    problem = dataset_problem(str(metadata.dataset))
+    if problem is not None:
+        raise DbnError(f"{path.name}: {problem}")
+
+
 def symbol_map(metadata: Any, path: Path) -> dict[str, str]:
     """instrument id (text) -> symbol, from the file's mappings or a symbology.json beside it."""
     out: dict[str, str] = {}
@@ -132,6 +141,7 @@ def iter_chunks(path: Path, max_records: int = DEFAULT_CHUNK_RECORDS) -> Iterato
     """
     with open_stream(path) as stream:
         md, offset = read_metadata(stream, path)
+        check_dataset(md, path)
         schema = str(md.schema)
         base = DbnChunkMeta(version=int(md.version), schema=schema, dataset=str(md.dataset),
                             symbols=symbol_map(md, path), file=path.name)

@@ -24,6 +24,7 @@ from typing import Any
 from connectors.databento_dbn import (
     READ_BLOCK,
     DbnChunkMeta,
+    check_dataset,
     file_session_id,
     open_stream,
     read_metadata,
@@ -57,6 +58,7 @@ def file_records(path: Path, input_index: int, start_ns: int | None = None,
     """Original record bytes of one file, in file order, within [start_ns, end_ns)."""
     with open_stream(path) as stream:
         md, offset = read_metadata(stream, path)
+        check_dataset(md, path)
         meta = DbnChunkMeta(int(md.version), str(md.schema), str(md.dataset),
                             symbol_map(md, path), path.name, 0)
         buf = b""

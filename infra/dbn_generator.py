@@ -52,11 +52,12 @@ def file_name(day: dt.date, schema: str) -> str:
     return f"glbx-mdp3-{day:%Y%m%d}.{schema}.dbn.zst"
 
 
-def _metadata(day: dt.date, schema: dbn.Schema, start_ns: int) -> bytes:
+def _metadata(day: dt.date, schema: dbn.Schema, start_ns: int,
+              dataset: str = DATASET) -> bytes:
     interval = SimpleNamespace(start_date=day, end_date=day + dt.timedelta(days=1),
                                symbol=str(INSTRUMENT_ID))
     mapping = SimpleNamespace(raw_symbol=SYMBOL, intervals=[interval])
-    md = dbn.Metadata(dataset=DATASET, start=start_ns, stype_in=dbn.SType.CONTINUOUS,
+    md = dbn.Metadata(dataset=dataset, start=start_ns, stype_in=dbn.SType.CONTINUOUS,
                       stype_out=dbn.SType.INSTRUMENT_ID, schema=schema, symbols=[SYMBOL],
                       mappings=[mapping], end=start_ns + 86_400 * 1_000_000_000)
     return bytes(md.encode())
@@ -187,14 +188,16 @@ def _write(path: Path, header: bytes, records: Iterator[bytes]) -> int:
 
 
 def generate_day(root: Path, day: dt.date, seed: int = 7, n_trades: int = 2000,
-                 n_mbp10: int = 10000) -> GeneratedDay:
-    """Write one day of ES trades and MBP-10 under ``root`` (Databento download layout)."""
+                 n_mbp10: int = 10000, dataset: str = DATASET) -> GeneratedDay:
+    """Write one day of ES trades and MBP-10 under ``root`` (Databento download layout).
+    ``dataset`` labels the files (another one than GLBX.MDP3 tests the refusal of venues
+    the product does not cover)."""
     start_ns = int(dt.datetime.combine(day, SESSION_START, dt.UTC).timestamp()) * 1_000_000_000
     trades_it, mbp_it = _records(day, seed, n_trades, n_mbp10)
     mbp_path = root / SCHEMA_DIRS["mbp-10"] / file_name(day, "mbp-10")
     trades_path = root / SCHEMA_DIRS["trades"] / file_name(day, "trades")
-    n_m = _write(mbp_path, _metadata(day, dbn.Schema.MBP_10, start_ns), mbp_it)
-    n_t = _write(trades_path, _metadata(day, dbn.Schema.TRADES, start_ns), trades_it)
+    n_m = _write(mbp_path, _metadata(day, dbn.Schema.MBP_10, start_ns, dataset), mbp_it)
+    n_t = _write(trades_path, _metadata(day, dbn.Schema.TRADES, start_ns, dataset), trades_it)
     for schema, d in SCHEMA_DIRS.items():
         sym = {"result": {SYMBOL: [{"d0": day.isoformat(),
                                     "d1": (day + dt.timedelta(days=1)).isoformat(),

@@ -188,3 +188,57 @@ def test_truncated_file_keeps_records_and_marks_corrupted(settings: Settings,
                                                                     HEALTH)]
     assert [(h["symbol"], h["to_state"], h["reason_code"]) for h in health] == [
         ("ES.c.0", "CORRUPTED", "CORRUPT_CHUNK")]
+
+
+def test_a_dataset_the_product_does_not_cover_is_refused_never_mislabelled(
+        settings: Settings, tmp_path: Path) -> None:
+    """A Databento XNAS.ITCH file (Nasdaq equities) is not CME futures: publish, import and
+    replay refuse it with a clear error; a chunk that reaches the raw topic anyway (another
+    tool wrote it) becomes a dead letter, never a FuturesTrade labelled CME."""
+    from confluent_kafka import Producer
+
+    from connectors.databento_dbn import DbnError, chunk_headers
+    from connectors.dbn_import import import_files
+    from connectors.replay import replay_to_kafka
+    from tickflow.normalize.databento import META_ENCODER, DbnChunkMeta
+    from tickflow.raw import H_DBN
+
+    g = generate_day(tmp_path / "xnas", DAY, seed=5, n_trades=300, n_mbp10=10,
+                     dataset="XNAS.ITCH")
+    for attempt in (lambda: publish_file(g.trades, settings.kafka_config(), RAW_DATABENTO),
+                    lambda: import_files([g.trades], tmp_path / "lake"),
+                    lambda: replay_to_kafka([g.trades], settings.kafka_config(), RAW_DATABENTO,
+                                            0.0)):
+        with pytest.raises(DbnError, match=r"'XNAS\.ITCH' is not covered"):
+            attempt()
+    assert not list(read_all(settings.kafka_config(), RAW_DATABENTO))
+
+    # Written to the raw topic by hand: the same bytes, the chunk header naming XNAS.ITCH;
+    # and a GLBX.MDP3 chunk holding one record of another publisher (Nasdaq's id 2).
+    cme = generate_day(tmp_path / "cme", DAY, seed=5, n_trades=300, n_mbp10=10)
+    [chunk] = list(iter_chunks(cme.trades, max_records=1000))
+    foreign = bytearray(chunk.data)
+    foreign[2] = 2  # publisher_id of the first record (u16 at byte 2)
+    p = Producer(settings.kafka_config())
+    for data, dataset in ((chunk.data, "XNAS.ITCH"), (bytes(foreign), "GLBX.MDP3")):
+        meta = DbnChunkMeta(chunk.meta.version, chunk.meta.schema, dataset,
+                            chunk.meta.symbols, chunk.meta.file, chunk.meta.offset)
+        headers = [(k, META_ENCODER.encode(meta) if k == H_DBN else v)
+                   for k, v in chunk_headers(chunk, f"s-{dataset}")]
+        p.produce(RAW_DATABENTO, data, b"k", headers=headers)
+    assert p.flush(10) == 0
+    run_main(build_flow(settings, [RAW_DATABENTO], tail=False))
+    trades = [decode(BY_TOPIC[FUTURES_TRADES], m.value())
+              for m in read_all(settings.kafka_config(), FUTURES_TRADES)]
+    dead = [decode(BY_TOPIC[DEAD_LETTER], m.value())
+            for m in read_all(settings.kafka_config(), DEAD_LETTER)]
+    assert sorted(d["reason_code"] for d in dead) == ["UNSUPPORTED_DATASET"] * 2
+    assert any("'XNAS.ITCH' is not covered" in d["reason"] for d in dead)
+    assert any("publisher id 2 is not a GLBX.MDP3 publisher" in d["reason"] for d in dead)
+    # Only the CME chunk's own records, less the foreign one, were published, as CME.
+    assert len(trades) == chunk.records - 1
+    assert {t["exchange"] for t in trades} == {"CME"} and {t["publisher_id"] for t in trades} == {1}
+    # A refused dataset is not damaged data: no CORRUPTED symbol for it.
+    health = list(read_all(settings.kafka_config(), HEALTH))
+    assert not [h for h in health if decode(BY_TOPIC[HEALTH], h.value())["to_state"]
+                == "CORRUPTED"]

@@ -15,6 +15,8 @@ BAD_VALUE = "BAD_VALUE"
 BAD_TICKER = "BAD_TICKER"
 MISSING_HEADER = "MISSING_HEADER"
 UNKNOWN_SOURCE = "UNKNOWN_SOURCE"
+# A vendor dataset the product does not normalize (e.g. a Databento equities file).
+UNSUPPORTED_DATASET = "UNSUPPORTED_DATASET"
 # Loss code for a damaged DBN chunk: the symbols go CORRUPTED rather than GAP_DETECTED.
 CORRUPT_CHUNK = "CORRUPT_CHUNK"
 

@@ -29,7 +29,13 @@ import pyarrow.compute as pc
 
 from schemas.arrow import arrow_schema
 from schemas.model import FUTURES_TRADE, MBP10, Event, EventType
-from tickflow.normalize.base import BAD_VALUE, UNDECODABLE, Normalized, Reject
+from tickflow.normalize.base import (
+    BAD_VALUE,
+    UNDECODABLE,
+    UNSUPPORTED_DATASET,
+    Normalized,
+    Reject,
+)
 from tickflow.prices import UNDEF_PRICE
 
 UNKNOWN_INSTRUMENT = "UNKNOWN_INSTRUMENT"
@@ -78,6 +84,22 @@ class _Layout:
 
 LAYOUTS = {"trades": _Layout(FUTURES_TRADE, _TRADE_DTYPE, int(dbn.RType.MBP_0)),
            "mbp-10": _Layout(MBP10, _MBP10_DTYPE, int(dbn.RType.MBP_10))}
+
+
+# The Databento datasets tickflow normalizes, with the venue their events carry, and the
+# publisher ids of each (databento's Publisher table: 1 is GLBX.MDP3.GLBX). Any other
+# dataset is refused (UNSUPPORTED_DATASET), never published as futures data.
+COVERED_DATASETS: dict[str, str] = {"GLBX.MDP3": "CME"}
+DATASET_PUBLISHERS: dict[str, frozenset[int]] = {"GLBX.MDP3": frozenset({1})}
+
+
+def dataset_problem(dataset: str) -> str | None:
+    """Why a DBN dataset cannot be normalized, or None when it is covered."""
+    if dataset in COVERED_DATASETS:
+        return None
+    return (f"DBN dataset {dataset!r} is not covered: tickflow normalizes CME Globex futures "
+            f"({', '.join(sorted(COVERED_DATASETS))}) only, and will not publish other "
+            "venues' records as futures")
 
 
 class DbnChunkMeta(msgspec.Struct, frozen=True):
@@ -187,6 +209,7 @@ class DbnColumns:
     names: list[str]  # the chunk's distinct symbols
     name_index: np.ndarray  # each record's symbol, as an index into ``names``
     n_in_packet: np.ndarray  # index of the record inside its packet
+    venue: str = "CME"  # of the chunk's dataset (COVERED_DATASETS)
 
     def __len__(self) -> int:
         return len(self.recs)
@@ -232,7 +255,7 @@ class DbnColumns:
         side = r["side"].view(np.uint8)
         if self.layout.event_type is FUTURES_TRADE:
             cols.update({
-                "exchange": (_constant("CME", n), None),
+                "exchange": (_constant(self.venue, n), None),
                 "price_e9": (r["price"], None),
                 "aggressor": (_Coded(side, _AGGRESSOR_TABLE), None),
                 "ts_in_delta_ns": (r["ts_in_delta"], None),
@@ -330,6 +353,9 @@ def decode_dbn_chunk(value: bytes, meta: DbnChunkMeta, source: str) -> DecodedCh
     layout = LAYOUTS.get(meta.schema)
     if layout is None:
         return DecodedChunk(None, [Reject(UNDECODABLE, f"unsupported DBN schema {meta.schema!r}")])
+    problem = dataset_problem(meta.dataset)
+    if problem is not None:
+        return DecodedChunk(None, [Reject(UNSUPPORTED_DATASET, problem)])
     size = layout.dtype.itemsize
     rejects: list[Reject] = []
     whole = len(value) - len(value) % size
@@ -356,6 +382,17 @@ def decode_dbn_chunk(value: bytes, meta: DbnChunkMeta, source: str) -> DecodedCh
     else:
         index = np.arange(len(recs))
         n_whole = len(recs)
+
+    # Records of a publisher outside the chunk's dataset are another venue's: refused.
+    publishers = DATASET_PUBLISHERS.get(meta.dataset, frozenset())
+    foreign = ~np.isin(recs["publisher_id"], list(publishers))
+    if foreign.any():
+        for i in np.flatnonzero(foreign).tolist():
+            rejects.append(Reject(UNSUPPORTED_DATASET,
+                                  f"publisher id {int(recs['publisher_id'][i])} is not a "
+                                  f"{meta.dataset} publisher: another venue's record",
+                                  None, int(index[i]), int(recs["ts_event"][i])))
+        recs, index = recs[~foreign], index[~foreign]
 
     # Instrument -> symbol, once per distinct instrument in the chunk.
     ids, inverse = np.unique(recs["instrument_id"], return_inverse=True)
@@ -392,7 +429,7 @@ def decode_dbn_chunk(value: bytes, meta: DbnChunkMeta, source: str) -> DecodedCh
             f"{meta.offset + whole} ({len(value) - whole} bytes); "
             f"{n_whole} records before it were kept", None, None, None))
     return DecodedChunk(DbnColumns(layout, source, recs, [s or "" for s in names], inverse,
-                                   n_in_packet), rejects)
+                                   n_in_packet, COVERED_DATASETS[meta.dataset]), rejects)
 
 
 def _impossible(recs: np.ndarray, layout: _Layout) -> np.ndarray | None:
