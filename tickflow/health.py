@@ -91,8 +91,14 @@ class HealthTracker:
         frm, self.state = self.state, to
         return self._event(frm, code, reason, source, ts_event_ns, ts_recv_ns, window)
 
+    def flag(self, code: str, reason: str, source: str, ts_event_ns: int,
+             ts_recv_ns: int) -> Event:
+        """An impossible event while already CORRUPTED (a bad print): a record of its own,
+        without a window (it is no gap)."""
+        return self._record(code, reason, source, ts_event_ns, ts_recv_ns, None)
+
     def _record(self, code: str, reason: str, source: str, ts_event_ns: int, ts_recv_ns: int,
-                window: tuple[int, int]) -> Event:
+                window: tuple[int, int] | None) -> Event:
         """A health event that changes no state (a gap recorded or filled)."""
         return self._event(self.state, code, reason, source, ts_event_ns, ts_recv_ns, window)
 

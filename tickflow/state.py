@@ -36,6 +36,7 @@ from tickflow.normalize.base import (
     Loss,
     Reject,
 )
+from tickflow.price_band import PriceReference
 
 # A gap on a Massive feed lost quotes and trades: both must be backfilled to close it.
 BACKFILL_KINDS = frozenset({"quotes", "trades"})
@@ -68,6 +69,7 @@ PAYLOAD_FIELDS: dict[str, tuple[str, ...]] = {
 FILL_TYPES = {"quotes": ("stock_quote", "option_quote"),
               "trades": ("stock_trade", "option_trade")}
 BACKFILL_SOURCES = frozenset({"MASSIVE_REST"})
+BAND_CODES = frozenset({"PRICE_OUT_OF_BAND", "THROUGH_NBBO"})
 SPAN_DAYS = 7  # trading days of published spans kept per event type (late backfills)
 
 
@@ -103,6 +105,7 @@ class SymbolState:
         "dup_by_source",
         "health",
         "last_ts",
+        "prices",
         "quote",
         "spans",
         "tolerance_ns",
@@ -123,6 +126,8 @@ class SymbolState:
         # Duplicates dropped by identity alone (payload no longer kept: see tickflow.dedup).
         self.unverified_duplicates = 0
         self.last_ts: dict[str, int] = {}
+        # The symbol's recent market, for prices far from it (tickflow.price_band).
+        self.prices = PriceReference()
         # An option contract's recent quotes by event time, for trade enrichment.
         self.quote: QuoteHistory | None = None
 
@@ -206,8 +211,12 @@ class SymbolState:
             if problem is not None:
                 h.events_total += 1
                 t = h.corrupt(*problem, source, ts, recv)
+                if t is None and problem[0] in BAND_CODES:
+                    # Already CORRUPTED: each flagged print is still an event of its own.
+                    t = h.flag(*problem, source, ts, recv)
             else:
                 t = h.valid(source, ts, recv)
+                self.prices.update(type_name, ev)
             if t:
                 out.append((_DATA_HEALTH, t))
             if type_name == _OPTION_QUOTE:
@@ -267,7 +276,7 @@ class SymbolState:
             return "CROSSED_MARKET", (f"bid {ev['bid_px_e9'] / 1e9} above ask "
                                       f"{ev['ask_px_e9'] / 1e9} by more than "
                                       f"{CROSSED_TOLERANCE:.0%}")
-        return None
+        return self.prices.check(type_name, ev)
 
     def _enrich_option_trade(self, ev: Event) -> None:
         """The contract's NBBO at trade time and the aggressor it implies."""
