@@ -29,7 +29,14 @@ from connectors.massive_rest import GAP_MARGIN_NS, open_gaps
 from infra.procs import free_port
 from infra.simulator import SimulatorConfig, SimulatorServer
 from infra.simulator.market import MarketConfig, SyntheticMarket
-from infra.topics import HEALTH, RAW_MASSIVE_REST, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
+from infra.topics import (
+    DEAD_LETTER,
+    HEALTH,
+    RAW_MASSIVE_REST,
+    RAW_MASSIVE_STOCKS,
+    STOCK_QUOTES,
+    STOCK_TRADES,
+)
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
 from tickflow.identity import massive_event_id
@@ -44,11 +51,21 @@ GAP = (300_000, 330_000)  # ms after T0: the 30 s disconnect
 MARKET = MarketConfig(seed=5, symbols=("SPY", "QQQ"), start_ms=T0_MS, rate=RATE)
 
 
-def live_log(settings: Settings, minutes: float) -> list[dict]:
+def live_log(settings: Settings, minutes: float, bad_print: bool = False) -> list[dict]:
     """The live feed's raw records: frames of 10 events, none inside the gap, and the
-    connector's loss window for it. Returns every event the market produced."""
+    connector's loss window for it. Returns every event the market produced. With
+    ``bad_print``, SPY's last event before the gap arrives live at 1000x its price (REST
+    history has it right)."""
     market = SyntheticMarket(MARKET)
     events = market.events(int(minutes * 60 * RATE))
+    if bad_print:  # SPY's last event before the gap: nothing valid of SPY follows it
+        before = max(i for i in range(0, len(events), 10)
+                     if events[i:i + 10][-1]["t"] - T0_MS < GAP[0])  # the last frame sent
+        last = max(i for i in range(before + 10) if events[i]["sym"] == "SPY")
+        e = events[last]
+        events = [*events]
+        events[last] = ({**e, "p": e["p"] * 1000} if e["ev"] == "T"
+                        else {**e, "bp": e["bp"] * 1000, "ap": e["ap"] * 1000})
     p = Producer({**settings.kafka_config(), "linger.ms": 5})
     seq = 0
 
@@ -77,10 +94,11 @@ def live_log(settings: Settings, minutes: float) -> list[dict]:
     return events
 
 
-@pytest.mark.parametrize("minutes", [10, 95], ids=["5min-later", "1h-later"])
+@pytest.mark.parametrize(("minutes", "bad_print"), [(10, False), (95, False), (10, True)],
+                         ids=["5min-later", "1h-later", "gap-while-corrupted"])
 def test_a_late_backfill_adds_nothing_twice(settings: Settings, tmp_path: Path,
-                                            minutes: float) -> None:
-    events = live_log(settings, minutes)
+                                            minutes: float, bad_print: bool) -> None:
+    events = live_log(settings, minutes, bad_print)
     sim = SimulatorServer(SimulatorConfig(
         port=free_port(), seed=MARKET.seed, rate=RATE, api_keys=(KEY,),
         anchor_to_wall_clock=False, market=replace(MARKET),
@@ -139,7 +157,23 @@ def test_a_late_backfill_adds_nothing_twice(settings: Settings, tmp_path: Path,
     # payloads compared), counted on the health events.
     health = [decode(BY_TOPIC[HEALTH], m.value()) for m in read_all(settings.kafka_config(),
                                                                     HEALTH)]
-    closing = [h for h in health if h["reason_code"] == "BACKFILLED"]
-    assert {h["symbol"] for h in closing} == {"SPY", "QQQ"}, [
+    closing = {h["symbol"]: h for h in health if h["reason_code"] == "BACKFILLED"}
+    assert set(closing) == {"SPY", "QQQ"}, [
         (h["symbol"], h["from_state"], h["to_state"], h["reason_code"]) for h in health]
-    assert all(h["duplicates_total"] > 0 and h["conflicts_total"] == 0 for h in closing)
+    assert all(h["duplicates_total"] > 0 for h in closing.values())
+    dead = [decode(BY_TOPIC[DEAD_LETTER], m.value())
+            for m in read_all(settings.kafka_config(), DEAD_LETTER)]
+    if not bad_print:
+        assert all(h["conflicts_total"] == 0 for h in closing.values()) and not dead
+        return
+    # The bad print corrupted SPY; the gap came while CORRUPTED and is still an event of its
+    # own, found and closed by the backfill (RECOVERING waited for it before HEALTHY).
+    spy = [(h["from_state"], h["to_state"], h["reason_code"]) for h in health
+           if h["symbol"] == "SPY"]
+    assert spy[:2] == [("HEALTHY", "CORRUPTED", "PRICE_OUT_OF_BAND"),
+                       ("CORRUPTED", "CORRUPTED", "LOSS_WINDOW")], spy
+    assert spy[-1] == ("RECOVERING", "HEALTHY", "BACKFILLED")
+    # REST has that trade at its right price: a conflict, surfaced, the live version kept.
+    [conflict] = dead
+    assert conflict["reason_code"] == "CONFLICT" and conflict["symbol"] == "SPY"
+    assert closing["SPY"]["conflicts_total"] == 1 and closing["QQQ"]["conflicts_total"] == 0
