@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) -m bench.scaling
 	$(PY) -m bench.dbn_memory --gb 2
 	$(PY) -m bench.state_size
+	$(PY) -m bench.backfill_state
 
 # 30 minutes at the benchmark's steady rate: flat RSS, no growing lag (CI runs 60 s of it).
 soak: $(STAMP)
