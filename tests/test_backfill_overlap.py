@@ -13,9 +13,6 @@ came twice.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +36,7 @@ from infra.topics import (
 )
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from tests.deployed import cli, deployed_env, flow_run
 from tickflow.identity import massive_event_id
 from tickflow.raw import LossWindow, RawSource, RecordKind, make_headers
 from tickflow.settings import Settings
@@ -103,24 +101,13 @@ def test_a_late_backfill_adds_nothing_twice(settings: Settings, tmp_path: Path,
         port=free_port(), seed=MARKET.seed, rate=RATE, api_keys=(KEY,),
         anchor_to_wall_clock=False, market=replace(MARKET),
         rest_ahead_ms=int(minutes * 60_000) + 60_000)).run_in_thread()
-    env = {k: v for k, v in os.environ.items() if k != "TICKFLOW_RAW_TOPICS"}
-    env.update({"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-                "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-                "TICKFLOW_LAKE_ROOT": str(settings.lake_root),
-                "TICKFLOW_STATE_DIR": str(settings.state_dir),
-                "MASSIVE_REST_URL": f"http://127.0.0.1:{sim.port}", "MASSIVE_API_KEY": KEY})
-    flow = [sys.executable, "-m", "tickflow.cli", "flow", "run", "--bounded",
-            "--recovery-dir", str(tmp_path / "recovery"), "--snapshot-secs", "1"]
+    env = deployed_env(settings, sim.port, KEY)
     try:
-        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
+        flow_run(env, tmp_path / "recovery")
         gaps = open_gaps(settings.kafka_config())
         assert set(gaps) == {"SPY", "QQQ"}
-        bf = subprocess.run([sys.executable, "-m", "tickflow.cli", "backfill", "gaps"],
-                            env=env, capture_output=True, text=True, timeout=300)
-        assert bf.returncode == 0, bf.stderr[-3000:]
-        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
+        cli(env, "backfill", "gaps")
+        flow_run(env, tmp_path / "recovery")
     finally:
         sim.stop_thread()
     assert open_gaps(settings.kafka_config()) == {}

@@ -6,7 +6,6 @@ docker and Kubernetes stop a container) and a restart open none."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from infra.simulator import SimulatorConfig, SimulatorServer
 from infra.topics import HEALTH, RAW_MASSIVE_STOCKS
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from tests.deployed import cli, deployed_env, flow_run
 from tickflow.settings import Settings
 from tickflow.topicstats import read_all
 
@@ -38,17 +38,9 @@ def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
         settings: Settings, tmp_path: Path) -> None:
     sim = SimulatorServer(SimulatorConfig(port=free_port(), rate=1000, api_keys=(KEY,))
                           ).run_in_thread()
-    env = {k: v for k, v in os.environ.items() if k != "TICKFLOW_RAW_TOPICS"}
-    env.update({"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-                "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-                "TICKFLOW_LAKE_ROOT": str(settings.lake_root),
-                "TICKFLOW_STATE_DIR": str(settings.state_dir),
-                "MASSIVE_WS_HOST": f"127.0.0.1:{sim.port}", "MASSIVE_WS_SECURE": "false",
-                "MASSIVE_REST_URL": f"http://127.0.0.1:{sim.port}", "MASSIVE_API_KEY": KEY})
+    env = deployed_env(settings, sim.port, KEY)
     connect = [sys.executable, "-m", "tickflow.cli", "connect", "massive-ws", "--market",
                "stocks", "--subscribe", "Q.SPY,T.SPY,Q.QQQ,T.QQQ"]
-    flow = [sys.executable, "-m", "tickflow.cli", "flow", "run", "--bounded",
-            "--recovery-dir", str(tmp_path / "recovery"), "--snapshot-secs", "1"]
     log = (tmp_path / "connect.log").open("w")
 
     def run_until(n_frames: int, stop: signal.Signals) -> None:
@@ -75,8 +67,7 @@ def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
         killed_last = max(r for s, r, _ in sessions if s == order[0])
         second_first = min(r for s, r, _ in sessions if s == order[1])
 
-        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
+        flow_run(env, tmp_path / "recovery")
         health = [decode(BY_TOPIC[HEALTH], m.value())
                   for m in read_all(settings.kafka_config(), HEALTH)]
         # One loss window per symbol of the feed, exactly the dead time; none for the clean
@@ -89,11 +80,8 @@ def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
         assert open_gaps(settings.kafka_config()) == {
             "QQQ": [(killed_last, second_first)], "SPY": [(killed_last, second_first)]}
 
-        bf = subprocess.run([sys.executable, "-m", "tickflow.cli", "backfill", "gaps"],
-                            env=env, capture_output=True, text=True, timeout=300)
-        assert bf.returncode == 0, bf.stderr[-3000:]
-        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
+        cli(env, "backfill", "gaps")
+        flow_run(env, tmp_path / "recovery")
     finally:
         sim.stop_thread()
         log.close()

@@ -27,6 +27,7 @@ from infra.simulator import Faults, SimulatorConfig, SimulatorServer
 from infra.topics import HEALTH, RAW_MASSIVE_REST, STOCK_QUOTES, STOCK_TRADES
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from tests.deployed import cli, deployed_env, flow_run
 from tickflow.normalize.massive import ROUND_LOT_CUTOFF_NS
 from tickflow.normalize.massive_rest import RestProvenance, normalize_rest_page
 from tickflow.settings import Settings
@@ -144,29 +145,18 @@ def test_disconnect_gap_is_filled_by_backfill_as_deployed(settings: Settings,
     # its default raw topics (no TICKFLOW_RAW_TOPICS), a recovery store; the backfill is
     # `tickflow backfill gaps`.
     s = _sim(disconnect_after_frames=40)
-    env = {k: v for k, v in os.environ.items() if k != "TICKFLOW_RAW_TOPICS"}
-    env.update({"KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-                "SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-                "TICKFLOW_LAKE_ROOT": str(settings.lake_root),
-                "TICKFLOW_STATE_DIR": str(settings.state_dir),
-                "MASSIVE_REST_URL": f"http://127.0.0.1:{s.port}", "MASSIVE_API_KEY": KEY})
-    flow = [sys.executable, "-m", "tickflow.cli", "flow", "run", "--bounded",
-            "--recovery-dir", str(tmp_path / "recovery"), "--snapshot-secs", "1"]
+    env = deployed_env(settings, s.port, KEY)
     try:
         cfg = WsConfig(f"127.0.0.1:{s.port}", "stocks", ["Q.SPY", "T.SPY"], api_key=KEY,
                        secure=False, backoff_min_s=0.8)
         asyncio.run(run_ws(cfg, settings.kafka_config(), duration_s=3.0))
-        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
+        flow_run(env, tmp_path / "recovery")
         gaps = open_gaps(settings.kafka_config())
         assert set(gaps) == {"SPY"}
-        bf = subprocess.run([sys.executable, "-m", "tickflow.cli", "backfill", "gaps"],
-                            env=env, capture_output=True, text=True, timeout=300)
-        assert bf.returncode == 0, bf.stderr[-3000:]
+        bf = cli(env, "backfill", "gaps")
         assert KEY not in bf.stdout + bf.stderr
         # The flow resumes where it stopped (its state knows the open gap) and reads the pages.
-        run = subprocess.run(flow, env=env, capture_output=True, text=True, timeout=300)
-        assert run.returncode == 0, run.stderr[-3000:]
+        flow_run(env, tmp_path / "recovery")
     finally:
         s.stop_thread()
     pages = [json.loads(dict(m.headers() or [])["provenance"])
