@@ -42,7 +42,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
 from connectors.failpoints import failpoint
-from connectors.offsets import hold_flow_lock
+from connectors.offsets import committed, hold_flow_lock
 from connectors.recovery_store import StoreReader
 from infra.broker import (
     TANSU_CATCH_UP_FETCH_WAIT_MS,
@@ -310,7 +310,7 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
         """The group's committed offset, or the beginning when it has none."""
         c = Consumer(conf)
         try:
-            [tp] = c.committed([TopicPartition(topic, partition)], timeout=30)
+            [tp] = committed(c, [TopicPartition(topic, partition)])
         finally:
             c.close()
         return tp.offset if tp.offset >= 0 else OFFSET_BEGINNING

@@ -21,13 +21,14 @@ import contextlib
 import fcntl
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from infra.broker import TANSU_SESSION_TIMEOUT_MS
@@ -45,6 +46,29 @@ class PlanRow:
     requested: int  # where the user asked to start
     start: int  # committed start: requested, aligned down to the lake's bucket grid
     end: int  # log end (from what a fetch returned, not the watermark)
+
+
+# The group coordinator is not there yet on a fresh broker (Kafka creates
+# __consumer_offsets on first use) or moves: librdkafka hands these back from committed().
+_COORDINATOR_ERRORS = frozenset({KafkaError.NOT_COORDINATOR,
+                                 KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                                 KafkaError.COORDINATOR_NOT_AVAILABLE})
+
+
+def committed(c: Consumer, tps: list[TopicPartition], timeout: float = 30.0
+              ) -> list[TopicPartition]:
+    """``Consumer.committed`` that waits out a coordinator still loading or moving."""
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
+        try:
+            return c.committed(tps, timeout=max(1.0, deadline - time.monotonic()))
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code not in _COORDINATOR_ERRORS or time.monotonic() + delay > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(2.0, delay * 2)
 
 
 def _consumer(conf: dict[str, Any], group: str | None = None) -> Consumer:
@@ -134,8 +158,8 @@ def plan_reset(conf: dict[str, Any], group: str, topics: list[str], *, to_earlie
             if tmd is None or tmd.error is not None:
                 raise ResetError(f"topic {topic!r} does not exist")
             parts = sorted(tmd.partitions)
-            committed = gc.committed([TopicPartition(topic, p) for p in parts], timeout=30)
-            for p, tp in zip(parts, committed, strict=True):
+            committed_tps = committed(gc, [TopicPartition(topic, p) for p in parts])
+            for p, tp in zip(parts, committed_tps, strict=True):
                 current = tp.offset if tp.offset >= 0 else None
                 low, end = log_bounds(conf, topic, p)
                 if to_earliest:

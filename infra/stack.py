@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.broker import TansuBroker
+from infra.kafka import KafkaBroker
 from infra.procs import ManagedProcess, free_port, python_module_argv
 from infra.registry import AUTH_ENV as REGISTRY_AUTH_ENV
 from infra.registry import registry_process
@@ -51,7 +52,8 @@ class EmbeddedStack:
 
     def __init__(self, state_dir: Path, broker_port: int = 0, registry_port: int = 0,
                  simulator_port: int = 0, simulator_args: list[str] | None = None,
-                 raw_partitions: int = 4, normalized_partitions: int = 4) -> None:
+                 raw_partitions: int = 4, normalized_partitions: int = 4,
+                 broker: str = "tansu") -> None:
         self.state_dir = state_dir
         self.broker_port = broker_port or free_port()
         self.registry_port = registry_port or free_port()
@@ -60,7 +62,13 @@ class EmbeddedStack:
         self.raw_partitions = raw_partitions
         self.normalized_partitions = normalized_partitions
         logs = state_dir / "logs"
-        self.broker = TansuBroker(HOST, self.broker_port, logs / "broker.log")
+        if broker not in ("tansu", "kafka"):
+            raise ValueError(f"broker must be 'tansu' or 'kafka', not {broker!r}")
+        # Apache Kafka keeps its data on disk under the state dir (a restart keeps it);
+        # Tansu is memory only.
+        self.broker: ManagedProcess = (
+            KafkaBroker(HOST, self.broker_port, state_dir / "kafka", logs / "broker.log")
+            if broker == "kafka" else TansuBroker(HOST, self.broker_port, logs / "broker.log"))
         self.registry = registry_process(HOST, self.registry_port, state_dir / "registry",
                                          logs / "registry.log")
         self.simulator = ManagedProcess(

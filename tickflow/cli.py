@@ -62,6 +62,9 @@ def up(
     simulator_arg: Annotated[list[str] | None, typer.Option(
         help="Extra simulator flag, repeatable (e.g. --simulator-arg=--malformed-every=100)")
     ] = None,
+    broker: Annotated[str, typer.Option(
+        help="tansu (pip-only, in memory) or kafka (Apache Kafka, KRaft, data on disk; "
+             "needs Java 17 and Maven, the first start downloads it)")] = "tansu",
 ) -> None:
     """Start the embedded stack in the background: broker, schema registry, simulator.
 
@@ -74,7 +77,7 @@ def up(
         err.print(f"a stack is already recorded in {state_dir}; run `tickflow down` first")
         raise typer.Exit(1)
     stack = EmbeddedStack(state_dir, broker_port, registry_port, simulator_port,
-                          simulator_args=list(simulator_arg or []))
+                          simulator_args=list(simulator_arg or []), broker=broker)
     stack.start()
     info = stack.info()
     write_stack_file(info)
