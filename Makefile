@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak clean install
+.PHONY: demo test lint bench soak clean install kafka-jars
 
 $(STAMP): pyproject.toml setup.py schemas/_avro_writer.c
 	@test -x $(PY) || { command -v $(PYTHON) >/dev/null && $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV); }
@@ -17,8 +17,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/tickflow demo
 
+# Apache Kafka's jars from Maven Central, once per machine (~/.m2 and a cached classpath).
+kafka-jars: $(STAMP)
+	@$(PY) -c "import time; t=time.monotonic(); from infra.kafka import KAFKA_VERSION, kafka_classpath; kafka_classpath(); print(f'Apache Kafka {KAFKA_VERSION} jars ready ({time.monotonic()-t:.1f} s)')"
+
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-test: $(STAMP)
+test: $(STAMP) kafka-jars
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy tickflow flows schemas connectors infra
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
