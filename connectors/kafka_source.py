@@ -57,6 +57,10 @@ CONSUMER_LAG = Gauge("tickflow_consumer_lag",
                      "Raw records written but not yet read by the flow, per raw partition",
                      ["topic", "partition"])
 
+# How long a bounded run's partition waits for its end to become durable (normally one or
+# two snapshot intervals) before it ends anyway.
+END_WAIT_S = 120
+
 # What the source emits: the records of one poll of one partition, in offset order.
 RawBatch = list[RawRecord]
 
@@ -95,6 +99,7 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         self._batch_size = batch_size
         self._eof = False
         self._wake: float | None = None
+        self._end_by: float | None = None
 
     def next_batch(self) -> list[RawBatch]:
         if self._eof:
@@ -126,9 +131,22 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         as it ends; ending here first means its committed offset is then the true end."""
         if self._durable is None or self._state.next_offset < 0:
             raise StopIteration()
-        self._wake = time.monotonic() + 0.1
-        durable = self._durable()
+        now = time.monotonic()
+        if self._end_by is None:
+            self._end_by = now + END_WAIT_S
+        self._wake = now + 0.1
+        try:
+            durable = self._durable()
+        except Exception as exc:  # the store cannot be read: end now, offset left behind
+            log.warning("cannot read the recovery store for %s[%d] (%s): ending without "
+                        "committing its end", self._topic, self._partition, exc)
+            raise StopIteration() from None
         if durable is not None and durable.next_offset >= self._state.next_offset:
+            raise StopIteration()
+        if now > self._end_by:
+            log.warning("the recovery store does not hold the end of %s[%d] after %d s: "
+                        "ending without committing it (a restart commits it)", self._topic,
+                        self._partition, END_WAIT_S)
             raise StopIteration()
 
     def next_awake(self) -> datetime | None:
