@@ -56,24 +56,10 @@ class RecoveryStore:
             out.append(c)
         return out
 
-    def durable_epoch(self) -> int | None:
-        """The epoch a restart would resume from (every snapshot before it is durable), or
-        None when no execution is recorded yet."""
-        conns = self._connections()
-        try:
-            return _durable_epoch(conns)
-        finally:
-            for c in conns:
-                c.close()
-
-    def durable_state(self, step_id: str, key: str) -> Any | None:
-        """The snapshot of ``key`` of step ``step_id`` a restart would resume with, or
-        None when the store holds none for it (yet)."""
-        raw = self.durable_snapshot(step_id, key)
-        return None if raw is None else pickle.loads(raw)  # our own store, by Bytewax
-
     def durable_snapshot(self, step_id: str, key: str) -> bytes | None:
-        """``durable_state`` still pickled (what the helper process answers with)."""
+        """The pickled snapshot of ``key`` of step ``step_id`` a restart would resume with,
+        or None when the store holds none for it (yet). Only in the helper process (module
+        doc): opened in a flow's own process, SQLite's locks break."""
         conns = self._connections()
         try:
             epoch = _durable_epoch(conns)
@@ -116,9 +102,10 @@ def _durable_epoch(conns: list[sqlite3.Connection]) -> int | None:
 
 
 class StoreReader:
-    """``RecoveryStore.durable_state`` for a process that runs a Bytewax dataflow: the
-    questions go to a helper process (see module doc), started on first use and ending with
-    this one (its input closes). Thread-safe: the workers of a process share it."""
+    """What the recovery store holds durably, for a process that runs a Bytewax dataflow:
+    ``RecoveryStore.durable_snapshot`` is asked of a helper process (see module doc),
+    started on first use and ending with this one (its input closes). Thread-safe: the
+    workers of a process share it."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
