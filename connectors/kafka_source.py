@@ -135,12 +135,9 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         if self._end_by is None:
             self._end_by = now + END_WAIT_S
         self._wake = now + 0.1
-        try:
-            durable = self._durable()
-        except Exception as exc:  # the store cannot be read: end now, offset left behind
-            log.warning("cannot read the recovery store for %s[%d] (%s): ending without "
-                        "committing its end", self._topic, self._partition, exc)
-            raise StopIteration() from None
+        readable, durable = self._read_durable()
+        if not readable:  # end now, the offset left behind (a restart commits it)
+            raise StopIteration()
         if durable is not None and durable.next_offset >= self._state.next_offset:
             raise StopIteration()
         if now > self._end_by:
@@ -209,15 +206,20 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
             self._commit_durable(asynchronous=True)
         return PartitionState(self._state.next_offset)
 
-    def _commit_durable(self, asynchronous: bool) -> None:
-        """Commit what the recovery store holds durably for this partition, if it moved."""
+    def _read_durable(self) -> tuple[bool, PartitionState | None]:
+        """(readable, what the recovery store holds durably for this partition). A store
+        that cannot be read is reported, never allowed to stop the flow."""
         assert self._durable is not None
         try:
-            durable = self._durable()
-        except Exception as exc:  # the store is busy or damaged: report, never stop the flow
+            return True, self._durable()
+        except Exception as exc:
             log.warning("cannot read the recovery store for %s[%d]: %s", self._topic,
                         self._partition, exc)
-            return
+            return False, None
+
+    def _commit_durable(self, asynchronous: bool) -> None:
+        """Commit what the recovery store holds durably for this partition, if it moved."""
+        _, durable = self._read_durable()
         if durable is not None and durable.next_offset >= 0:
             self._commit(durable.next_offset, asynchronous)
 
