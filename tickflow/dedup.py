@@ -30,6 +30,7 @@ Two structures, both bounded:
 
 from __future__ import annotations
 
+import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 
@@ -49,8 +50,6 @@ _NONE = -(2**62)  # None in a fingerprint (hash(None) is not stable across proce
 def fingerprint(values: tuple[object, ...]) -> int:
     """A deterministic 64-bit digest of a payload's values (ints, str, None, lists of int).
     Python's ``hash`` of str is salted per process, so strings go through CRC-32."""
-    import zlib
-
     parts: list[int] = []
     for v in values:
         if v is None:
