@@ -32,6 +32,10 @@ HEALTH = Counter("tickflow_health_transitions_total", "DataHealth transitions, b
 HEALTH_RECORDS = Counter("tickflow_health_records_total",
                          "DataHealth events that change no state (a gap recorded while "
                          "degraded, a gap filled), by reason", ["reason"])
+UNVERIFIED_DUPLICATES = Counter(
+    "tickflow_unverified_duplicates_total",
+    "Copies dropped by identity alone: inside a span already published, their payload no "
+    "longer kept to compare (tickflow.dedup), by source", ["source"])
 DUPLICATES = Counter("tickflow_duplicates_total", "Exact duplicates dropped, by source",
                      ["source"])
 RAW_IN = Counter("tickflow_raw_records_total", "Raw records read, by topic", ["topic"])

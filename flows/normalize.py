@@ -98,10 +98,13 @@ def symbol_step(state: SymbolState | None, batches: list[SymbolBatch]
             if b.expired and not (b.events or b.rejects or b.losses or b.fills):
                 continue  # already gone (another raw partition dropped it first)
             state = SymbolState(b.symbol)
-        dups = state.health.duplicates_total
+        dups, unverified = state.health.duplicates_total, state.unverified_duplicates
         out.append(LakeRows(b.raw_topic, b.raw_partition, b.raw_offset, state.process(b)))
         if state.health.duplicates_total != dups:
             metrics.DUPLICATES.labels(b.source).inc(state.health.duplicates_total - dups)
+            if state.unverified_duplicates != unverified:
+                metrics.UNVERIFIED_DUPLICATES.labels(b.source).inc(
+                    state.unverified_duplicates - unverified)
         if b.expired:
             metrics.LIVE_HEALTH.pop(b.symbol, None)
             metrics.EXPIRED_STATES.inc()
