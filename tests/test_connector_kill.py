@@ -57,7 +57,7 @@ def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
         run_until(30, signal.SIGKILL)  # killed: its session never ends
         time.sleep(2.0)  # nothing listens; the market goes on
         run_until(30, signal.SIGTERM)  # stopped cleanly
-        time.sleep(1.0)
+        time.sleep(1.0)  # the scenario, not a wait: nothing listens, yet no window opens
         run_until(30, signal.SIGTERM)  # and started again: no loss
         sessions = raw_sessions(settings)
         order = list(dict.fromkeys(s for s, _, _ in sessions))
