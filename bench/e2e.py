@@ -40,23 +40,21 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import busy_open_frames
+from connectors.topicstats import read_all
 from flows.runner import flow_argv
 from infra.broker import TansuBroker
 from infra.procs import free_port
 from infra.registry import registry_process
-from infra.topics import (
+from infra.topics import TopicSpec, create_topics, topic_specs
+from schemas.topics import (
     OPTION_QUOTES,
     OPTION_TRADES,
     RAW_MASSIVE_OPTIONS,
     RAW_MASSIVE_STOCKS,
     STOCK_QUOTES,
     STOCK_TRADES,
-    TopicSpec,
-    create_topics,
-    topic_specs,
 )
 from tickflow.raw import RawSource, make_headers
-from tickflow.topicstats import read_all
 
 HOST = "127.0.0.1"
 RAW_TOPICS = [RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS]

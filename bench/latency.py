@@ -33,15 +33,10 @@ from flows.runner import flow_argv
 from infra.broker import TansuBroker
 from infra.procs import ManagedProcess, free_port, python_module_argv
 from infra.registry import registry_process
-from infra.topics import (
-    STOCK_QUOTES,
-    STOCK_TRADES,
-    TopicSpec,
-    create_topics,
-    topic_specs,
-)
+from infra.topics import TopicSpec, create_topics, topic_specs
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from schemas.topics import STOCK_QUOTES, STOCK_TRADES
 
 HOST = "127.0.0.1"
 SYMBOLS = ("SPY", "QQQ", "AAPL", "MSFT", "NVDA", "TSLA")
@@ -138,7 +133,7 @@ def main() -> int:
                                 env=env, stdout=logs, stderr=logs)
         time.sleep(3)  # the flow is up and following the raw topic
         subs = ",".join(f"{c}.{s}" for s in SYMBOLS for c in ("Q", "T"))
-        conn = subprocess.Popen([sys.executable, "-m", "tickflow.cli", "connect", "massive-ws",
+        conn = subprocess.Popen([sys.executable, "-m", "app.cli", "connect", "massive-ws",
                                  "--market", "stocks", "--subscribe", subs, "--seconds",
                                  str(total + 2)], env=env, stdout=logs, stderr=logs)
         c = Consumer({**kconf, "group.id": "bench-latency", "auto.offset.reset": "latest",

@@ -34,7 +34,8 @@ from infra.broker import TansuBroker
 from infra.procs import free_port
 from infra.registry import registry_process
 from infra.simulator.market import MarketConfig, SyntheticMarket
-from infra.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES, create_topics, topic_specs
+from infra.topics import create_topics, topic_specs
+from schemas.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
 from tickflow.raw import RawSource, make_headers
 
 SYMBOLS = ("SPY", "QQQ", "AAPL", "MSFT")

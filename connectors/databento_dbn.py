@@ -265,8 +265,8 @@ def publish_file(path: Path, kafka_conf: dict[str, Any], topic: str,
     (chunks, records). One key per dataset and schema keeps the file's order."""
     from confluent_kafka import Producer
 
-    from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
-    from infra.topics import MAX_MESSAGE_BYTES
+    from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+    from schemas.topics import MAX_MESSAGE_BYTES
 
     producer = Producer({**kafka_conf, **TANSU_PRODUCER_NO_AUTOCREATE,
                          "enable.idempotence": True, "acks": "all", "linger.ms": 10,

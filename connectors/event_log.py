@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE, TANSU_SESSION_TIMEOUT_MS
+from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE, TANSU_SESSION_TIMEOUT_MS
 from schemas.model import BY_NAME, Event, EventType
 from schemas.serde import AvroEncoder, decode, encoders
 

@@ -15,8 +15,8 @@ from typing import Any
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaException, Producer
 
+from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
 from connectors.failpoints import failpoint
-from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
 
 log = logging.getLogger(__name__)
 

@@ -41,14 +41,14 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
-from connectors.failpoints import failpoint
-from connectors.offsets import committed, hold_flow_lock
-from connectors.recovery_store import StoreReader
-from infra.broker import (
+from connectors.broker_profile import (
     TANSU_CATCH_UP_FETCH_WAIT_MS,
     TANSU_SESSION_TIMEOUT_MS,
     TANSU_STARVED_AFTER_S,
 )
+from connectors.failpoints import failpoint
+from connectors.offsets import committed, hold_flow_lock
+from connectors.recovery_store import StoreReader
 from tickflow.raw import RawRecord
 
 log = logging.getLogger(__name__)

@@ -33,8 +33,8 @@ from massive.exceptions import BadResponse
 from urllib3.exceptions import MaxRetryError
 
 import tickflow
-from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
-from infra.topics import MAX_MESSAGE_BYTES, RAW_MASSIVE_REST
+from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+from schemas.topics import MAX_MESSAGE_BYTES, RAW_MASSIVE_REST
 from tickflow.normalize.massive_rest import PROVENANCE_ENCODER, RestProvenance
 from tickflow.raw import RawSource, make_headers
 
@@ -251,11 +251,11 @@ GAP_MARGIN_NS = 2 * 1_000_000_000
 
 def open_gaps(kafka_conf: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
     """Per symbol, the gap windows ``market.health`` leaves open (``open_gap_windows``)."""
-    from infra.topics import HEALTH
+    from connectors.topicstats import read_all
     from schemas.model import DATA_HEALTH
     from schemas.serde import decode
+    from schemas.topics import HEALTH
     from tickflow.health import open_gap_windows
-    from tickflow.topicstats import read_all
 
     return open_gap_windows([decode(DATA_HEALTH, m.value() or b"")
                              for m in read_all(kafka_conf, HEALTH)])

@@ -32,7 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from connectors.raw_writer import DEFAULT_QUEUE_SIZE, RawWriter
-from infra.topics import RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
+from schemas.topics import RAW_MASSIVE_OPTIONS, RAW_MASSIVE_STOCKS
 from tickflow.raw import RawSource
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from typing import IO, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from infra.broker import TANSU_SESSION_TIMEOUT_MS
+from connectors.broker_profile import TANSU_SESSION_TIMEOUT_MS
 
 
 class ResetError(RuntimeError):

@@ -25,9 +25,9 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 
+from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
 from connectors.spool import Spool, SpoolFull
-from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
-from infra.topics import MAX_MESSAGE_BYTES
+from schemas.topics import MAX_MESSAGE_BYTES
 from tickflow.raw import H_KIND, H_RECEIVED_NS, LossWindow, RawSource, RecordKind, make_headers
 
 log = logging.getLogger(__name__)

@@ -205,8 +205,8 @@ def replay_to_kafka(paths: list[Path], kafka_conf: dict[str, Any], topic: str,
     """Replay DBN files into the raw ``topic`` (one key per dataset, so order is kept)."""
     from confluent_kafka import Producer
 
-    from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
-    from infra.topics import MAX_MESSAGE_BYTES
+    from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+    from schemas.topics import MAX_MESSAGE_BYTES
 
     producer = Producer({**kafka_conf, **TANSU_PRODUCER_NO_AUTOCREATE,
                          "enable.idempotence": True, "acks": "all",
@@ -262,7 +262,7 @@ def replay_lake(root: Path, event_types: list[str], kafka_conf: dict[str, Any],
     live data, told apart only by that field."""
     from confluent_kafka import Producer
 
-    from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
+    from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
     from schemas.model import BY_NAME
     from schemas.serde import encoders
 

@@ -19,13 +19,13 @@ from typing import Any
 
 from confluent_kafka import Producer
 
+from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
 from connectors.lake import NS_PER_DAY, OpenFile, PartitionKey, write_file
 from connectors.lake_query import query as lake_query
-from infra.broker import TANSU_PRODUCER_NO_AUTOCREATE
+from connectors.topicstats import read_all
 from schemas.model import TRADE_RECORD, Event
 from schemas.serde import AvroEncoder, decode, encoders
 from tickflow.journal import first_of_each, trade_record
-from tickflow.topicstats import read_all
 
 
 class TradeJournal:

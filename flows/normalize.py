@@ -33,9 +33,9 @@ from connectors.lake import LakeRows, LakeSink
 from connectors.offsets import read_floor, record_recovery_dir
 from flows import metrics
 from flows.runner import recovery_dir_of_run
-from infra.topics import RAW_TOPICS
 from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
+from schemas.topics import RAW_TOPICS
 from tickflow.feed import DEFAULT_EXPIRED_STATE_DAYS, FeedState
 from tickflow.normalize import route
 from tickflow.settings import Settings, get_settings

@@ -8,34 +8,15 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from infra.broker import TANSU_EXPLICIT_TOPIC_CONFIG_KEYS
-
-# Raw topics: one per vendor connection kind. One feed connection writes with one key, so its
-# frames stay in order in one partition.
-RAW_MASSIVE_STOCKS = "raw.massive.stocks"
-RAW_MASSIVE_OPTIONS = "raw.massive.options"
-RAW_MASSIVE_REST = "raw.massive.rest"
-RAW_DATABENTO = "raw.databento.dbn"
-RAW_TOPICS = (RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS, RAW_MASSIVE_REST, RAW_DATABENTO)
-
-STOCK_QUOTES = "market.stocks.quotes"
-STOCK_TRADES = "market.stocks.trades"
-OPTION_TRADES = "market.options.trades"
-OPTION_QUOTES = "market.options.quotes"
-FUTURES_TRADES = "market.futures.trades"
-FUTURES_MBP10 = "market.futures.mbp10"
-HEALTH = "market.health"
-ALERTS = "market.alerts"
-DEAD_LETTER = "market.deadletter"
-# Our own executions (TradeJournal), key = strategy.
-TRADE_JOURNAL = "journal.trades"
-NORMALIZED_TOPICS = (
-    STOCK_QUOTES,
-    STOCK_TRADES,
-    OPTION_TRADES,
-    OPTION_QUOTES,
-    FUTURES_TRADES,
-    FUTURES_MBP10,
+from connectors.broker_profile import TANSU_EXPLICIT_TOPIC_CONFIG_KEYS
+from schemas.topics import (
+    ALERTS,
+    DEAD_LETTER,
+    HEALTH,
+    MAX_MESSAGE_BYTES,
+    NORMALIZED_TOPICS,
+    RAW_TOPICS,
+    TRADE_JOURNAL,
 )
 
 # The raw log is the source of truth: nothing is ever deleted by time or size.
@@ -46,10 +27,6 @@ NORMALIZED_CONFIG = {"retention.ms": str(7 * 24 * 3600 * 1000), "retention.bytes
                      "cleanup.policy": "delete"}
 # Dead letters hold original bytes that need a human: keep them as long as the raw log.
 DEAD_LETTER_CONFIG = dict(RAW_CONFIG)
-
-# Large frames (REST pages, DBN chunks) need more than Kafka's default 1 MB per message.
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-
 
 @dataclass(frozen=True)
 class TopicSpec:

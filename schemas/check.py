@@ -15,7 +15,7 @@ from typing import Any
 
 import avro.schema
 
-from infra.registry import reader_problems
+from schemas.compat import reader_problems
 from schemas.model import ALL_EVENTS, SCHEMA_DIR, EventType
 
 

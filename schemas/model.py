@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from infra import topics
+from schemas import topics
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 

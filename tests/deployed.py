@@ -26,7 +26,7 @@ def deployed_env(settings: Settings, simulator_port: int, api_key: str) -> dict[
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """``tickflow <args>``, which must succeed."""
-    run = subprocess.run([sys.executable, "-m", "tickflow.cli", *args], env=env,
+    run = subprocess.run([sys.executable, "-m", "app.cli", *args], env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, (args, run.stderr[-3000:])
     return run

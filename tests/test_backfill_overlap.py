@@ -23,10 +23,13 @@ import pytest
 from confluent_kafka import Producer
 
 from connectors.massive_rest import GAP_MARGIN_NS, open_gaps
+from connectors.topicstats import read_all
 from infra.procs import free_port
 from infra.simulator import SimulatorConfig, SimulatorServer
 from infra.simulator.market import MarketConfig, SyntheticMarket
-from infra.topics import (
+from schemas.model import BY_TOPIC
+from schemas.serde import decode
+from schemas.topics import (
     DEAD_LETTER,
     HEALTH,
     RAW_MASSIVE_REST,
@@ -34,13 +37,10 @@ from infra.topics import (
     STOCK_QUOTES,
     STOCK_TRADES,
 )
-from schemas.model import BY_TOPIC
-from schemas.serde import decode
 from tests.deployed import cli, deployed_env, flow_run
 from tickflow.identity import massive_event_id
 from tickflow.raw import LossWindow, RawSource, RecordKind, make_headers
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 KEY = "overlap-key"
 T0_MS = 1_763_046_000_000  # 2025-11-13 15:00 UTC

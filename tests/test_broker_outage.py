@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from connectors.massive_ws import MassiveWsConnector, WsConfig, WsStats, run_ws
+from connectors.topicstats import read_all
 from infra.broker import TansuBroker
 from infra.procs import free_port
 from infra.simulator import Faults, SimulatorConfig, SimulatorServer
-from infra.topics import RAW_MASSIVE_STOCKS, create_topics, topic_specs
-from tickflow.topicstats import read_all
+from infra.topics import create_topics, topic_specs
+from schemas.topics import RAW_MASSIVE_STOCKS
 
 KEY = "outage-test-key"
 OUTAGE_S = 30.0

@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 from connectors.massive_rest import open_gaps
+from connectors.topicstats import read_all
 from infra.procs import free_port
 from infra.simulator import SimulatorConfig, SimulatorServer
-from infra.topics import HEALTH, RAW_MASSIVE_STOCKS
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from schemas.topics import HEALTH, RAW_MASSIVE_STOCKS
 from tests.deployed import cli, deployed_env, flow_run
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 KEY = "kill-test-key"
 
@@ -39,7 +39,7 @@ def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
     sim = SimulatorServer(SimulatorConfig(port=free_port(), rate=1000, api_keys=(KEY,))
                           ).run_in_thread()
     env = deployed_env(settings, sim.port, KEY)
-    connect = [sys.executable, "-m", "tickflow.cli", "connect", "massive-ws", "--market",
+    connect = [sys.executable, "-m", "app.cli", "connect", "massive-ws", "--market",
                "stocks", "--subscribe", "Q.SPY,T.SPY,Q.QQQ,T.QQQ"]
     log = (tmp_path / "connect.log").open("w")
 

@@ -20,14 +20,14 @@ from connectors.databento_dbn import (
     iter_chunks,
     publish_file,
 )
+from connectors.topicstats import read_all
 from flows.normalize import build_flow
 from infra.dbn_generator import INSTRUMENT_ID, generate_day
-from infra.topics import DEAD_LETTER, FUTURES_MBP10, FUTURES_TRADES, HEALTH, RAW_DATABENTO
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from schemas.topics import DEAD_LETTER, FUTURES_MBP10, FUTURES_TRADES, HEALTH, RAW_DATABENTO
 from tickflow.normalize.databento import record_sequence, record_sizes
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 DAY = dt.date(2025, 11, 13)
 T0 = 1_763_044_200_000_000_000  # 2025-11-13 14:30 UTC

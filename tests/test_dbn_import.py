@@ -167,7 +167,7 @@ def test_add_table_writes_what_add_rows_writes(tmp_path_factory: pytest.TempPath
 
 def test_cli_import_then_verify(day: SimpleNamespace, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from tickflow.cli import app
+    from app.cli import app
 
     lake = tmp_path / "lake"
     monkeypatch.setenv("TICKFLOW_LAKE_ROOT", str(lake))

@@ -18,7 +18,7 @@ import yaml
 from typer._click.core import Command, Context
 from typer._click.exceptions import ClickException, UsageError
 
-from tickflow.cli import app
+from app.cli import app
 from tickflow.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import httpx
 
 from flows.runner import flow_argv
 from infra.procs import free_port
-from infra.topics import ALERTS, HEALTH, RAW_MASSIVE_STOCKS, STOCK_QUOTES
+from schemas.topics import ALERTS, HEALTH, RAW_MASSIVE_STOCKS, STOCK_QUOTES
 from tests.test_flow_integration import decode_topic
 from tickflow.raw import RawSource, make_headers
 from tickflow.settings import Settings
@@ -95,7 +95,7 @@ def test_disorder_gap_and_clock_drift_on_the_topics_and_live(settings: Settings,
         assert spy["gaps_total"] == 1 and len(spy["open_gaps"]) == 1
         assert httpx.get(f"{url}/health/QQQ").status_code == 404
         assert set(httpx.get(f"{url}/health").json()) == {"SPY"}
-        cli = subprocess.run([sys.executable, "-m", "tickflow.cli", "health", "--live", url],
+        cli = subprocess.run([sys.executable, "-m", "app.cli", "health", "--live", url],
                              env={**env, "COLUMNS": "200"}, capture_output=True, text=True,
                              timeout=60)
         assert cli.returncode == 0, cli.stderr

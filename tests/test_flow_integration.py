@@ -16,11 +16,11 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from connectors.lake import summarize
+from connectors.topicstats import read_all
 from flows.normalize import build_flow
-from infra.topics import DEAD_LETTER, HEALTH, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
+from schemas.topics import DEAD_LETTER, HEALTH, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
 from tickflow.raw import RawSource, make_headers
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 T0_MS = 1_763_000_000_000
 
@@ -175,7 +175,7 @@ def test_metrics_endpoint_and_health_command(settings: Settings, monkeypatch) ->
 
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
            "COLUMNS": "200"}
-    res = subprocess.run([sys.executable, "-m", "tickflow.cli", "health"], env=env,
+    res = subprocess.run([sys.executable, "-m", "app.cli", "health"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "SPY" in res.stdout and "AAPL" in res.stdout and "GAP_DETECTED" in res.stdout

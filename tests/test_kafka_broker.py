@@ -14,16 +14,16 @@ import pyarrow.dataset as ds
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from connectors.topicstats import read_all
 from flows.runner import flow_argv
 from infra.kafka import KAFKA_VERSION
 from infra.stack import EmbeddedStack
-from infra.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from schemas.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES
 from tests.test_recovery import produce, raw_frames
 from tickflow.normalizer import MarketDataNormalizer
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from connectors.kafka_source import PartitionState, RawKafkaSource
-from infra.topics import RAW_MASSIVE_STOCKS
+from schemas.topics import RAW_MASSIVE_STOCKS
 
 N = 20_000  # raw records, one per produce request: the lookup cost grows with their number
 # (a 1 ms wait starved at 5,000 on this machine kind; 20,000 leaves a margin for faster ones)

@@ -21,17 +21,17 @@ from connectors.massive_rest import (
     open_gaps,
 )
 from connectors.massive_ws import WsConfig, run_ws
+from connectors.topicstats import read_all
 from flows.normalize import build_flow
 from infra.procs import free_port
 from infra.simulator import Faults, SimulatorConfig, SimulatorServer
-from infra.topics import HEALTH, RAW_MASSIVE_REST, STOCK_QUOTES, STOCK_TRADES
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from schemas.topics import HEALTH, RAW_MASSIVE_REST, STOCK_QUOTES, STOCK_TRADES
 from tests.deployed import cli, deployed_env, flow_run
 from tickflow.normalize.massive import ROUND_LOT_CUTOFF_NS
 from tickflow.normalize.massive_rest import RestProvenance, normalize_rest_page
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 KEY = "rest-key-xyz"
 
@@ -208,7 +208,7 @@ def test_backfill_killed_mid_run_finishes_with_exactly_the_range(settings: Setti
                "MASSIVE_API_KEY": KEY, "MASSIVE_REST_URL": f"http://127.0.0.1:{s.port}",
                "TICKFLOW_STATE_DIR": str(tmp_path / "state"),
                "TICKFLOW_BACKFILL_PAGE_LIMIT": "20"}
-        cmd = [sys.executable, "-m", "tickflow.cli", "backfill", "run", "--ticker", "SPY",
+        cmd = [sys.executable, "-m", "app.cli", "backfill", "run", "--ticker", "SPY",
                "--start-ns", str(start), "--end-ns", str(end)]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)

@@ -14,15 +14,15 @@ from bytewax.testing import run_main
 
 from connectors.massive_ws import MassiveWsConnector, WsConfig, channel_symbol, run_ws
 from connectors.raw_writer import RawWriter
+from connectors.topicstats import read_all
 from flows.normalize import build_flow
 from infra.procs import free_port
 from infra.simulator import Faults, SimulatorConfig, SimulatorServer
-from infra.topics import HEALTH, RAW_MASSIVE_STOCKS
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from schemas.topics import HEALTH, RAW_MASSIVE_STOCKS
 from tickflow.raw import RawSource
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 KEY = "test-key-never-logged"
 

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 from connectors.massive_ws import WsConfig, run_ws
+from connectors.topicstats import read_all
 from flows.normalize import build_flow
 from infra.stack import EmbeddedStack
-from infra.topics import DEAD_LETTER, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
+from schemas.topics import DEAD_LETTER, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 
 def test_malformed_frame_reaches_dead_letters_with_original_bytes(tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_malformed_frame_reaches_dead_letters_with_original_bytes(tmp_path: Path
 
 def test_demo_command_ends_by_itself_with_output_on_every_topic(tmp_path: Path) -> None:
     env = {**os.environ, "TICKFLOW_STATE_DIR": str(tmp_path / "state")}
-    proc = subprocess.run([sys.executable, "-m", "tickflow.cli", "demo", "--seconds", "4"],
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "demo", "--seconds", "4"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     for topic in ("market.stocks.quotes", "market.stocks.trades", "market.options.quotes",

@@ -32,10 +32,12 @@ from connectors.databento_dbn import publish_file
 from connectors.failpoints import ENV as FAILPOINT_ENV
 from connectors.failpoints import LOG_ENV, POINTS
 from connectors.lake_verify import verify
+from connectors.topicstats import read_all
 from flows.runner import flow_argv
 from infra.dbn_generator import generate_day
 from infra.simulator.market import MarketConfig, SyntheticMarket
-from infra.topics import (
+from infra.topics import create_topics, topic_specs
+from schemas.topics import (
     DEAD_LETTER,
     FUTURES_MBP10,
     FUTURES_TRADES,
@@ -44,12 +46,9 @@ from infra.topics import (
     RAW_MASSIVE_STOCKS,
     STOCK_QUOTES,
     STOCK_TRADES,
-    create_topics,
-    topic_specs,
 )
 from tickflow.raw import RawSource, make_headers
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 OUT_TOPICS = (STOCK_QUOTES, STOCK_TRADES, FUTURES_TRADES, FUTURES_MBP10, HEALTH, DEAD_LETTER)
 LAKE_TYPES = ("stock_quote", "stock_trade", "futures_trade", "mbp10")

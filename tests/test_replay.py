@@ -11,13 +11,13 @@ from bytewax.testing import run_main
 
 from connectors.databento_dbn import publish_file
 from connectors.replay import MAX_WAIT_S, Pacer, merged, replay, replay_to_kafka
+from connectors.topicstats import read_all
 from flows.normalize import build_flow
 from infra.dbn_generator import generate_day
-from infra.topics import FUTURES_MBP10, FUTURES_TRADES, RAW_DATABENTO
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from schemas.topics import FUTURES_MBP10, FUTURES_TRADES, RAW_DATABENTO
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 DAY = dt.date(2025, 11, 13)
 

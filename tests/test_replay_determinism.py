@@ -11,10 +11,10 @@ from pathlib import Path
 import pyarrow.dataset as ds
 from confluent_kafka import Consumer, TopicPartition
 
+from connectors.topicstats import read_all
 from flows.runner import flow_argv
-from infra.topics import DEAD_LETTER, HEALTH, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
+from schemas.topics import DEAD_LETTER, HEALTH, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 from .test_recovery import produce, raw_frames
 

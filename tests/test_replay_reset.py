@@ -18,14 +18,14 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from connectors.offsets import ResetError, no_flow_running
+from connectors.topicstats import read_all
 from flows.runner import flow_argv
-from infra.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
+from schemas.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES
 from tickflow.identity import massive_event_id
 from tickflow.raw import RawSource, make_headers
 from tickflow.settings import Settings
-from tickflow.topicstats import read_all
 
 from .test_recovery import raw_frames
 
@@ -71,7 +71,7 @@ def test_reset_to_datetime_replays_exactly_from_there(settings: Settings, tmp_pa
     lake_before = lake_rows(settings.lake_root)
 
     middle = dt.datetime.fromtimestamp((T0_MS + 250 * 1000) / 1000, dt.UTC).isoformat()
-    cli = [sys.executable, "-m", "tickflow.cli", "replay", "reset", "--topic",
+    cli = [sys.executable, "-m", "app.cli", "replay", "reset", "--topic",
            RAW_MASSIVE_STOCKS, "--to-datetime", middle]
     # Without the flow's recovery store the flow would resume from it and ignore the new
     # offsets: refused, nothing moved.
@@ -115,7 +115,7 @@ def test_reset_refuses_while_the_flow_runs(settings: Settings, tmp_path: Path) -
     env = {**env_for(settings), "TICKFLOW_TAIL": "1"}
     log = (tmp_path / "flow.log").open("w")
     flow = subprocess.Popen(flow_argv(1), env=env, stdout=log, stderr=log)
-    cli = [sys.executable, "-m", "tickflow.cli", "replay", "reset", "--topic",
+    cli = [sys.executable, "-m", "app.cli", "replay", "reset", "--topic",
            RAW_MASSIVE_STOCKS, "--to-earliest", "--execute"]
     try:
         deadline = time.monotonic() + 60

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 from bytewax.testing import run_main
 
+from app.report import LATENCY_COLOR, STATE_COLORS, health_segments, render
 from flows.normalize import build_flow
-from infra.topics import RAW_MASSIVE_STOCKS
+from schemas.topics import RAW_MASSIVE_STOCKS
 from tests.test_flow_integration import produce_frames, standard_frames
-from tickflow.report import LATENCY_COLOR, STATE_COLORS, health_segments, render
 from tickflow.settings import Settings
 
 S = 1_000_000_000
@@ -80,7 +80,7 @@ def test_report_command_on_a_real_run(settings: Settings, tmp_path: Path) -> Non
     out = tmp_path / "report.png"
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
            "TICKFLOW_LAKE_ROOT": str(settings.lake_root)}
-    res = subprocess.run([sys.executable, "-m", "tickflow.cli", "report", "--out", str(out)],
+    res = subprocess.run([sys.executable, "-m", "app.cli", "report", "--out", str(out)],
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     img = image(out)
@@ -90,7 +90,7 @@ def test_report_command_on_a_real_run(settings: Settings, tmp_path: Path) -> Non
                   axis=2).sum() > 1000
     assert np.all(img == np.array(LATENCY_COLOR, dtype=np.uint8), axis=2).sum() > 100
     # The lake the flow wrote passes its own integrity check.
-    check = subprocess.run([sys.executable, "-m", "tickflow.cli", "lake", "verify", "--json"],
+    check = subprocess.run([sys.executable, "-m", "app.cli", "lake", "verify", "--json"],
                            env=env, capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     verdict = json.loads(check.stdout)

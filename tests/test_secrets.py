@@ -15,11 +15,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from rich.console import Console
 
+from app.demo import run_demo
+from connectors.topicstats import read_all
 from infra.registry import AUTH_ENV
 from infra.stack import EmbeddedStack
-from tickflow.demo import run_demo
 from tickflow.settings import get_settings
-from tickflow.topicstats import read_all
 
 API_KEY = "CANARYkey7f3a9"
 PASSWORD = "CANARYpw51c2e"

@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from flows.runner import flow_argv
 from infra.procs import ManagedProcess, free_port, python_module_argv
-from infra.topics import RAW_MASSIVE_STOCKS
+from schemas.topics import RAW_MASSIVE_STOCKS
 from tickflow.settings import Settings
 
 SECONDS = float(os.environ.get("TICKFLOW_SOAK_SECONDS", "60"))
@@ -85,7 +85,7 @@ def test_steady_rate_keeps_rss_flat_and_lag_bounded(settings: Settings, tmp_path
     with sim, (tmp_path / "procs.log").open("w") as log:
         flow = subprocess.Popen(flow_argv(1, recovery, snapshot_secs=SNAPSHOT_SECS), env=env,
                                 stdout=log, stderr=log)
-        conn = subprocess.Popen([sys.executable, "-m", "tickflow.cli", "connect", "massive-ws",
+        conn = subprocess.Popen([sys.executable, "-m", "app.cli", "connect", "massive-ws",
                                  "--subscribe", subs, "--seconds", str(SECONDS + 30)],
                                 env={**env, "TICKFLOW_METRICS_PORT": str(cport)},
                                 stdout=log, stderr=log)

@@ -10,11 +10,12 @@ import pytest
 
 from connectors.raw_writer import RawWriter
 from connectors.spool import Spool, SpoolFull
+from connectors.topicstats import read_all
 from infra.broker import TansuBroker
 from infra.procs import free_port
-from infra.topics import RAW_MASSIVE_STOCKS, create_topics, topic_specs
+from infra.topics import create_topics, topic_specs
+from schemas.topics import RAW_MASSIVE_STOCKS
 from tickflow.raw import RawSource
-from tickflow.topicstats import read_all
 
 
 def test_spool_is_ordered_bounded_and_survives_reopen(tmp_path: Path) -> None:

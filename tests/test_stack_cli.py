@@ -11,10 +11,11 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from infra.procs import free_port
-from infra.topics import DEAD_LETTER, RAW_MASSIVE_STOCKS, RAW_TOPICS, topic_specs
+from infra.topics import topic_specs
+from schemas.topics import DEAD_LETTER, RAW_MASSIVE_STOCKS, RAW_TOPICS
 from tickflow.settings import Settings
 
-CLI = [sys.executable, "-m", "tickflow.cli"]
+CLI = [sys.executable, "-m", "app.cli"]
 
 
 def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:

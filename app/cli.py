@@ -311,7 +311,7 @@ def dbn_publish(
 ) -> None:
     """Publish DBN files to the raw topic as chunks of original record bytes, in file order."""
     from connectors.databento_dbn import DbnError, publish_file
-    from infra.topics import RAW_DATABENTO
+    from schemas.topics import RAW_DATABENTO
 
     try:
         for path in _dbn_paths(root, date, ["trades", "mbp-10"]):
@@ -369,7 +369,7 @@ def dbn_replay(
     """Replay DBN files to the raw topic, time-ordered across schemas, at a speed factor."""
     from connectors.databento_dbn import DbnError
     from connectors.replay import replay_to_kafka
-    from infra.topics import RAW_DATABENTO
+    from schemas.topics import RAW_DATABENTO
 
     schemas = [s for s, on in (("trades", trades), ("mbp-10", mbp10)) if on]
     try:
@@ -504,10 +504,10 @@ def health(
         _live_health(live, set(symbol or []))
         return
 
-    from infra.topics import HEALTH
+    from connectors.topicstats import read_all
     from schemas.model import DATA_HEALTH
     from schemas.serde import decode
-    from tickflow.topicstats import read_all
+    from schemas.topics import HEALTH
 
     wanted = set(symbol or [])
     events = [decode(DATA_HEALTH, m.value() or b"")
@@ -560,12 +560,12 @@ def report(
     import numpy as np
     import pyarrow.compute as pc
 
+    from app.report import render
     from connectors.lake_query import query as lake_query
-    from infra.topics import HEALTH
+    from connectors.topicstats import read_all
     from schemas.model import DATA_HEALTH, MARKET_EVENTS
     from schemas.serde import decode
-    from tickflow.report import render
-    from tickflow.topicstats import read_all
+    from schemas.topics import HEALTH
 
     s = get_settings()
     wanted = list(symbol or []) or None
@@ -729,7 +729,7 @@ def replay_reset(
     import datetime as dt
 
     from connectors.offsets import ResetError, execute_reset, plan_reset
-    from infra.topics import RAW_TOPICS
+    from schemas.topics import RAW_TOPICS
 
     s = get_settings()
     ts_ms = None
@@ -765,8 +765,8 @@ def demo(
     workers: Annotated[int, typer.Option(help="Dataflow workers")] = 2,
 ) -> None:
     """Run the whole pipeline on a fresh embedded stack for a bounded time; print a summary."""
-    from infra.topics import NORMALIZED_TOPICS
-    from tickflow.demo import run_demo
+    from app.demo import run_demo
+    from schemas.topics import NORMALIZED_TOPICS
 
     res = run_demo(seconds, workers, get_settings().state_dir, console)
     empty = [t for t in NORMALIZED_TOPICS if res.topic_counts.get(t, 0) == 0]

@@ -24,10 +24,11 @@ from rich.table import Table
 from connectors.lake import summarize
 from connectors.massive_ws import WsConfig, WsStats, run_ws
 from connectors.replay import replay_to_kafka
+from connectors.topicstats import count
 from flows.runner import flow_argv
 from infra.dbn_generator import generate_day
 from infra.stack import EmbeddedStack, StackInfo
-from infra.topics import (
+from schemas.topics import (
     DEAD_LETTER,
     HEALTH,
     NORMALIZED_TOPICS,
@@ -36,7 +37,6 @@ from infra.topics import (
     RAW_MASSIVE_STOCKS,
 )
 from tickflow.settings import get_settings
-from tickflow.topicstats import count
 
 STOCK_SYMBOLS = ("SPY", "AAPL", "MSFT", "QQQ")
 

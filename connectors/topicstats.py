@@ -20,7 +20,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from infra.broker import TANSU_SESSION_TIMEOUT_MS
+from connectors.broker_profile import TANSU_SESSION_TIMEOUT_MS
 
 
 def read_all(kafka_conf: dict[str, Any], topic: str, timeout: float = 60.0) -> Iterator[Message]:
