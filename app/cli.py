@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -271,20 +272,54 @@ def dbn_generate(
 @contextlib.contextmanager
 def _progress(label: str, total: float | None = None
               ) -> Iterator[Callable[[float, str], None]]:
-    """A transient progress display on a terminal (silent otherwise), for long work; yields
-    ``update(completed, description)``. With a ``total``: a bar and the time remaining."""
+    """Progress of long work; yields ``update(completed, description)``. On a terminal a
+    transient display (with a ``total``: a bar and the time remaining); otherwise (a
+    container, a pipe) a structured progress line every PROGRESS_EVERY_S and one at the end,
+    whatever the log level, so a log shows the work moving."""
+    import time
+
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = ((TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn())
                if total else ())
+    interactive = console.is_terminal
+    last = _Seen(time.monotonic())
     with Progress(*columns, console=console, transient=True,
-                  disable=not console.is_terminal) as progress:
+                  disable=not interactive) as progress:
         task = progress.add_task(label, total=total)
 
         def update(completed: float, description: str) -> None:
             progress.update(task, completed=completed, description=description)
+            last.description, last.completed = description, completed
+            if not interactive and time.monotonic() - last.at >= PROGRESS_EVERY_S:
+                last.at = time.monotonic()
+                _progress_line(label, description, completed, total)
 
         yield update
+    if not interactive and last.description:
+        _progress_line(label, last.description, last.completed, total, done=True)
+
+
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass
+class _Seen:
+    """The last progress reported, and when a line was last logged."""
+
+    at: float
+    description: str = ""
+    completed: float = 0.0
+
+
+def _progress_line(label: str, description: str, completed: float, total: float | None,
+                   done: bool = False) -> None:
+    import logging
+
+    log = logging.getLogger("tickflow.progress")
+    log.setLevel(logging.INFO)  # progress is shown by default; other INFO lines are not
+    log.info(description, extra={"work": label, "completed": completed, "total": total,
+                                 "done": done})
 
 
 def _dbn_paths(root: Path, dates: list[str] | None, schemas: list[str]) -> list[Path]:
@@ -625,6 +660,28 @@ def lake_compact_cmd(
             update(i, f"compacting: {i} of {len(merges)} merges")
     console.print(f"merged {sum(len(m.files) for m in merges)} files into {len(merges)} "
                   f"({rows:,} rows)")
+
+
+@lake_app.command("migrate")
+def lake_migrate_cmd() -> None:
+    """Convert a lake written by an older tickflow (layout 1: the symbol inside the files as
+    well as in the folders) to the current layout, in place: names, rows and provenance are
+    kept; each file is checked first and a damaged one is left as it is and reported. Safe to
+    rerun. Stop the flow first."""
+    from connectors.lake_migrate import migrate
+
+    root = get_settings().lake_root
+    if not root.exists():
+        err.print(f"[red]no lake at {root} (TICKFLOW_LAKE_ROOT)[/]")
+        raise typer.Exit(1)
+    with _progress("migrating", total=None) as update:
+        stats = migrate(root, lambda i, n: update(i, f"migrating: {i} of {n} files"))
+    console.print(f"lake {root}: {stats.converted} files converted, {stats.already} already "
+                  f"in the current layout, {len(stats.refused)} refused")
+    for r in stats.refused:
+        err.print(f"[red]refused[/] {r}")
+    if stats.refused:
+        raise typer.Exit(1)
 
 
 @lake_app.command("verify")

@@ -1,5 +1,12 @@
 """The Parquet lake: ``<root>/<event_type>/symbol=<SYMBOL>/date=<YYYY-MM-DD>/part-*.parquet``.
 
+* Hive partitioning, as data tools read it: ``symbol`` and ``date`` are in the path only, not
+  in the files, so ``pandas.read_parquet(<root>/<event_type>)``, Polars, DuckDB and
+  ``pyarrow.dataset(..., partitioning="hive")`` give every row its symbol and date (layout 2,
+  ``LAKE_LAYOUT``; recorded in every file and in ``<root>/_tickflow_lake.json``). Layout 1
+  (the symbol inside the files too, which pandas refuses to merge with the folder's) is
+  refused with a pointer to ``tickflow lake migrate``. Our own readers go through
+  ``read_file``, which puts the symbol column back.
 * Symbols are URI-escaped in paths (``O:SPY...`` -> ``O%3ASPY...``; ``../x`` -> ``..%2Fx``), the
   encoding pyarrow's hive partitioning decodes on read, and every path is checked to stay
   under the root.
@@ -35,7 +42,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pyarrow as pa
@@ -154,6 +161,86 @@ class LakeRows(NamedTuple):
     events: list[tuple[str, Event]]
 
 
+# Layout of the lake's files and folders (see the module doc); 2: partition columns only in
+# the path. Every file's metadata and the root's marker say which layout wrote them.
+LAKE_LAYOUT = 2
+LAYOUT_KEY = b"tickflow.lake_layout"
+LAYOUT_MARKER = "_tickflow_lake.json"
+# Columns whose value is the folder's, kept out of the files (the date is not a column).
+PATH_COLUMN = "symbol"
+
+
+class OldLakeLayout(RuntimeError):
+    """A lake (or a file) written in an earlier layout; ``tickflow lake migrate`` converts it."""
+
+
+def _old_layout(where: Path) -> OldLakeLayout:
+    return OldLakeLayout(
+        f"{where} is in lake layout 1 (the symbol inside the files as well as in the folder, "
+        f"which pandas and pyarrow refuse to read as one dataset); this tickflow writes and "
+        f"reads layout {LAKE_LAYOUT}. Convert it in place with `tickflow lake migrate "
+        f"--root <lake>` (rows, names and provenance are kept).")
+
+
+def check_layout(root: Path, create: bool = False) -> None:
+    """Refuse a lake written in another layout; with ``create``, mark a new or empty root
+    as this layout (writers call it before writing anything)."""
+    marker = root / LAYOUT_MARKER
+    try:
+        layout = json.loads(marker.read_text())["layout"]
+    except FileNotFoundError:
+        layout = None
+    if layout == LAKE_LAYOUT:
+        return
+    if layout is None:  # no marker: a new lake, or one from before markers (judge a file)
+        first = next(root.glob("*/symbol=*/date=*/part-*.parquet"), None)
+        if first is not None and file_layout(pq.read_schema(first)) != LAKE_LAYOUT:
+            layout = file_layout(pq.read_schema(first))
+    if layout is not None and layout != LAKE_LAYOUT:
+        raise _old_layout(root)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f".{LAYOUT_MARKER}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps({"layout": LAKE_LAYOUT}) + "\n")
+        os.replace(tmp, marker)
+
+
+def symbol_of(path: Path) -> str:
+    """The symbol a lake file belongs to, from its ``symbol=`` folder."""
+    folder = path.parent.parent.name
+    if not folder.startswith("symbol="):
+        raise ValueError(f"{path} is not inside a symbol=<SYMBOL> folder")
+    return unquote(folder[len("symbol="):])
+
+
+def with_symbol(table: pa.Table, symbol: str, event_type: str) -> pa.Table:
+    """A file's rows with the symbol column back at its place in the event's schema."""
+    names = arrow_schema(BY_NAME[event_type]).names
+    at = names.index(PATH_COLUMN) if PATH_COLUMN in names else 0
+    col = pa.array([symbol] * table.num_rows, pa.string())
+    return table.add_column(min(at, table.num_columns), PATH_COLUMN, col)
+
+
+def file_layout(schema: pa.Schema) -> int:
+    """The layout a file was written in, by its Arrow schema (metadata and columns)."""
+    v = (schema.metadata or {}).get(LAYOUT_KEY)
+    if v is not None:
+        return int(v)
+    return 1 if PATH_COLUMN in schema.names else LAKE_LAYOUT
+
+
+def read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """One lake file's rows with their symbol (from the folder), as the dataflow made them."""
+    pf = pq.ParquetFile(path)
+    if file_layout(pf.schema_arrow) != LAKE_LAYOUT:
+        raise _old_layout(path)
+    meta = pf.schema_arrow.metadata or {}
+    event_type = meta.get(b"tickflow.event_type", b"").decode() or path.parents[2].name
+    want = None if columns is None else [c for c in columns if c != PATH_COLUMN]
+    table = with_symbol(pf.read(columns=want), symbol_of(path), event_type)
+    return table if columns is None else table.select(columns)
+
+
 def escape_symbol(symbol: str) -> str:
     """Path-safe symbol: every character outside [A-Za-z0-9_.~-] is %-escaped."""
     return quote(symbol, safe="")
@@ -230,10 +317,13 @@ def _leaf_paths(name: str, t: pa.DataType) -> list[str]:
 def write_parquet(table: pa.Table, path: Path) -> None:
     """The lake's Parquet settings, for every file it writes (the flow, imports, compact):
     page checksums, and a content digest per row group in the metadata (lake_checksum)."""
+    if PATH_COLUMN in table.column_names:  # the folder carries it (layout 2)
+        table = table.drop_columns([PATH_COLUMN])
     delta = delta_columns(table.schema)
     leaves = [p for f in table.schema for p in _leaf_paths(f.name, f.type)]
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           **checksum_metadata(table)})
+                                           **checksum_metadata(table),
+                                           LAYOUT_KEY: str(LAKE_LAYOUT).encode()})
     pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS,
                    write_page_checksum=True,
                    write_statistics=stats_columns(table.schema),
@@ -347,6 +437,7 @@ class LakeBuffer:
                  writer: Executor | None = None,
                  max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS) -> None:
         self.root = root
+        check_layout(root, create=True)
         # With a writer (bulk imports), closed files are written on its threads while rows
         # keep coming: pyarrow's Parquet writer releases the GIL. The dataflow writes inline,
         # so a snapshot never races a write of rows it no longer holds.
@@ -615,7 +706,7 @@ def read_partition(root: Path, event_type: str, symbol: str, day: dt.date) -> pa
     files = sorted(d.glob("part-*.parquet"))
     if not files:
         return arrow_schema(BY_NAME[event_type]).empty_table()
-    return pa.concat_tables(pq.read_table(f) for f in files)
+    return pa.concat_tables(read_file(f) for f in files)
 
 
 def summarize(root: Path) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.lake import event_id_checksum, sort_keys, write_parquet
+from connectors.lake import check_layout, event_id_checksum, sort_keys, write_parquet
 
 DEFAULT_BUCKET_RECORDS = 1_000_000
 
@@ -50,6 +50,7 @@ def plan(root: Path, bucket_records: int = DEFAULT_BUCKET_RECORDS,
          include_newest: bool = False) -> list[Merge]:
     """Every group of two or more files that may become one (see the module doc for the
     newest bucket of each raw partition, skipped unless ``include_newest``)."""
+    check_layout(root)
     groups: dict[tuple[Path, str, str, int], list[tuple[int, Path]]] = {}
     newest: dict[tuple[str, str], int] = {}
     for folder in sorted(p for p in root.glob("*/symbol=*/date=*") if p.is_dir()):

@@ -6,8 +6,8 @@ Partition pruning: only the ``symbol=`` directories asked for are listed, and on
 
 DuckDB reads the same files directly, e.g.::
 
-    SELECT * FROM read_parquet('data/lake/stock_trade/symbol=SPY/date=*/*.parquet')
-    ORDER BY ts_event_ns;
+    SELECT * FROM read_parquet('data/lake/stock_trade/*/*/*.parquet', hive_partitioning = true)
+    WHERE symbol = 'SPY' ORDER BY ts_event_ns;
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from connectors.lake import NS_PER_DAY, escape_symbol, sort_keys
+from connectors.lake import NS_PER_DAY, PATH_COLUMN, check_layout, escape_symbol, sort_keys
 from schemas.arrow import arrow_schema
 from schemas.model import BY_NAME, MARKET_EVENTS, TRADE_RECORD
 
@@ -34,6 +34,7 @@ def query(root: Path, event_type: str, symbols: list[str] | None = None,
     known = {e.name for e in MARKET_EVENTS} | {TRADE_RECORD.name}
     if event_type not in known:
         raise ValueError(f"unknown event type {event_type!r}; one of {sorted(known)}")
+    check_layout(root)
     schema = arrow_schema(BY_NAME[event_type])
     base = root / event_type
     sym_dirs = ([base / f"symbol={escape_symbol(s)}" for s in symbols] if symbols
@@ -56,6 +57,9 @@ def query(root: Path, event_type: str, symbols: list[str] | None = None,
     if end_ns is not None:
         cond = pc.field("ts_event_ns") < end_ns
         expr = cond if expr is None else expr & cond
-    table = ds.dataset(files, schema=schema, format="parquet").to_table(filter=expr)
+    # The symbol is the folder's (lake layout 2): hive partitioning fills it in.
+    part = ds.partitioning(pa.schema([(PATH_COLUMN, pa.string())]), flavor="hive")
+    table = ds.dataset(files, schema=schema, format="parquet", partitioning=part,
+                       partition_base_dir=str(base)).to_table(filter=expr)
     table = table.sort_by([(k, "ascending") for k in sort_keys(event_type)])
     return table.select(columns) if columns else table

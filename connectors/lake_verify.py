@@ -26,7 +26,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from connectors.lake import LAKE_EVENT_TYPES, NS_PER_DAY, event_id_checksum, sort_keys
+from connectors.lake import (
+    LAKE_EVENT_TYPES,
+    LAKE_LAYOUT,
+    NS_PER_DAY,
+    event_id_checksum,
+    file_layout,
+    sort_keys,
+)
 from connectors.lake_checksum import KEY as CHECKSUM_KEY
 from connectors.lake_checksum import table_digest
 from schemas.model import TRADE_RECORD
@@ -95,6 +102,10 @@ def _read_checked(path: Path) -> tuple[pa.Table | None, dict[bytes, bytes], list
         meta = pf.schema_arrow.metadata or {}
     except Exception as exc:  # any unreadable file is a finding, not a crash
         return None, {}, [f"unreadable ({type(exc).__name__}: {exc})"]
+    if file_layout(pf.schema_arrow) != LAKE_LAYOUT:
+        return None, meta, [f"lake layout {file_layout(pf.schema_arrow)} (the symbol inside "
+                            f"the file): run `tickflow lake migrate` to convert the lake to "
+                            f"layout {LAKE_LAYOUT}"]
     recorded = meta.get(CHECKSUM_KEY)
     want: list[str] | None = json.loads(recorded) if recorded else None
     problems = []

@@ -235,16 +235,20 @@ def lake_rows(root: Path, event_type: str, symbols: list[str] | None = None,
     merge over the files (each is sorted), reading one record batch per file at a time."""
     import pyarrow.parquet as pq
 
-    from connectors.lake import escape_symbol
+    from connectors.lake import PATH_COLUMN, check_layout, escape_symbol, symbol_of
 
     base = root / event_type
     dirs = ([base / f"symbol={escape_symbol(s)}" for s in symbols] if symbols
             else sorted(base.glob("symbol=*")))
     files = sorted(f for d in dirs for f in d.glob("date=*/part-*.parquet"))
 
+    check_layout(root)
+
     def rows_of(path: Path) -> Iterator[dict[str, Any]]:
+        symbol = symbol_of(path)  # the folder's (lake layout 2)
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
             for row in batch.to_pylist():
+                row[PATH_COLUMN] = symbol
                 ts = row["ts_event_ns"]
                 if (start_ns is None or ts >= start_ns) and (end_ns is None or ts < end_ns):
                     yield row

@@ -9,7 +9,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from connectors.lake import LakeBuffer, partition_dir, read_partition
+from connectors.lake import LakeBuffer, partition_dir, read_file, read_partition
+from connectors.lake_query import query
+from connectors.lake_verify import verify
 
 RAW = "raw.massive.stocks"
 
@@ -150,25 +152,89 @@ def test_query_prunes_partitions_and_filters_time(tmp_path: Path) -> None:
         query(tmp_path, "nope")
 
 
-def test_the_readme_ways_to_read_the_lake_with_pyarrow_and_pandas(tmp_path: Path) -> None:
-    """Files hold ``symbol`` as a string column and their folders repeat it: pyarrow's own
-    hive discovery (pandas' default) types the folder value as a dictionary and refuses to
-    merge the two. The README gives two calls that work; keep them working."""
-    import pyarrow.dataset as ds
-
+def _two_symbols_two_days(root: Path) -> tuple[Path, str]:
     opt = "O:SPY251216C00676000"
-    buf = LakeBuffer(tmp_path)
+    buf = LakeBuffer(root)
     for i in range(5):
         buf.add("stock_trade", trade("SPY", i, T0 + i * S), RAW, 0, i)
         buf.add("stock_trade", trade(opt, i, T0 + 86_400 * S + i * S), RAW, 0, 10 + i)
     buf.flush_all()
-    path = tmp_path / "stock_trade"
-    by_files = pq.read_table(path, partitioning=None)  # pandas.read_parquet(.., partitioning=None)
-    by_hive = ds.dataset(path, partitioning="hive").to_table()
-    for t in (by_files, by_hive):
-        assert t.num_rows == 10
-        assert sorted(set(t.column("symbol").to_pylist())) == [opt, "SPY"]
-    assert sorted(set(by_hive.column("date").to_pylist())) == ["2025-11-13", "2025-11-14"]
+    return root / "stock_trade", opt
+
+
+def test_data_tools_read_the_lake_as_hive_partitioned_parquet(tmp_path: Path) -> None:
+    """What a user tries first: pandas, Polars, DuckDB and pyarrow on an event type's folder,
+    each the way its docs say to read Hive-partitioned Parquet. Every row comes back once, with
+    its symbol as the vendor spells it (``O:SPY...``, escaped in the path) and its date."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+    import pyarrow.dataset as ds
+
+    path, opt = _two_symbols_two_days(tmp_path)
+    want = sorted([("SPY", "2025-11-13", i) for i in range(5)]
+                  + [(opt, "2025-11-14", i) for i in range(5)])
+    got = {
+        "pandas": [(r.symbol, str(r.date), r.sequence)
+                   for r in pd.read_parquet(path).itertuples()],
+        "polars": [(r["symbol"], str(r["date"]), r["sequence"]) for r in
+                   pl.scan_parquet(path, hive_partitioning=True).collect().to_dicts()],
+        "duckdb": [(sym, str(day), seq) for sym, day, seq in duckdb.sql(
+            f"SELECT symbol, date, sequence FROM read_parquet('{path}/**/*.parquet', "
+            "hive_partitioning = true)").fetchall()],
+        "pyarrow": [(r["symbol"], str(r["date"]), r["sequence"]) for r in
+                    ds.dataset(path, partitioning="hive").to_table().to_pylist()],
+    }
+    for tool, rows in got.items():
+        assert sorted(rows) == want, tool
+    # Our own readers put the folder's symbol back where the schema has it.
+    assert query(tmp_path, "stock_trade").column("symbol").to_pylist() == ["SPY"] * 5 + [opt] * 5
+    f = next((path / "symbol=SPY").rglob("*.parquet"))
+    assert "symbol" not in pq.read_schema(f).names
+    assert read_file(f).to_pylist()[0] == trade("SPY", 0, T0)
+
+
+def _as_layout_1(root: Path) -> list[Path]:
+    """Rewrite a lake's files the way tickflow wrote them before layout 2: the symbol column
+    inside, no layout key, no marker."""
+    files = sorted(root.rglob("part-*.parquet"))
+    for f in files:
+        t = read_file(f)
+        meta = {k: v for k, v in (pq.read_schema(f).metadata or {}).items()
+                if k not in (b"tickflow.lake_layout", b"tickflow.content_checksums",
+                              b"tickflow.checksum_version")}
+        pq.write_table(t.replace_schema_metadata(meta), f)
+    (root / "_tickflow_lake.json").unlink()
+    return files
+
+
+def test_an_old_lake_is_refused_clearly_and_migrated_in_place(tmp_path: Path) -> None:
+    from connectors.lake import OldLakeLayout
+    from connectors.lake_migrate import migrate
+
+    path, _ = _two_symbols_two_days(tmp_path)
+    before = query(tmp_path, "stock_trade").to_pylist()
+    files = _as_layout_1(tmp_path)
+    assert all("symbol" in pq.read_schema(f).names for f in files)
+    for attempt in (lambda: LakeBuffer(tmp_path), lambda: query(tmp_path, "stock_trade"),
+                    lambda: read_file(files[0])):
+        with pytest.raises(OldLakeLayout, match="tickflow lake migrate"):
+            attempt()
+    assert any("lake migrate" in p for r in verify(tmp_path) for p in r.problems)
+
+    # A damaged file is not converted (that would bless the damage); the rest are.
+    t = pq.read_table(files[0], partitioning=None)
+    pq.write_table(t.slice(1).replace_schema_metadata(t.schema.metadata), files[0])
+    stats = migrate(tmp_path)
+    assert stats.converted == len(files) - 1 and len(stats.refused) == 1
+    assert "checksum" in stats.refused[0] and not (tmp_path / "_tickflow_lake.json").exists()
+    pq.write_table(t, files[0])  # repaired (from a backup, say): the rerun finishes
+    stats = migrate(tmp_path)
+    assert (stats.converted, stats.already, stats.refused) == (1, len(files) - 1, [])
+    assert sorted(p.name for p in path.rglob("*.parquet")) == sorted(p.name for p in files)
+    assert query(tmp_path, "stock_trade").to_pylist() == before
+    assert all(not r.problems and not r.duplicates for r in verify(tmp_path))
+    LakeBuffer(tmp_path)  # writable again
 
 
 def test_to_table_equals_from_pylist_and_sort_is_stable() -> None:
@@ -440,3 +506,25 @@ def test_buffered_rows_are_bounded(tmp_path: Path) -> None:
         lake.DICT_ROWS_BUDGET = old
     assert sorted(p.name for p in (tmp_path / "chunked").rglob("*.parquet")) == sorted(
         p.name for p in tmp_path.rglob("*.parquet") if "chunked" not in str(p))
+
+
+def test_lake_migrate_command_logs_progress_when_not_on_a_terminal(tmp_path: Path) -> None:
+    """``tickflow lake migrate`` as a container runs it (stdout a pipe): the work shows in the
+    log as structured progress lines, whatever the log level, and the lake comes out sound."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _two_symbols_two_days(tmp_path)
+    files = _as_layout_1(tmp_path)
+    env = {**os.environ, "TICKFLOW_LAKE_ROOT": str(tmp_path)}
+    env.pop("TICKFLOW_LOG_LEVEL", None)
+    run = subprocess.run([sys.executable, "-m", "app.cli", "lake", "migrate"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert f"{len(files)} files converted" in " ".join(run.stdout.split())
+    lines = [json.loads(x) for x in run.stderr.splitlines() if x.startswith("{")]
+    progress = [x for x in lines if x["logger"] == "tickflow.progress"]
+    assert progress and progress[-1]["done"] and progress[-1]["completed"] == len(files)
+    assert all(not r.problems for r in verify(tmp_path))

@@ -24,13 +24,13 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from connectors.databento_dbn import publish_file
 from connectors.failpoints import ENV as FAILPOINT_ENV
 from connectors.failpoints import LOG_ENV, POINTS
+from connectors.lake_query import query
 from connectors.lake_verify import verify
 from connectors.topicstats import read_all
 from flows.runner import flow_argv
@@ -132,7 +132,7 @@ def outputs(settings: Settings) -> dict[str, dict[int, list[tuple[bytes, bytes]]
 
 
 def lake_table(root: Path, et: str) -> pa.Table:
-    t = ds.dataset(root / et, format="parquet", partitioning=None).to_table()
+    t = query(root, et)
     t = t.replace_schema_metadata(None)
     return t.sort_by([("symbol", "ascending"), ("event_id", "ascending"),
                       ("ts_recv_ns", "ascending")])

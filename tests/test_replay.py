@@ -10,6 +10,7 @@ import pytest
 from bytewax.testing import run_main
 
 from connectors.databento_dbn import publish_file
+from connectors.lake_query import query
 from connectors.replay import MAX_WAIT_S, Pacer, merged, replay, replay_to_kafka
 from connectors.topicstats import read_all
 from flows.normalize import build_flow
@@ -104,7 +105,6 @@ def test_replay_alone_gives_the_file_events_marked_replay(settings: Settings,
 
 def test_lake_replay_republishes_lake_rows_time_ordered_marked_replay(
         settings: Settings, tmp_path: Path) -> None:
-    import pyarrow.dataset as ds
 
     from connectors.replay import replay_lake
 
@@ -119,7 +119,7 @@ def test_lake_replay_republishes_lake_rows_time_ordered_marked_replay(
     after = [decode(BY_TOPIC[FUTURES_TRADES], m.value())
              for m in read_all(settings.kafka_config(), FUTURES_TRADES)]
     replayed = after[len(before):]
-    lake = ds.dataset(settings.lake_root / "futures_trade", format="parquet").to_table()
+    lake = query(settings.lake_root, "futures_trade")
     by_id = {r["event_id"]: r for r in lake.to_pylist()}
     assert len(replayed) == 150 and {r["source"] for r in replayed} == {"REPLAY"}
     assert [r["ts_event_ns"] for r in replayed] == sorted(r["ts_event_ns"] for r in replayed)

@@ -8,9 +8,9 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.dataset as ds
 from confluent_kafka import Consumer, TopicPartition
 
+from connectors.lake_query import query
 from connectors.topicstats import read_all
 from flows.runner import flow_argv
 from schemas.topics import DEAD_LETTER, HEALTH, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
@@ -39,7 +39,7 @@ def payloads(settings: Settings) -> dict[str, Counter[bytes]]:
 def lake_rows(root: Path) -> dict[str, list[dict]]:
     out = {}
     for et in ("stock_quote", "stock_trade"):
-        t = ds.dataset(root / et, format="parquet").to_table()
+        t = query(root, et)
         out[et] = sorted(t.to_pylist(), key=lambda r: r["event_id"])
     return out
 

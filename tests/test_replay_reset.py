@@ -13,10 +13,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pyarrow.dataset as ds
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from connectors.lake_query import query
 from connectors.offsets import ResetError, no_flow_running
 from connectors.topicstats import read_all
 from flows.runner import flow_argv
@@ -41,7 +41,7 @@ def env_for(settings: Settings) -> dict[str, str]:
 
 
 def lake_rows(root: Path) -> list[dict]:
-    t = ds.dataset(root / "stock_quote", format="parquet").to_table()
+    t = query(root, "stock_quote")
     return sorted(t.to_pylist(), key=lambda r: r["event_id"])
 
 
