@@ -2,7 +2,8 @@
 
 ``EventLog`` appends events of one type (Avro through the registry, key = symbol) and
 replays a time range back; ``ReplayFeed`` yields them in event-time order with an optional
-simulated clock that is advanced to each event's time (for backtests that read the clock).
+simulated clock (``tickflow.clock``) that is advanced to each event's time (for backtests
+that read the clock).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
@@ -19,6 +19,10 @@ from confluent_kafka.admin import AdminClient
 from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE, TANSU_SESSION_TIMEOUT_MS
 from schemas.model import BY_NAME, Event, EventType
 from schemas.serde import AvroEncoder, decode, encoders
+from tickflow.clock import SimulatedClock
+from tickflow.source import TypedEvent, in_event_time
+
+__all__ = ["EventLog", "ReplayFeed", "SimulatedClock", "TypedEvent"]
 
 
 class EventLog:
@@ -97,6 +101,12 @@ class EventLog:
             for c in consumers:
                 c.close()
 
+    def typed(self, start_ns: int | None = None, end_ns: int | None = None
+              ) -> Iterator[TypedEvent]:
+        """``replay`` with each event tagged by its type."""
+        for ev in self.replay(start_ns, end_ns):
+            yield TypedEvent(self.event_type, ev)
+
     def last_sequence(self, symbol: str | None = None) -> int | None:
         """The highest vendor sequence in the log (of ``symbol`` when given)."""
         best: int | None = None
@@ -110,27 +120,10 @@ class EventLog:
             self._producer.flush(60)
 
 
-@dataclass
-class SimulatedClock:
-    """A clock a backtest reads instead of the wall clock; ReplayFeed moves it."""
-
-    now_ns: int = 0
-
-
-@dataclass(frozen=True)
-class TypedEvent:
-    """An event with its canonical type (``event_type.name``, ``event_type.topic``)."""
-
-    event_type: EventType
-    data: Event
-
-    @property
-    def ts_event_ns(self) -> int:
-        return int(self.data["ts_event_ns"])
-
-
 class ReplayFeed:
-    """Events of several logs in event-time order, advancing an optional simulated clock."""
+    """Events of several logs in event-time order, advancing an optional simulated clock to
+    each event's time (the prototype's shape; ``ReplaySource`` is the same replay as a
+    ``MarketDataSource``)."""
 
     def __init__(self, logs: list[EventLog], start_ns: int | None = None,
                  end_ns: int | None = None, clock: SimulatedClock | None = None) -> None:
@@ -140,12 +133,5 @@ class ReplayFeed:
         self.clock = clock
 
     def __iter__(self) -> Iterator[TypedEvent]:
-        def tagged(log: EventLog) -> Iterator[TypedEvent]:
-            for ev in log.replay(self.start_ns, self.end_ns):
-                yield TypedEvent(log.event_type, ev)
-
-        for te in heapq.merge(*(tagged(lg) for lg in self.logs),
-                              key=lambda t: (t.ts_event_ns, t.event_type.name)):
-            if self.clock is not None:
-                self.clock.now_ns = te.ts_event_ns
-            yield te
+        return in_event_time((log.typed(self.start_ns, self.end_ns) for log in self.logs),
+                             self.clock)

@@ -10,6 +10,7 @@ byte for byte the same. fastavro decodes (tests, tools).
 from __future__ import annotations
 
 import io
+import json
 import logging
 import struct
 from collections.abc import Iterable
@@ -100,3 +101,28 @@ def encoders(registry_conf: dict[str, Any]) -> dict[str, AvroEncoder]:
     """An encoder per event type name, registering the schemas first (idempotent)."""
     ids = register_all(registry_conf)
     return {et.name: AvroEncoder(et, ids[et.subject]) for et in ALL_EVENTS}
+
+
+class RegistryDecoder:
+    """Values of the canonical topics as a consumer of this version reads them: each value
+    decoded with the schema it was written with (its id, looked up in the registry once) and
+    resolved to the current schema, so records written before a compatible change still
+    read."""
+
+    def __init__(self, registry_conf: dict[str, Any]) -> None:
+        from confluent_kafka.schema_registry import SchemaRegistryClient
+
+        self._client = SchemaRegistryClient(registry_conf)
+        self._readers: dict[tuple[str, int], Any] = {}
+
+    def decode(self, event_type: EventType, data: bytes) -> dict[str, Any]:
+        schema_id = parse_confluent_header(data)
+        reader = self._readers.get((event_type.name, schema_id))
+        if reader is None:
+            writer = json.loads(self._client.get_schema(schema_id).schema_str or "null")
+            reader = self._readers[(event_type.name, schema_id)] = (
+                fastavro.parse_schema(writer), fastavro.parse_schema(event_type.schema))
+        rec = fastavro.schemaless_reader(io.BytesIO(data[5:]), reader[0], reader[1])
+        if not isinstance(rec, dict):
+            raise ValueError(f"{event_type.name} did not decode to a record")
+        return rec

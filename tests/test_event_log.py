@@ -39,7 +39,7 @@ def test_event_log_append_replay_last_sequence(settings: Settings) -> None:
     clock = SimulatedClock()
     seen = []
     for te in ReplayFeed([qlog, tlog], clock=clock):
-        assert clock.now_ns == te.ts_event_ns  # the clock follows the replay
+        assert clock.now_ns() == te.ts_event_ns  # the clock follows the replay
         seen.append((te.event_type.name, te.data["event_id"]))
     assert len(seen) == 80
     assert [s for s in seen[:2]] == [("stock_quote", quotes[0]["event_id"]),
