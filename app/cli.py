@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, overload
 
 import typer
 from rich.console import Console
@@ -269,6 +269,25 @@ def dbn_generate(
     console.print(f"wrote {g.trades} ({g.n_trades} records) and {g.mbp10} ({g.n_mbp10})")
 
 
+TIME_FORMS = "ISO 8601 with a zone (2025-11-13T15:30:00Z), a date (its 00:00 UTC) or UTC ns"
+
+
+@overload
+def _time_ns(value: str, option: str = ...) -> int: ...
+@overload
+def _time_ns(value: None, option: str = ...) -> None: ...
+def _time_ns(value: str | None, option: str = "--start") -> int | None:
+    """A time option's value in UTC ns (tickflow.times: the same forms on every command)."""
+    from tickflow.times import BadTime, parse_time_ns
+
+    if value is None:
+        return None
+    try:
+        return parse_time_ns(value)
+    except BadTime as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
 @contextlib.contextmanager
 def _progress(label: str, total: float | None = None
               ) -> Iterator[Callable[[float, str], None]]:
@@ -323,11 +342,9 @@ def _progress_line(label: str, description: str, completed: float, total: float 
 
 
 def _dbn_paths(root: Path, dates: list[str] | None, schemas: list[str]) -> list[Path]:
-    import datetime as dt
+    from connectors.databento_dbn import as_date, discover_files
 
-    from connectors.databento_dbn import discover_files
-
-    wanted = {dt.date.fromisoformat(d) for d in dates or []}
+    wanted = {as_date(d) for d in dates or []}
     paths = []
     for schema in schemas:
         for f in discover_files(root, schema):
@@ -391,23 +408,29 @@ def dbn_import(
 @dbn_app.command("replay")
 def dbn_replay(
     root: Annotated[Path, typer.Argument(help="Directory with trades/ and MBP-10/")],
-    speed: Annotated[float, typer.Option(help="0 = as fast as possible, 1 = real time, N = Nx",
-                                         envvar="TICKFLOW_REPLAY_SPEED")] = 0.0,
-    date: Annotated[list[str] | None, typer.Option(help="Dates in sequence (repeatable)")
-                    ] = None,
+    speed: Annotated[float | None, typer.Option(
+        help="0 = as fast as possible, 1 = real time (the default), N = Nx",
+        envvar=["REPLAY_SPEED", "TICKFLOW_REPLAY_SPEED"])] = None,
+    date: Annotated[list[str] | None, typer.Option(
+        help="Dates in sequence (repeatable); default REPLAY_DATE (comma-separated), else "
+        "every date found")] = None,
     trades: Annotated[bool, typer.Option(help="Include trades")] = True,
     mbp10: Annotated[bool, typer.Option(help="Include MBP-10")] = True,
-    start_ns: Annotated[int | None, typer.Option(help="Only events at or after (UTC ns)")
-                        ] = None,
-    end_ns: Annotated[int | None, typer.Option(help="Only events before (UTC ns)")] = None,
+    start: Annotated[str | None, typer.Option(
+        "--start", "--start-ns", help=f"Only events at or after: {TIME_FORMS}")] = None,
+    end: Annotated[str | None, typer.Option(
+        "--end", "--end-ns", help=f"Only events before: {TIME_FORMS}")] = None,
 ) -> None:
     """Replay DBN files to the raw topic, time-ordered across schemas, at a speed factor."""
+    start_ns, end_ns = _time_ns(start, "--start"), _time_ns(end, "--end")
     from connectors.databento_dbn import DbnError
-    from connectors.replay import replay_to_kafka
+    from connectors.replay import replay_dates_from_env, replay_speed, replay_to_kafka
     from schemas.topics import RAW_DATABENTO
 
     schemas = [s for s, on in (("trades", trades), ("mbp-10", mbp10)) if on]
+    speed = replay_speed(speed)
     try:
+        date = date or [d.isoformat() for d in replay_dates_from_env() or []] or None
         paths = _dbn_paths(root, date, schemas)
         with _progress("replaying") as update:
             stats = replay_to_kafka(paths, get_settings().kafka_config(), RAW_DATABENTO,
@@ -421,7 +444,8 @@ def dbn_replay(
     console.print(f"replayed {stats.events:,} events in {stats.chunks:,} chunks, "
                   f"{stats.wall_s:.1f}s, {stats.events_per_s:,.0f} events/s, achieved speed "
                   f"{stats.achieved_speed:.2f}x (requested {speed or 'max'}), "
-                  f"{stats.capped_waits} long waits capped")
+                  f"{stats.capped_waits} long waits capped; by schema: "
+                  + ", ".join(f"{k} {v:,}" for k, v in sorted(stats.by_schema.items())))
 
 
 def _run_backfill(requests: list[Any]) -> None:
@@ -453,8 +477,10 @@ def _run_backfill(requests: list[Any]) -> None:
 @backfill_app.command("run")
 def backfill_run(
     ticker: Annotated[list[str], typer.Option(help="Ticker (repeatable), e.g. SPY")],
-    start_ns: Annotated[int, typer.Option(help="Window start, UTC ns (inclusive)")],
-    end_ns: Annotated[int, typer.Option(help="Window end, UTC ns (inclusive)")],
+    start: Annotated[str, typer.Option("--start", "--start-ns",
+                                       help=f"Window start, inclusive: {TIME_FORMS}")],
+    end: Annotated[str, typer.Option("--end", "--end-ns",
+                                     help=f"Window end, inclusive: {TIME_FORMS}")],
     quotes: Annotated[bool, typer.Option(help="Backfill quotes")] = True,
     trades: Annotated[bool, typer.Option(help="Backfill trades")] = True,
 ) -> None:
@@ -462,6 +488,7 @@ def backfill_run(
     from connectors.massive_rest import BackfillRequest
 
     kinds = [k for k, on in (("quotes", quotes), ("trades", trades)) if on]
+    start_ns, end_ns = _time_ns(start, "--start"), _time_ns(end, "--end")
     _run_backfill([BackfillRequest(t, k, start_ns, end_ns) for t in ticker for k in kinds])
 
 
@@ -483,21 +510,17 @@ def query(
     event_type: Annotated[str, typer.Argument(help="stock_quote, stock_trade, option_quote, "
                                                    "option_trade, futures_trade, mbp10")],
     symbol: Annotated[list[str] | None, typer.Option(help="Symbols (repeatable)")] = None,
-    start: Annotated[str | None, typer.Option(help="From (ISO time, UTC), inclusive")] = None,
-    end: Annotated[str | None, typer.Option(help="To (ISO time, UTC), exclusive")] = None,
+    start: Annotated[str | None, typer.Option(help=f"From, inclusive: {TIME_FORMS}")] = None,
+    end: Annotated[str | None, typer.Option(help=f"To, exclusive: {TIME_FORMS}")] = None,
     limit: Annotated[int, typer.Option(help="Rows to print")] = 20,
     out: Annotated[Path | None, typer.Option(help="Write all rows to this .parquet or .csv")
                    ] = None,
 ) -> None:
     """Read the Parquet lake: one event type, symbols, a time range (partition-pruned)."""
-    import datetime as dt
-
     from connectors.lake_query import query as lake_query
 
     def ns(v: str | None) -> int | None:
-        if v is None:
-            return None
-        return int(dt.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp() * 10**9)
+        return _time_ns(v)
 
     table = lake_query(get_settings().lake_root, event_type, list(symbol or []) or None,
                        ns(start), ns(end))
@@ -747,10 +770,13 @@ def replay_lake_cmd(
     event_type: Annotated[list[str], typer.Option(help="e.g. futures_trade, mbp10 (repeatable)")],
     speed: Annotated[float, typer.Option(help="0 = as fast as possible, 1 = real time")] = 0.0,
     symbol: Annotated[list[str] | None, typer.Option(help="Only these symbols")] = None,
-    start_ns: Annotated[int | None, typer.Option(help="From this event time (UTC ns)")] = None,
-    end_ns: Annotated[int | None, typer.Option(help="Before this event time (UTC ns)")] = None,
+    start: Annotated[str | None, typer.Option(
+        "--start", "--start-ns", help=f"From this event time: {TIME_FORMS}")] = None,
+    end: Annotated[str | None, typer.Option(
+        "--end", "--end-ns", help=f"Before this event time: {TIME_FORMS}")] = None,
 ) -> None:
     """Republish lake rows to the normalized topics (source=REPLAY), time-ordered."""
+    start_ns, end_ns = _time_ns(start, "--start"), _time_ns(end, "--end")
     from connectors.replay import replay_lake
 
     s = get_settings()
@@ -769,7 +795,7 @@ def replay_reset(
     to_earliest: Annotated[bool, typer.Option("--to-earliest")] = False,
     to_latest: Annotated[bool, typer.Option("--to-latest")] = False,
     to_datetime: Annotated[str | None, typer.Option(
-        "--to-datetime", help="ISO 8601, e.g. 2025-11-13T15:00:00Z")] = None,
+        "--to-datetime", help=TIME_FORMS)] = None,
     to_offset: Annotated[int | None, typer.Option("--to-offset")] = None,
     shift_by: Annotated[int | None, typer.Option("--shift-by")] = None,
     execute: Annotated[bool, typer.Option("--execute", help="Apply (default: dry run)")
@@ -783,7 +809,6 @@ def replay_reset(
     file grid; records between it and the requested point rebuild state and lake without
     publishing again. Stop the dataflow first.
     """
-    import datetime as dt
 
     from connectors.offsets import ResetError, execute_reset, plan_reset
     from schemas.topics import RAW_TOPICS
@@ -791,8 +816,7 @@ def replay_reset(
     s = get_settings()
     ts_ms = None
     if to_datetime is not None:
-        ts_ms = int(dt.datetime.fromisoformat(to_datetime.replace("Z", "+00:00"))
-                    .timestamp() * 1000)
+        ts_ms = _time_ns(to_datetime, "--to-datetime") // 1_000_000
     g = group or s.consumer_group
     try:
         rows = plan_reset(s.kafka_config(), g, list(topic or RAW_TOPICS),

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import databento_dbn as dbn
+import numpy as np
 import zstandard
 
 from tickflow.normalize.databento import (
@@ -213,34 +214,100 @@ def iter_records(path: Path, start_ns: int | None = None, end_ns: int | None = N
                            "(truncated file)")
 
 
-class DbnReader:
-    """The prototype's reader API over a directory of DBN files."""
+# Where the prototype's reader looked when given no directory.
+DEFAULT_DBN_ROOT = Path("data/databento")
+TS_EVENT_AT = 8  # byte offset of ts_event in every DBN record header
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+
+def as_date(day: dt.date | str) -> dt.date:
+    """A date, or an ISO date string ("2025-11-13"); anything else is a clear error."""
+    if isinstance(day, dt.datetime):
+        return day.date()
+    if isinstance(day, dt.date):
+        return day
+    try:
+        return dt.date.fromisoformat(str(day))
+    except ValueError:
+        raise DbnError(f"not a date: {day!r} (give a datetime.date or 'YYYY-MM-DD')") from None
+
+
+class DbnReader:
+    """The prototype's reader API over a directory of DBN files: canonical events
+    (FuturesTrade, MBP10 as ``schemas/`` defines them), decoded by the dataflow's own DBN
+    normalizer, so a backtest reads exactly what the topics and the lake carry.
+
+    A record the normalizer rejects (unknown instrument, impossible value, truncated tail)
+    raises ``DbnError`` naming the file and why, unless ``skip_bad``: then it is counted in
+    ``skipped`` and left out. ``read_records`` gives the raw ``databento_dbn`` records.
+    """
+
+    def __init__(self, root: Path | str | None = None, skip_bad: bool = False) -> None:
+        self.root = Path(root) if root is not None else DEFAULT_DBN_ROOT
+        self.skip_bad = skip_bad
+        self.skipped = 0
 
     def discover_files(self, schema: str) -> list[DbnFile]:
         return discover_files(self.root, schema)
 
-    def file_for(self, day: dt.date, schema: str) -> Path:
-        for f in self.discover_files(schema):
-            if f.date == day:
+    def file_for(self, day: dt.date | str, schema: str) -> Path:
+        d = as_date(day)
+        files = self.discover_files(schema)
+        for f in files:
+            if f.date == d:
                 return f.path
-        raise DbnError(f"no {schema} DBN file for {day} under {self.root}")
+        have = ", ".join(str(f.date) for f in files)
+        raise DbnError(f"no {schema} DBN file for {d} under {self.root} (files for: {have})")
 
-    def read_trades(self, day: dt.date, start_ns: int | None = None,
-                    end_ns: int | None = None) -> Iterator[Any]:
-        return iter_records(self.file_for(day, "trades"), start_ns, end_ns)
+    def _events(self, path: Path, start_ns: int | None, end_ns: int | None
+                ) -> Iterator[dict[str, Any]]:
+        from tickflow.normalize.databento import normalize_dbn_chunk
 
-    def read_mbp10(self, day: dt.date, start_ns: int | None = None,
-                   end_ns: int | None = None) -> Iterator[Any]:
-        return iter_records(self.file_for(day, "mbp-10"), start_ns, end_ns)
+        for chunk in iter_chunks(path):
+            out = normalize_dbn_chunk(chunk.data, chunk.meta, "DATABENTO_DBN")
+            if out.rejects:
+                if not self.skip_bad:
+                    r = out.rejects[0]
+                    raise DbnError(f"{path}: {r.reason_code}: {r.reason}")
+                self.skipped += len(out.rejects)
+            for _, _, ev, _ in out.events:
+                ts = ev["ts_event_ns"]
+                if (start_ns is None or ts >= start_ns) and (end_ns is None or ts < end_ns):
+                    yield ev
 
-    def get_time_range(self, day: dt.date, schema: str) -> tuple[int, int]:
-        """(start, end) in UTC ns of the file's data, from its metadata."""
-        with open_stream(self.file_for(day, schema)) as s:
-            md, _ = read_metadata(s, self.root)
-        return int(md.start), int(md.end)
+    def read_trades(self, date: dt.date | str, start_ns: int | None = None,
+                    end_ns: int | None = None) -> Iterator[dict[str, Any]]:
+        """FuturesTrade events of ``date`` with ``start_ns <= ts_event_ns < end_ns``, in
+        file order."""
+        return self._events(self.file_for(date, "trades"), start_ns, end_ns)
+
+    def read_mbp10(self, date: dt.date | str, start_ns: int | None = None,
+                   end_ns: int | None = None) -> Iterator[dict[str, Any]]:
+        """MBP10 events (10 levels each) of ``date``, like ``read_trades``."""
+        return self._events(self.file_for(date, "mbp-10"), start_ns, end_ns)
+
+    def read_records(self, date: dt.date | str, schema: str, start_ns: int | None = None,
+                     end_ns: int | None = None) -> Iterator[Any]:
+        """The raw ``databento_dbn`` records, for what the canonical events leave out."""
+        return iter_records(self.file_for(date, schema), start_ns, end_ns)
+
+    def get_time_range(self, date: dt.date | str, schema: str) -> tuple[int, int]:
+        """(first, last) ``ts_event_ns`` of the file's records: the data's own range (the
+        metadata's start and end are the range that was requested). One pass over the
+        file's record headers."""
+        path = self.file_for(date, schema)
+        lo: int | None = None
+        hi: int | None = None
+        for chunk in iter_chunks(path):
+            starts = record_starts(chunk.data)[:-1]
+            if not len(starts):
+                continue
+            raw = np.frombuffer(chunk.data, np.uint8)
+            ts = raw[(starts + TS_EVENT_AT)[:, None] + np.arange(8)].copy().view("<u8").ravel()
+            lo = int(ts.min()) if lo is None else min(lo, int(ts.min()))
+            hi = int(ts.max()) if hi is None else max(hi, int(ts.max()))
+        if lo is None or hi is None:
+            raise DbnError(f"{path}: no records")
+        return lo, hi
 
 
 def chunk_headers(chunk: Chunk, session_id: str) -> list[tuple[str, bytes]]:

@@ -13,16 +13,19 @@ topics, at a speed factor, time-ordered.
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
+import os
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from connectors.databento_dbn import (
     READ_BLOCK,
+    TS_EVENT_AT,
     DbnChunkMeta,
     check_dataset,
     file_session_id,
@@ -39,7 +42,8 @@ from tickflow.normalize.databento import (
 from tickflow.raw import H_DBN, RawSource, make_headers
 
 MAX_WAIT_S = 5.0
-TS_EVENT_AT = 8
+# The prototype's documented default: real time, unless REPLAY_SPEED says otherwise.
+DEFAULT_SPEED = 1.0
 TRAILING = 2**63 - 1  # sort key of a file's trailing partial record: it goes out last
 _U64 = struct.Struct("<Q")
 
@@ -101,6 +105,7 @@ class ReplayStats:
     first_ts: int | None = None
     last_ts: int | None = None
     capped_waits: int = 0
+    by_schema: dict[str, int] = field(default_factory=dict)  # events per DBN schema
 
     @property
     def events_per_s(self) -> float:
@@ -112,6 +117,35 @@ class ReplayStats:
         if self.first_ts is None or self.last_ts is None or not self.wall_s:
             return 0.0
         return (self.last_ts - self.first_ts) / 1e9 / self.wall_s
+
+    def actual_speed(self) -> float:
+        """The prototype's name for ``achieved_speed``."""
+        return self.achieved_speed
+
+
+def replay_speed(speed: float | None = None) -> float:
+    """``speed`` when given, else ``REPLAY_SPEED`` (or ``TICKFLOW_REPLAY_SPEED``) from the
+    environment, else 1.0 (real time): 0 = as fast as possible, N = N times real time."""
+    if speed is not None:
+        return speed
+    for name in ("REPLAY_SPEED", "TICKFLOW_REPLAY_SPEED"):
+        v = os.environ.get(name)
+        if v:
+            try:
+                return float(v)
+            except ValueError:
+                raise ValueError(f"{name}={v!r} is not a number (0, 0.5, 1, 10 ...)") from None
+    return DEFAULT_SPEED
+
+
+def replay_dates_from_env() -> list[dt.date] | None:
+    """``REPLAY_DATE`` (one ISO date, or several separated by commas), or None."""
+    v = os.environ.get("REPLAY_DATE")
+    if not v:
+        return None
+    from connectors.databento_dbn import as_date
+
+    return [as_date(x.strip()) for x in v.split(",") if x.strip()]
 
 
 class Pacer:
@@ -188,6 +222,7 @@ def replay(paths: list[Path], send: Callable[[bytes, list[tuple[str, Any]]], Non
         pending.append(rec)
         if whole:
             stats.events += 1
+            stats.by_schema[rec.meta.schema] = stats.by_schema.get(rec.meta.schema, 0) + 1
             stats.first_ts = rec.ts_event if stats.first_ts is None else stats.first_ts
             stats.last_ts = rec.ts_event
         if progress is not None and stats.events % 10_000 == 0:
@@ -303,7 +338,8 @@ def replay_lake(root: Path, event_types: list[str], kafka_conf: dict[str, Any],
     return stats
 
 
-def _day_paths(root: Path, day: Any, include_trades: bool, include_mbp10: bool) -> list[Path]:
+def _day_paths(root: Path, day: dt.date | str, include_trades: bool, include_mbp10: bool
+               ) -> list[Path]:
     from connectors.databento_dbn import DbnReader
 
     reader = DbnReader(root)
@@ -311,19 +347,49 @@ def _day_paths(root: Path, day: Any, include_trades: bool, include_mbp10: bool) 
     return [reader.file_for(day, s) for s in schemas]
 
 
-def replay_date(root: Path, day: Any, send: Callable[[bytes, list[tuple[str, Any]]], None],
+def replay_date(root: Path, day: dt.date | str | None,
+                send: Callable[[bytes, list[tuple[str, Any]]], None],
                 start_ns: int | None = None, end_ns: int | None = None,
                 include_trades: bool = True, include_mbp10: bool = True,
-                speed: float = 0.0) -> ReplayStats:
-    """The prototype's API: replay one date's files (trades and/or MBP-10), time-ordered."""
-    return replay(_day_paths(root, day, include_trades, include_mbp10), send, speed,
-                  start_ns, end_ns)
+                speed: float | None = None,
+                progress: Callable[[ReplayStats], None] | None = None) -> ReplayStats:
+    """The prototype's API: replay one date's files (trades and/or MBP-10), time-ordered.
+    ``day`` None: the ``REPLAY_DATE`` environment; ``speed`` None: ``replay_speed()``."""
+    if day is None:
+        days = replay_dates_from_env()
+        if not days or len(days) != 1:
+            raise ValueError("replay_date needs a date, or REPLAY_DATE set to one date")
+        day = days[0]
+    return replay(_day_paths(root, day, include_trades, include_mbp10), send,
+                  replay_speed(speed), start_ns, end_ns, progress=progress)
 
 
-def replay_continuous(root: Path, days: list[Any],
+def replay_continuous(root: Path, days: list[dt.date | str] | None,
                       send: Callable[[bytes, list[tuple[str, Any]]], None],
                       include_trades: bool = True, include_mbp10: bool = True,
-                      speed: float = 0.0) -> list[ReplayStats]:
-    """Replay several dates in sequence (closures between them wait at most 5 s each)."""
-    return [replay_date(root, d, send, None, None, include_trades, include_mbp10, speed)
-            for d in days]
+                      speed: float | None = None, start_ns: int | None = None,
+                      end_ns: int | None = None,
+                      progress: Callable[[ReplayStats], None] | None = None
+                      ) -> list[ReplayStats]:
+    """Replay several dates in sequence (closures between them wait at most 5 s each),
+    within ``[start_ns, end_ns)``. ``days`` None: ``REPLAY_DATE``, else every date that has
+    files of the included schemas under ``root``; dates outside the time range are skipped."""
+    from connectors.databento_dbn import DbnReader, as_date
+
+    if days is None:
+        days = list(replay_dates_from_env() or [])
+    if not days:
+        reader = DbnReader(root)
+        schemas = [s for s, on in (("trades", include_trades), ("mbp-10", include_mbp10)) if on]
+        days = sorted({f.date for s in schemas for f in reader.discover_files(s)
+                       if f.date is not None})
+    day_ns = 86_400 * 10**9
+    chosen = []
+    for d in sorted(as_date(x) for x in days):
+        lo = (d - dt.date(1970, 1, 1)).days * day_ns
+        if (end_ns is not None and lo >= end_ns) or (start_ns is not None
+                                                     and lo + day_ns <= start_ns):
+            continue
+        chosen.append(d)
+    return [replay_date(root, d, send, start_ns, end_ns, include_trades, include_mbp10,
+                        speed, progress) for d in chosen]

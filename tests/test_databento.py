@@ -23,7 +23,7 @@ from connectors.databento_dbn import (
 from connectors.topicstats import read_all
 from flows.normalize import build_flow
 from infra.dbn_generator import INSTRUMENT_ID, generate_day
-from schemas.model import BY_TOPIC
+from schemas.model import BY_NAME, BY_TOPIC
 from schemas.serde import decode
 from schemas.topics import DEAD_LETTER, FUTURES_MBP10, FUTURES_TRADES, HEALTH, RAW_DATABENTO
 from tickflow.normalize.databento import record_sequence, record_sizes
@@ -123,19 +123,35 @@ def test_unknown_instrument_is_a_dead_letter(tmp_path: Path) -> None:
 
 
 def test_discovery_and_reader_api(tmp_path: Path) -> None:
+    """The prototype's reader calls as documented: canonical events (what the topics and the
+    lake carry), a date as ``datetime.date`` or ISO string, the data's own time range."""
     with pytest.raises(DbnError, match=str(tmp_path / "nowhere")):
         discover_files(tmp_path / "nowhere", "trades")
     generate_day(tmp_path, DAY, n_trades=30, n_mbp10=100)
     r = DbnReader(tmp_path)
     [f] = r.discover_files("trades")
     assert f.date == DAY and f.path.name.endswith(".trades.dbn.zst")
-    start, end = r.get_time_range(DAY, "mbp-10")
-    assert start < end
     all_t = list(r.read_trades(DAY))
-    mid = all_t[15].ts_event
-    assert [t.ts_event for t in r.read_trades(DAY, start_ns=mid)] == [
-        t.ts_event for t in all_t if t.ts_event >= mid]
-    assert len(list(r.read_mbp10(DAY))) == 100
+    assert all_t == list(r.read_trades(DAY.isoformat()))
+    assert len(all_t) == 30 and {t["source"] for t in all_t} == {"DATABENTO_DBN"}
+    assert set(all_t[0]) == {f["name"] for f in BY_NAME["futures_trade"].schema["fields"]}
+    raw = list(r.read_records(DAY, "trades"))
+    assert [t["ts_event_ns"] for t in all_t] == [x.ts_event for x in raw]
+    assert [t["price_e9"] for t in all_t] == [x.price for x in raw]
+    mid = all_t[15]["ts_event_ns"]
+    assert r.read_trades(DAY, start_ns=mid).__next__() == next(
+        t for t in all_t if t["ts_event_ns"] >= mid)
+    books = list(r.read_mbp10(DAY))
+    assert len(books) == 100 and all(len(b["levels"]) == 10 for b in books)
+    # The data's first and last event times, not the metadata's requested range.
+    ts = [x.ts_event for x in r.read_records(DAY, "mbp-10")]
+    assert r.get_time_range(DAY, "mbp-10") == (min(ts), max(ts))
+    with pytest.raises(DbnError, match=r"no trades DBN file for 2025-11-14 .*for: 2025-11-13"):
+        r.read_trades("2025-11-14")
+    with pytest.raises(DbnError, match="not a date"):
+        r.read_trades("13/11/2025")
+
+
 
 
 def test_round_trip_through_the_dataflow(settings: Settings, tmp_path: Path) -> None:
@@ -188,6 +204,13 @@ def test_truncated_file_keeps_records_and_marks_corrupted(settings: Settings,
                                                                     HEALTH)]
     assert [(h["symbol"], h["to_state"], h["reason_code"]) for h in health] == [
         ("ES.c.0", "CORRUPTED", "CORRUPT_CHUNK")]
+    # The reader API says so too: an error naming the file, or (skip_bad) the whole records
+    # with the damage counted.
+    reader = DbnReader(tmp_path)
+    with pytest.raises(DbnError, match=f"{cut.name}.*UNDECODABLE"):
+        list(reader.read_trades(DAY))
+    lenient = DbnReader(tmp_path, skip_bad=True)
+    assert len(list(lenient.read_trades(DAY))) == 299 and lenient.skipped == 1
 
 
 def test_a_dataset_the_product_does_not_cover_is_refused_never_mislabelled(

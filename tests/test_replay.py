@@ -127,8 +127,18 @@ def test_lake_replay_republishes_lake_rows_time_ordered_marked_replay(
         assert {**r, "source": "DATABENTO_DBN"} == by_id[r["event_id"]]
 
 
-def test_replay_date_and_continuous_api(tmp_path: Path) -> None:
-    from connectors.replay import replay_continuous, replay_date
+def test_replay_date_and_continuous_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                        ) -> None:
+    """The prototype's replay calls as documented: dates as dates or ISO strings, or from
+    REPLAY_DATE, or every date on disk; a time range; REPLAY_SPEED (default 1.0, real time);
+    per-schema counts and actual_speed()."""
+    from connectors.replay import DEFAULT_SPEED, replay_continuous, replay_date, replay_speed
+
+    monkeypatch.delenv("REPLAY_SPEED", raising=False)
+    monkeypatch.delenv("TICKFLOW_REPLAY_SPEED", raising=False)
+    assert replay_speed() == DEFAULT_SPEED == 1.0
+    monkeypatch.setenv("REPLAY_SPEED", "0")
+    assert replay_speed() == 0.0 and replay_speed(10) == 10
 
     d2 = DAY + dt.timedelta(days=1)
     generate_day(tmp_path, DAY, seed=1, n_trades=20, n_mbp10=50)
@@ -138,3 +148,16 @@ def test_replay_date_and_continuous_api(tmp_path: Path) -> None:
     assert st.events == 20
     stats = replay_continuous(tmp_path, [DAY, d2], lambda v, h: sent.append(v))
     assert [s.events for s in stats] == [70, 70]
+    assert stats[0].by_schema == {"trades": 20, "mbp-10": 50}
+    assert stats[0].actual_speed() == stats[0].achieved_speed > 0
+    # No dates: every date on disk; REPLAY_DATE picks; a time range skips whole days.
+    assert [s.events for s in replay_continuous(tmp_path, None, lambda v, h: None)] == [70, 70]
+    assert [s.events for s in replay_continuous(
+        tmp_path, [d2.isoformat()], lambda v, h: None)] == [70]
+    day2_ns = (d2 - dt.date(1970, 1, 1)).days * 86_400 * 10**9
+    assert [s.events for s in replay_continuous(tmp_path, None, lambda v, h: None,
+                                                start_ns=day2_ns)] == [70]
+    monkeypatch.setenv("REPLAY_DATE", d2.isoformat())
+    assert replay_date(tmp_path, None, lambda v, h: None).by_schema == {"trades": 30,
+                                                                       "mbp-10": 40}
+    assert [s.events for s in replay_continuous(tmp_path, None, lambda v, h: None)] == [70]
