@@ -497,7 +497,8 @@ def backfill_gaps() -> None:
     """Backfill every open gap reported on market.health (each window, plus a margin)."""
     from connectors.massive_rest import gap_fill_requests, open_gaps
 
-    gaps = open_gaps(get_settings().kafka_config())
+    s = get_settings()
+    gaps = open_gaps(s.kafka_config(), s.registry_config())
     if not gaps:
         console.print("no open gaps on market.health")
         return
@@ -562,14 +563,11 @@ def health(
         _live_health(live, set(symbol or []))
         return
 
-    from connectors.topicstats import read_all
-    from schemas.model import DATA_HEALTH
-    from schemas.serde import decode
-    from schemas.topics import HEALTH
+    from connectors.massive_rest import health_events
 
     wanted = set(symbol or [])
-    events = [decode(DATA_HEALTH, m.value() or b"")
-              for m in read_all(get_settings().kafka_config(), HEALTH)]
+    s = get_settings()
+    events = health_events(s.kafka_config(), s.registry_config())
     events = [e for e in events if not wanted or e["symbol"] in wanted]
     events.sort(key=lambda e: (e["ts_event_ns"], e["event_id"]))
     from tickflow.health import open_gap_windows

@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient
 
 from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE, TANSU_SESSION_TIMEOUT_MS
 from schemas.model import BY_NAME, Event, EventType
-from schemas.serde import AvroEncoder, decode, encoders
+from schemas.serde import AvroEncoder, RegistryDecoder, encoders
 from tickflow.clock import SimulatedClock
 from tickflow.source import TypedEvent, in_event_time
 
@@ -36,6 +36,8 @@ class EventLog:
         self._registry = registry_conf
         self._encoder: AvroEncoder | None = None
         self._producer: Producer | None = None
+        # Records read with the schema they were written with (a log spans upgrades).
+        self._decoder = RegistryDecoder(registry_conf)
 
     def _enc(self) -> AvroEncoder:
         if self._encoder is None:
@@ -78,7 +80,7 @@ class EventLog:
                     if err.code() == KafkaError._PARTITION_EOF:
                         return
                     raise RuntimeError(str(err))
-                ev = decode(self.event_type, m.value() or b"")
+                ev = self._decoder.decode(self.event_type, m.value() or b"")
                 ts = ev["ts_event_ns"]
                 if (start_ns is None or ts >= start_ns) and (end_ns is None or ts < end_ns):
                     yield ev

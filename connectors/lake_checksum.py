@@ -4,11 +4,12 @@ The writer records one BLAKE2b-128 digest per row group in the file's metadata
 (``tickflow.content_checksums``, with ``tickflow.checksum_version``); ``lake verify``
 recomputes them from the values it reads back. A digest covers the values, not the bytes of
 one Arrow layout: each column's validity, then its values (fixed-width values with nulls
-zeroed; strings and binaries as lengths and bytes; lists as lengths and their flattened
-children; structs field by field with the parent's nulls applied; dictionaries decoded), so
-the Arrow table the writer held and the one a reader decodes give the same digest, and a
-changed price, size or id does not. Page-level damage is caught before that, by the Parquet
-page checksums the files carry (``write_page_checksum``), which every reader can check.
+zeroed; strings and binaries as lengths and bytes; lists (and maps, as lists of key/value
+pairs) as lengths and their flattened children; structs field by field with the parent's
+nulls applied; dictionaries decoded), so the Arrow table the writer held and the one a
+reader decodes give the same digest, and a changed price, size or id does not. Page-level
+damage is caught before that, by the Parquet page checksums the files carry
+(``write_page_checksum``), which every reader can check.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ ROW_GROUP_ROWS = 65_536
 
 
 def _update(h: Any, arr: pa.Array) -> None:  # h: a hashlib object
+    if pa.types.is_map(arr.type):  # a map is a list of (key, value) structs
+        mask = arr.is_null() if arr.null_count else None
+        arr = pa.ListArray.from_arrays(arr.offsets, arr.values, mask=mask)
     t = arr.type
     n = len(arr)
     h.update(n.to_bytes(8, "little"))

@@ -249,16 +249,25 @@ def backfill(requests: list[BackfillRequest], api_key: str, base_url: str,
 GAP_MARGIN_NS = 2 * 1_000_000_000
 
 
-def open_gaps(kafka_conf: dict[str, Any]) -> dict[str, list[tuple[int, int]]]:
-    """Per symbol, the gap windows ``market.health`` leaves open (``open_gap_windows``)."""
+def health_events(kafka_conf: dict[str, Any], registry_conf: dict[str, Any]
+                  ) -> list[dict[str, Any]]:
+    """Every DataHealth record on ``market.health``, each read with the schema it was written
+    with (the topic holds a week of them, across upgrades)."""
     from connectors.topicstats import read_all
     from schemas.model import DATA_HEALTH
-    from schemas.serde import decode
+    from schemas.serde import RegistryDecoder
     from schemas.topics import HEALTH
+
+    dec = RegistryDecoder(registry_conf)
+    return [dec.decode(DATA_HEALTH, m.value() or b"") for m in read_all(kafka_conf, HEALTH)]
+
+
+def open_gaps(kafka_conf: dict[str, Any], registry_conf: dict[str, Any]
+              ) -> dict[str, list[tuple[int, int]]]:
+    """Per symbol, the gap windows ``market.health`` leaves open (``open_gap_windows``)."""
     from tickflow.health import open_gap_windows
 
-    return open_gap_windows([decode(DATA_HEALTH, m.value() or b"")
-                             for m in read_all(kafka_conf, HEALTH)])
+    return open_gap_windows(health_events(kafka_conf, registry_conf))
 
 
 def gap_fill_requests(gaps: dict[str, list[tuple[int, int]]],

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ from connectors.lake import NS_PER_DAY, OpenFile, PartitionKey, write_file
 from connectors.lake_query import query as lake_query
 from connectors.topicstats import read_all
 from schemas.model import TRADE_RECORD, Event
-from schemas.serde import AvroEncoder, decode, encoders
-from tickflow.journal import first_of_each, trade_record
+from schemas.serde import AvroEncoder, RegistryDecoder, encoders
+from tickflow.journal import TradeRecord, first_of_each, trade_record
 
 
 class TradeJournal:
@@ -40,15 +40,17 @@ class TradeJournal:
         self._encoder: AvroEncoder | None = None
         self._producer: Producer | None = None
 
-    def record(self, trade: dict[str, Any]) -> Event:
-        """Record one trade; returns the stored record. Raises BadTrade on invalid input."""
+    def record(self, trade: TradeRecord | dict[str, Any]) -> Event:
+        """Record one trade (a ``TradeRecord``, or a dict of the schema's fields); returns
+        the stored record. Raises BadTrade on invalid input."""
         return self.record_many([trade])[0]
 
-    def record_many(self, trades: Iterable[dict[str, Any]]) -> list[Event]:
+    def record_many(self, trades: Iterable[TradeRecord | dict[str, Any]]) -> list[Event]:
         """Validate every trade first (a bad one records none), then write all of them and
         wait for the broker's acknowledgement."""
         now = time.time_ns()
-        events = [trade_record(t, t.get("recorded_ns") or now) for t in trades]
+        dicts = [t.to_trade() if isinstance(t, TradeRecord) else t for t in trades]
+        events = [trade_record(t, t.get("recorded_ns") or now) for t in dicts]
         if self._encoder is None:
             self._encoder = encoders(self._registry)[TRADE_RECORD.name]
         if self._producer is None:
@@ -62,27 +64,41 @@ class TradeJournal:
 
     def _topic_records(self) -> list[tuple[int, int, Event]]:
         """(partition, offset, record) of every record on the topic, in that order."""
-        recs = [(m.partition() or 0, m.offset() or 0, decode(TRADE_RECORD, m.value() or b""))
+        # Each record read with the schema it was written with, as this version's: the topic
+        # keeps every version of TradeRecord forever.
+        dec = RegistryDecoder(self._registry)
+        recs = [(m.partition() or 0, m.offset() or 0, dec.decode(TRADE_RECORD, m.value() or b""))
                 for m in read_all(self._conf, self.topic)]
         return sorted(recs, key=lambda r: (r[0], r[1]))
 
-    def query(self, symbol: str | None = None, strategy: str | None = None,
-              start_ns: int | None = None, end_ns: int | None = None,
-              from_topic: bool = False) -> list[Event]:
-        """Trades with ``start_ns <= ts_event_ns < end_ns``, of ``symbol`` and ``strategy``
-        when given, each trade id once, in execution-time order. From the lake (rebuild it
-        first for the latest), or straight from the topic."""
+    def query_events(self, symbol: str | None = None, strategy_id: str | None = None,
+                     start_ns: int | None = None, end_ns: int | None = None,
+                     from_topic: bool = False, *, strategy: str | None = None
+                     ) -> Iterator[Event]:
+        """Trades with ``start_ns <= ts_event_ns < end_ns``, of ``symbol`` and the strategy
+        when given, each trade id once, in trade-time order, as the schema's dicts. From the
+        lake (rebuild it first for the latest), or straight from the topic."""
+        strategy = strategy_id if strategy_id is not None else strategy
         if from_topic:
             rows: Iterable[Event] = (r for _, _, r in self._topic_records())
         else:
             rows = lake_query(self.lake_root, TRADE_RECORD.name, [symbol] if symbol else None,
-                              start_ns, end_ns).to_pylist()
+                              start_ns, end_ns).to_pylist(maps_as_pydicts="strict")
         out = [r for r in first_of_each(rows)
                if (symbol is None or r["symbol"] == symbol)
                and (strategy is None or r["strategy"] == strategy)
                and (start_ns is None or r["ts_event_ns"] >= start_ns)
                and (end_ns is None or r["ts_event_ns"] < end_ns)]
-        return sorted(out, key=lambda r: (r["ts_event_ns"], r["event_id"]))
+        return iter(sorted(out, key=lambda r: (r["ts_event_ns"], r["event_id"])))
+
+    def query(self, symbol: str | None = None, strategy_id: str | None = None,
+              start_ns: int | None = None, end_ns: int | None = None,
+              from_topic: bool = False, *, strategy: str | None = None
+              ) -> Iterator[TradeRecord]:
+        """``query_events`` as ``TradeRecord``s (the prototype's call; ``strategy`` is the
+        same filter as ``strategy_id``)."""
+        return (TradeRecord.from_event(e) for e in self.query_events(
+            symbol, strategy_id, start_ns, end_ns, from_topic, strategy=strategy))
 
     def rebuild_lake(self) -> int:
         """Rewrite ``<lake>/trade_record`` from the topic; returns files written. Files are

@@ -43,6 +43,9 @@ def _arrow_type(avro: Any, named: dict[str, pa.DataType]) -> tuple[pa.DataType, 
     if kind == "array":
         item, item_null = _arrow_type(avro["items"], named)
         return pa.list_(pa.field("item", item, nullable=item_null)), False
+    if kind == "map":  # Avro map keys are strings
+        value, value_null = _arrow_type(avro["values"], named)
+        return pa.map_(pa.string(), pa.field("value", value, nullable=value_null)), False
     if kind == "record":
         fields = [_field(f, named) for f in avro["fields"]]
         st = pa.struct(fields)

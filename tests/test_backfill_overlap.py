@@ -104,13 +104,13 @@ def test_a_late_backfill_adds_nothing_twice(settings: Settings, tmp_path: Path,
     env = deployed_env(settings, sim.port, KEY)
     try:
         flow_run(env, tmp_path / "recovery")
-        gaps = open_gaps(settings.kafka_config())
+        gaps = open_gaps(settings.kafka_config(), settings.registry_config())
         assert set(gaps) == {"SPY", "QQQ"}
         cli(env, "backfill", "gaps")
         flow_run(env, tmp_path / "recovery")
     finally:
         sim.stop_thread()
-    assert open_gaps(settings.kafka_config()) == {}
+    assert open_gaps(settings.kafka_config(), settings.registry_config()) == {}
     [(g0, g1)] = gaps["SPY"]
     pages = list(read_all(settings.kafka_config(), RAW_MASSIVE_REST))
     assert pages  # the backfill really fetched history

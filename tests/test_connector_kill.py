@@ -77,7 +77,7 @@ def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
             (sym, "GAP_DETECTED", "SESSION_LOST", killed_last, second_first)
             for sym in ("QQQ", "SPY")]
         assert second_first - killed_last > 2_000_000_000
-        assert open_gaps(settings.kafka_config()) == {
+        assert open_gaps(settings.kafka_config(), settings.registry_config()) == {
             "QQQ": [(killed_last, second_first)], "SPY": [(killed_last, second_first)]}
 
         cli(env, "backfill", "gaps")
@@ -85,7 +85,7 @@ def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
     finally:
         sim.stop_thread()
         log.close()
-    assert open_gaps(settings.kafka_config()) == {}
+    assert open_gaps(settings.kafka_config(), settings.registry_config()) == {}
     health = [decode(BY_TOPIC[HEALTH], m.value())
               for m in read_all(settings.kafka_config(), HEALTH)]
     assert sorted((h["symbol"], h["to_state"], h["reason_code"]) for h in health

@@ -151,7 +151,7 @@ def test_disconnect_gap_is_filled_by_backfill_as_deployed(settings: Settings,
                        secure=False, backoff_min_s=0.8)
         asyncio.run(run_ws(cfg, settings.kafka_config(), duration_s=3.0))
         flow_run(env, tmp_path / "recovery")
-        gaps = open_gaps(settings.kafka_config())
+        gaps = open_gaps(settings.kafka_config(), settings.registry_config())
         assert set(gaps) == {"SPY"}
         bf = cli(env, "backfill", "gaps")
         assert KEY not in bf.stdout + bf.stderr
@@ -170,7 +170,7 @@ def test_disconnect_gap_is_filled_by_backfill_as_deployed(settings: Settings,
                                                                     HEALTH)]
     assert [(h["from_state"], h["to_state"], h["reason_code"]) for h in health] == [
         ("HEALTHY", "GAP_DETECTED", "LOSS_WINDOW"), ("GAP_DETECTED", "HEALTHY", "BACKFILLED")]
-    assert open_gaps(settings.kafka_config()) == {}
+    assert open_gaps(settings.kafka_config(), settings.registry_config()) == {}
     # The lost events are on the topics now, each once, next to the live ones.
     for topic in (STOCK_QUOTES, STOCK_TRADES):
         evs = [decode(BY_TOPIC[topic], m.value()) for m in read_all(settings.kafka_config(),
