@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import msgspec
@@ -35,6 +35,8 @@ from urllib3.exceptions import MaxRetryError
 import tickflow
 from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
 from schemas.topics import MAX_MESSAGE_BYTES, RAW_MASSIVE_REST
+from tickflow.dedup import SequenceSet
+from tickflow.identity import trading_date
 from tickflow.normalize.massive_rest import PROVENANCE_ENCODER, RestProvenance
 from tickflow.raw import RawSource, make_headers
 
@@ -65,8 +67,33 @@ class Checkpoint:
     done: bool = False
 
 
+class BackfillCheckpoint(Protocol):
+    """Where a backfill keeps each request's progress (the next page), so a rerun resumes:
+    ``get`` the entry of a request key (created empty), ``save`` after each acknowledged
+    page."""
+
+    def get(self, key: str) -> Checkpoint: ...
+
+    def save(self) -> None: ...
+
+
+class InMemoryCheckpoint:
+    """Checkpoints that live as long as the object (tests, one-off notebook backfills)."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Checkpoint] = {}
+        self.saves = 0
+
+    def get(self, key: str) -> Checkpoint:
+        return self.items.setdefault(key, Checkpoint())
+
+    def save(self) -> None:
+        self.saves += 1
+
+
 class Checkpoints:
-    """One JSON file of checkpoints, rewritten atomically (temp file, fsync, rename)."""
+    """One JSON file of checkpoints, rewritten atomically (temp file, fsync, rename): the
+    ``BackfillCheckpoint`` the CLI uses."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -89,6 +116,7 @@ class Checkpoints:
 
 class _Ts(msgspec.Struct):
     sip_timestamp: int = 0
+    sequence_number: int | None = None
 
 
 class _Next(msgspec.Struct):
@@ -98,6 +126,8 @@ class _Next(msgspec.Struct):
 
 @dataclass
 class BackfillStats:
+    """What a backfill did (the prototype's ``IngestResult``)."""
+
     pages: int = 0
     events: int = 0
     skipped_done: int = 0
@@ -106,6 +136,25 @@ class BackfillStats:
     total_requests: int = 0
     # Share of all requests' time ranges covered so far (for a progress bar's ETA).
     done_fraction: float = 0.0
+    # Events of this run's pages whose identity an earlier page of the same run already
+    # carried (overlapping requests). The dataflow drops them, and the copies of events the
+    # live feed already published, and counts both on DataHealth (duplicates_total).
+    duplicates_filtered: int = 0
+    _seen: dict[tuple[str, str, str], SequenceSet] = field(default_factory=dict, repr=False)
+
+    def count_duplicates(self, ticker: str, endpoint: str, results: list[_Ts]) -> None:
+        for r in results:
+            if r.sequence_number is None:
+                continue
+            key = (ticker, endpoint, trading_date(r.sip_timestamp))
+            seen = self._seen.get(key)
+            if seen is None:
+                seen = self._seen[key] = SequenceSet()
+            if not seen.add(r.sequence_number):
+                self.duplicates_filtered += 1
+
+
+IngestResult = BackfillStats
 
 
 def _refusal(exc: BadResponse, api_key: str) -> str:
@@ -126,7 +175,8 @@ def _refusal(exc: BadResponse, api_key: str) -> str:
 class Backfiller:
     """Runs backfill requests against a Massive REST endpoint into the raw REST topic."""
 
-    def __init__(self, client: RESTClient, kafka_conf: dict[str, Any], checkpoints: Checkpoints,
+    def __init__(self, client: RESTClient, kafka_conf: dict[str, Any],
+                 checkpoints: BackfillCheckpoint,
                  topic: str = RAW_MASSIVE_REST, max_attempts: int = 6,
                  backoff_s: float = 1.0, page_limit: int | None = None) -> None:
         self.client = client
@@ -211,6 +261,7 @@ class Backfiller:
             self.checkpoints.save()
             stats.pages += 1
             stats.events += len(page.results)
+            stats.count_duplicates(req.ticker, req.endpoint, page.results)
             span = max(1, req.end_ns - req.start_ns)
             covered = 1.0 if cp.done or not page.results else min(
                 1.0, (page.results[-1].sip_timestamp - req.start_ns) / span)
@@ -233,11 +284,13 @@ def _sdk_version() -> str:
 
 
 def backfill(requests: list[BackfillRequest], api_key: str, base_url: str,
-             kafka_conf: dict[str, Any], checkpoint_path: Path,
-             progress: Callable[[BackfillStats], None] | None = None) -> BackfillStats:
-    """Run every request (skipping finished ones); returns the statistics."""
+             kafka_conf: dict[str, Any], checkpoint: Path | BackfillCheckpoint,
+             progress: Callable[[BackfillStats], None] | None = None) -> IngestResult:
+    """Run every request (skipping finished ones); returns the statistics. ``checkpoint``:
+    a JSON file's path, or any ``BackfillCheckpoint`` (``InMemoryCheckpoint``)."""
     client = RESTClient(api_key=api_key, base=base_url.rstrip("/"), retries=3)
-    b = Backfiller(client, kafka_conf, Checkpoints(checkpoint_path))
+    cps = Checkpoints(checkpoint) if isinstance(checkpoint, Path) else checkpoint
+    b = Backfiller(client, kafka_conf, cps)
     stats = BackfillStats(total_requests=len(requests))
     for req in requests:
         b.run(req, stats, progress)

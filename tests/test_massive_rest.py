@@ -17,6 +17,8 @@ from connectors.massive_rest import (
     GAP_MARGIN_NS,
     BackfillError,
     BackfillRequest,
+    IngestResult,
+    InMemoryCheckpoint,
     backfill,
     open_gaps,
 )
@@ -114,6 +116,34 @@ def test_backfill_pages_checkpoints_and_reruns_add_nothing(settings: Settings,
     assert all(p["sdk_version"] and p["tool_version"] for p in provs)
     cp = json.loads((tmp_path / "cp.json").read_text())
     assert all(v["done"] for v in cp.values())
+
+
+def test_in_memory_checkpoints_and_the_ingest_result_of_overlapping_requests(
+        settings: Settings) -> None:
+    """The prototype's backfill shape: any BackfillCheckpoint (here InMemoryCheckpoint), and
+    an IngestResult whose duplicates_filtered counts the events two overlapping requests
+    both fetched, exactly."""
+    s = _sim()
+    try:
+        time.sleep(2.0)
+        now = time.time_ns()
+        whole = BackfillRequest("SPY", "trades", now - 2 * 10**9, now)
+        first = backfill([whole], KEY, f"http://127.0.0.1:{s.port}", settings.kafka_config(),
+                         InMemoryCheckpoint())
+        cp = InMemoryCheckpoint()
+        late_half = BackfillRequest("SPY", "trades", now - 10**9, now)
+        both = backfill([whole, late_half], KEY, f"http://127.0.0.1:{s.port}",
+                        settings.kafka_config(), cp)
+        rerun = backfill([whole, late_half], KEY, f"http://127.0.0.1:{s.port}",
+                         settings.kafka_config(), cp)
+    finally:
+        s.stop_thread()
+    assert isinstance(both, IngestResult) and first.events > 0
+    assert first.duplicates_filtered == 0
+    half = both.events - first.events  # what the second request fetched again
+    assert half > 0 and both.duplicates_filtered == half
+    assert cp.saves == both.pages and all(c.done for c in cp.items.values())
+    assert rerun.pages == 0 and rerun.skipped_done == 2
 
 
 @pytest.mark.parametrize("shape", [0, 1, 2, 3])

@@ -265,3 +265,36 @@ def _insert(seqs: array[int], fps: array[int], seq: int, fp: int) -> None:
         return
     seqs.insert(i, seq)
     fps.insert(i, fp)
+
+
+class SequenceSet:
+    """Sequence numbers seen, as merged closed intervals: memory grows with the number of
+    holes, not of sequences (a backfill's pages are in sequence order, so a day of one
+    symbol's events is one interval). ``add`` says whether the number was new."""
+
+    __slots__ = ("_his", "_los")
+
+    def __init__(self) -> None:
+        self._los: list[int] = []
+        self._his: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._los)  # intervals
+
+    def add(self, seq: int) -> bool:
+        i = bisect_right(self._los, seq) - 1  # the interval starting at or before seq
+        if i >= 0 and seq <= self._his[i]:
+            return False
+        joins_left = i >= 0 and self._his[i] == seq - 1
+        joins_right = i + 1 < len(self._los) and self._los[i + 1] == seq + 1
+        if joins_left and joins_right:
+            self._his[i] = self._his[i + 1]
+            del self._los[i + 1], self._his[i + 1]
+        elif joins_left:
+            self._his[i] = seq
+        elif joins_right:
+            self._los[i + 1] = seq
+        else:
+            self._los.insert(i + 1, seq)
+            self._his.insert(i + 1, seq)
+        return True

@@ -16,6 +16,12 @@ a millisecond of rounding cannot move an event across it). Quotes (``Q``) and tr
 DBN records carry their venue's nanosecond ``ts_event`` in files and on the raw topic
 alike; their ids (``tickflow.normalize.databento``) are built from it and are the same
 whether a file is imported or replayed.
+
+The prototype's correlation id, ``make_correlation_id(symbol, exchange_timestamp_ns,
+sequence)``, is kept for code that builds one (e.g. to tie an order to the event that caused
+it, ``TradeRecord.correlation_id``): it is the ``event_id`` of that event, so a correlation id
+and an event id are one value, and joining trades to market events is an equality. The
+timestamp names the trading day (the id's date); the event kind defaults to a trade.
 """
 
 from __future__ import annotations
@@ -46,3 +52,9 @@ def trading_date(ts_event_ns: int) -> str:
 def massive_event_id(symbol: str, kind: str, ts_event_ns: int, sequence: int) -> str:
     """``event_id`` of a Massive quote (``kind`` "Q") or trade ("T"); see module doc."""
     return f"{symbol}|{kind}|{trading_date(ts_event_ns)}|{sequence}"
+
+
+def make_correlation_id(symbol: str, exchange_timestamp_ns: int, sequence: int,
+                        kind: str = TRADE) -> str:
+    """The prototype's correlation id of a vendor event: its ``event_id`` (module doc)."""
+    return massive_event_id(symbol, kind, exchange_timestamp_ns, sequence)

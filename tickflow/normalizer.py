@@ -48,6 +48,15 @@ class MarketDataNormalizer:
             out.extend(st.process(b))
         return out
 
+    @property
+    def duplicates_filtered(self) -> int:
+        """Exact duplicates dropped so far, all symbols (the per-symbol counts are on each
+        DataHealth event as ``duplicates_total``; the flow exports them as a metric)."""
+        return sum(st.health.duplicates_total for st in self._states.values())
+
+    def duplicates_filtered_by_symbol(self) -> dict[str, int]:
+        return {s: st.health.duplicates_total for s, st in sorted(self._states.items())}
+
     def health(self, symbol: str) -> Health:
         st = self._states.get(symbol)
         return st.health.state if st else Health.HEALTHY
