@@ -8,6 +8,8 @@ of subscriptions on the live connection (StrikeManager).
 * auth: the server must answer ``auth_success``; ``auth_failed`` is an ``AuthFailed`` error
   with the server's words (never the key), retried with exponential backoff 1 s .. 60 s with
   jitter, like every other connection failure;
+* a refused subscription (an error status) is a ``SubscribeFailed`` error with the server's
+  words, and the connection is made again with the same backoff;
 * every reconnect re-subscribes everything current, and reports the window between the last
   frame before the drop and the moment the new connection was subscribed as a loss window
   for all of the connection's symbols, so the dataflow marks a gap;
@@ -50,6 +52,11 @@ WS_MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 class AuthFailed(RuntimeError):
     """The server refused the API key (the key itself is never part of the message)."""
+
+
+class SubscribeFailed(RuntimeError):
+    """The server refused a subscription (or sent another error status); the connection is
+    dropped and made again with backoff, re-subscribing everything."""
 
 
 @dataclass
@@ -147,17 +154,18 @@ class MassiveWsConnector:
             await ws.send(json.dumps({"action": "subscribe", "params": params}))
 
     def _check_status(self, data: bytes) -> None:
-        """Status frames (subscribe answers, server notices): count and log the errors."""
+        """Status frames (subscribe answers, server notices): an error is counted and raised
+        as ``SubscribeFailed`` with the server's words, and the connection starts over."""
         try:
             msgs = json.loads(data)
         except ValueError:
             return
-        for m in msgs:
-            if isinstance(m, dict) and m.get("ev") == "status" and m.get("status") not in (
-                    "success", "connected", "auth_success"):
-                self.stats.subscribe_errors += 1
-                log.warning("massive status", extra={"status": m.get("status"),
-                                                     "detail": m.get("message")})
+        errors = [m for m in msgs if isinstance(m, dict) and m.get("ev") == "status"
+                  and m.get("status") not in ("success", "connected", "auth_success")]
+        if errors:
+            self.stats.subscribe_errors += len(errors)
+            words = "; ".join(str(m.get("message", m.get("status"))) for m in errors)
+            raise SubscribeFailed(f"Massive refused a subscription on {self.cfg.url}: {words}")
 
     async def run(self, stop: asyncio.Event | None = None) -> WsStats:
         """Connect, stream and reconnect until ``stop`` is set (or the task is cancelled)."""
@@ -180,6 +188,9 @@ class MassiveWsConnector:
             except AuthFailed as exc:
                 self.stats.auth_failures += 1
                 log.error("%s", exc)
+            except SubscribeFailed as exc:
+                self.stats.disconnects += 1
+                log.error("%s; reconnecting", exc)
             except (OSError, ConnectionClosed, InvalidHandshake, TimeoutError,
                     ConnectionError, ValueError) as exc:
                 self.stats.disconnects += 1
@@ -209,11 +220,11 @@ class MassiveWsConnector:
                 data = frame.encode() if isinstance(frame, str) else frame
                 stats.frames += 1
                 stats.bytes += len(data)
-                if data.startswith(_STATUS_PREFIX):
-                    self._check_status(data)
-                if not writer.offer(data, received_ns):
+                if not writer.offer(data, received_ns):  # the raw log keeps status frames too
                     stats.dropped += 1
                 self._last_frame_ns = received_ns
+                if data.startswith(_STATUS_PREFIX):
+                    self._check_status(data)
                 if self.frame_hook is not None:
                     await self.frame_hook(data)
         finally:

@@ -146,6 +146,32 @@ def test_auth_failure_is_clear_retried_and_never_shows_the_key(
     assert "wrong-key-123" not in caplog.text
 
 
+def test_a_refused_subscription_is_a_clear_error_and_a_reconnect_with_backoff(
+        settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    """The server refuses the first two subscribe requests (as for a channel outside the
+    plan): each is an error in the server's words, the connection is made again after a
+    growing wait, and once accepted the data flows."""
+    s = sim(subscribe_fail_first=2)
+    conns: list[MassiveWsConnector] = []
+    try:
+        with caplog.at_level("ERROR"):
+            stats = asyncio.run(run_ws(cfg(s, ["Q.SPY"], backoff_min_s=0.3),
+                                       settings.kafka_config(), duration_s=4.0,
+                                       connector_hook=conns.append))
+    finally:
+        s.stop_thread()
+    assert s.fault_counts["subscribe_refused"] == 2  # the fault fired, twice
+    assert stats.subscribe_errors == 2 and stats.connects == 3 and stats.disconnects == 2
+    errors = [r.getMessage() for r in caplog.records if "refused a subscription" in r.getMessage()]
+    assert len(errors) == 2 and all("not authorized to subscribe to Q.SPY" in e for e in errors)
+    assert KEY not in caplog.text
+    frames = [json.loads(m.value()) for m in raw_records(settings)]
+    quotes = [ev for f in frames if isinstance(f, list) for ev in f if ev.get("ev") == "Q"]
+    assert quotes and {q["sym"] for q in quotes} == {"SPY"}
+    # The waits grew: the second reconnect waited longer than the first could have.
+    assert conns[0].backoff(2) > conns[0].cfg.backoff_min_s
+
+
 def test_live_subscription_changes_without_reconnecting(settings: Settings) -> None:
     s = sim()
     holder: list[MassiveWsConnector] = []

@@ -61,6 +61,9 @@ class Faults:
     disconnect_after_frames: int = 0  # abrupt close (no close frame), once per server
     disconnect_every: int = 0  # abrupt close after every N-th frame of each connection (a storm)
     auth_fail: bool = False  # every key is refused
+    # The first N subscribe requests (server-wide) are refused with an error status for each
+    # channel, as Massive answers a channel the plan does not include.
+    subscribe_fail_first: int = 0
     slow_send_ms: int = 0  # pause before each frame (a slow server / slow consumer)
     http_429_every: int = 0  # every N-th REST request is refused with 429 (rate limit)
     # How REST refuses a bad key, in the vendor's documented shapes: 0 HTTP 401
@@ -394,6 +397,13 @@ class SimulatorServer:
                 await ws.send(_status("error", "invalid message"))
                 continue
             channels = [c.strip() for c in params.split(",") if c.strip()]
+            refusing = self.fault_counts["subscribe_refused"] < self.cfg.faults.subscribe_fail_first
+            if action == "subscribe" and refusing:
+                self.fault_counts["subscribe_refused"] += 1
+                await ws.send(_dumps([{"ev": "status", "status": "error",
+                                       "message": f"not authorized to subscribe to {c}"}
+                                      for c in channels]))
+                continue
             if action in ("subscribe", "unsubscribe"):
                 reply = []
                 for c in channels:
