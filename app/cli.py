@@ -175,6 +175,46 @@ def connect_massive_ws(
     console.print(f"frames {stats.frames}, written {stats.written}, dropped {stats.dropped}")
 
 
+check_app = typer.Typer(help="Check a vendor connection, without a broker.",
+                        no_args_is_help=True)
+app.add_typer(check_app, name="check")
+
+
+@check_app.command("massive")
+def check_massive(
+    market: Annotated[str, typer.Option(help="stocks or options")] = "stocks",
+    subscribe: Annotated[str, typer.Option(help="Comma-separated channels, e.g. Q.SPY,T.SPY")
+                         ] = "Q.SPY,T.SPY",
+    messages: Annotated[int, typer.Option(help="Events to parse and print")] = 5,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for them")] = 15.0,
+) -> None:
+    """Check the API key and the WebSocket (the prototype's test_stream): authenticate,
+    subscribe, print a few parsed events and the handshake time, exit. No broker; the key
+    is never printed. Exit 1 when the key or a channel is refused or nothing arrives."""
+    from connectors.massive_ws import AuthFailed, SubscribeFailed, WsConfig, check_connection
+
+    s = get_settings()
+    if s.massive_api_key is None:
+        err.print("MASSIVE_API_KEY is not set")
+        raise typer.Exit(2)
+    cfg = WsConfig(s.massive_ws_host, market, [c for c in subscribe.split(",") if c],
+                   api_key=s.massive_api_key.get_secret_value(), secure=s.massive_ws_secure)
+    try:
+        res = asyncio.run(check_connection(cfg, messages, timeout))
+    except (AuthFailed, SubscribeFailed, TimeoutError, OSError) as exc:
+        err.print(f"[red]{type(exc).__name__}: {exc}[/]")
+        raise typer.Exit(1) from None
+    console.print(f"{res.url}: authenticated and subscribed to {', '.join(res.subscribed)}; "
+                  f"handshake {res.handshake_ms:.1f} ms; {res.frames} frames")
+    t = Table("type", "symbol", "ts_event_ns", "sequence", "price / bid-ask",
+              title=f"first {len(res.events)} events")
+    for type_name, ev in res.events:
+        px = (f"{ev['price_e9'] / 1e9:g}" if ev.get("price_e9") is not None else
+              f"{(ev.get('bid_px_e9') or 0) / 1e9:g} / {(ev.get('ask_px_e9') or 0) / 1e9:g}")
+        t.add_row(type_name, ev["symbol"], str(ev["ts_event_ns"]), str(ev.get("sequence")), px)
+    console.print(t)
+
+
 def _stop_cleanly_on_sigterm() -> None:
     """SIGTERM (docker stop, a Kubernetes rollout) stops a connector like Ctrl-C: it writes
     what it holds and ends its session with a ``session_end`` record. Only a kill it cannot

@@ -103,6 +103,37 @@ def channel_symbol(channel: str) -> str:
     return channel.split(".", 1)[1] if "." in channel else channel
 
 
+async def handshake(ws: ClientConnection, cfg: WsConfig, subs: set[str]) -> None:
+    """Massive's opening: the server's greeting, auth (``AuthFailed`` with the server's
+    words if refused, never the key), then one subscribe of ``subs``."""
+    hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    if not any(m.get("status") == "connected" for m in hello):
+        raise ConnectionError(f"unexpected greeting from {cfg.url}: {hello!r}"[:300])
+    await ws.send(json.dumps({"action": "auth", "params": cfg.api_key}))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    statuses = {m.get("status") for m in reply if isinstance(m, dict)}
+    if "auth_success" not in statuses:
+        msg = "; ".join(str(m.get("message", m.get("status"))) for m in reply)
+        raise AuthFailed(f"Massive refused the API key for {cfg.url}: {msg}")
+    if subs:
+        await ws.send(json.dumps({"action": "subscribe", "params": ",".join(sorted(subs))}))
+
+
+def status_errors(data: bytes) -> list[dict[str, Any]]:
+    """The error statuses of a status frame (a refused subscription, a server notice)."""
+    try:
+        msgs = json.loads(data)
+    except ValueError:
+        return []
+    return [m for m in msgs if isinstance(m, dict) and m.get("ev") == "status"
+            and m.get("status") not in ("success", "connected", "auth_success")]
+
+
+def subscribe_failed(url: str, errors: list[dict[str, Any]]) -> SubscribeFailed:
+    words = "; ".join(str(m.get("message", m.get("status"))) for m in errors)
+    return SubscribeFailed(f"Massive refused a subscription on {url}: {words}")
+
+
 class MassiveWsConnector:
     """A resilient connection that writes every frame to the raw topic."""
 
@@ -140,32 +171,15 @@ class MassiveWsConnector:
             await self._ws.send(json.dumps({"action": "unsubscribe", "params": ",".join(gone)}))
 
     async def _handshake(self, ws: ClientConnection) -> None:
-        hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        if not any(m.get("status") == "connected" for m in hello):
-            raise ConnectionError(f"unexpected greeting from {self.cfg.url}: {hello!r}"[:300])
-        await ws.send(json.dumps({"action": "auth", "params": self.cfg.api_key}))
-        reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        statuses = {m.get("status") for m in reply if isinstance(m, dict)}
-        if "auth_success" not in statuses:
-            msg = "; ".join(str(m.get("message", m.get("status"))) for m in reply)
-            raise AuthFailed(f"Massive refused the API key for {self.cfg.url}: {msg}")
-        if self.subs:
-            params = ",".join(sorted(self.subs))
-            await ws.send(json.dumps({"action": "subscribe", "params": params}))
+        await handshake(ws, self.cfg, self.subs)
 
     def _check_status(self, data: bytes) -> None:
         """Status frames (subscribe answers, server notices): an error is counted and raised
         as ``SubscribeFailed`` with the server's words, and the connection starts over."""
-        try:
-            msgs = json.loads(data)
-        except ValueError:
-            return
-        errors = [m for m in msgs if isinstance(m, dict) and m.get("ev") == "status"
-                  and m.get("status") not in ("success", "connected", "auth_success")]
+        errors = status_errors(data)
         if errors:
             self.stats.subscribe_errors += len(errors)
-            words = "; ".join(str(m.get("message", m.get("status"))) for m in errors)
-            raise SubscribeFailed(f"Massive refused a subscription on {self.cfg.url}: {words}")
+            raise subscribe_failed(self.cfg.url, errors)
 
     async def run(self, stop: asyncio.Event | None = None) -> WsStats:
         """Connect, stream and reconnect until ``stop`` is set (or the task is cancelled)."""
@@ -229,6 +243,55 @@ class MassiveWsConnector:
                     await self.frame_hook(data)
         finally:
             stopper.cancel()
+
+
+@dataclass
+class CheckResult:
+    """What ``check_connection`` saw: how long the opening took (the server's greeting, then
+    the auth request and its answer: one round trip after the greeting), and the first events
+    parsed into canonical events (type name, event)."""
+
+    url: str
+    handshake_ms: float
+    subscribed: list[str]
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    frames: int = 0
+
+
+async def check_connection(cfg: WsConfig, messages: int = 5, timeout_s: float = 15.0
+                           ) -> CheckResult:
+    """Connect, authenticate and subscribe as the connector does, parse the first
+    ``messages`` events and disconnect; no broker. Raises ``AuthFailed`` or
+    ``SubscribeFailed`` with the server's words (never the key), ``TimeoutError`` when no
+    event came in ``timeout_s``."""
+    from tickflow.normalize.massive import normalize_ws_frame
+
+    subs = set(cfg.subscriptions)
+    async with connect(cfg.url, max_size=WS_MAX_FRAME_BYTES, open_timeout=10,
+                       close_timeout=1, logger=_ws_log) as ws:
+        t0 = time.perf_counter()
+        await handshake(ws, cfg, subs)
+        result = CheckResult(cfg.url, (time.perf_counter() - t0) * 1000, sorted(subs))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while len(result.events) < messages:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise TimeoutError(f"no events from {cfg.url} in {timeout_s:.0f} s for "
+                                   f"{', '.join(result.subscribed) or 'no channels'}")
+            frame = await asyncio.wait_for(ws.recv(), left)
+            data = frame.encode() if isinstance(frame, str) else frame
+            result.frames += 1
+            if data.startswith(_STATUS_PREFIX):
+                errors = status_errors(data)
+                if errors:
+                    raise subscribe_failed(cfg.url, errors)
+                continue
+            norm = normalize_ws_frame(data, time.time_ns(), "MASSIVE_WS",
+                                      options=cfg.market == "options")
+            result.events += [(t, ev) for _, t, ev, _ in norm.events]
+        del result.events[messages:]
+    return result
 
 
 async def run_ws(cfg: WsConfig, kafka_conf: dict[str, Any], duration_s: float | None = None,

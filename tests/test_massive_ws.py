@@ -274,3 +274,31 @@ def test_moving_spot_changes_option_subscriptions_live(settings: Settings) -> No
     assert strikes(seen["after"]) == {679.0, 680.0, 681.0, 682.0, 683.0}
     assert len(seen["after"]) == 5 * 2 * 2
     assert options_stats.connects == 1  # changed on the live connection
+
+
+@pytest.mark.parametrize("good_key", [True, False])
+def test_check_massive_needs_no_broker_and_never_prints_the_key(good_key: bool) -> None:
+    """``tickflow check massive``: a key and the socket checked end to end through the CLI,
+    nothing listening on the broker address; a refused key is a clear exit 1."""
+    import os
+    import subprocess
+    import sys
+
+    s = sim()
+    key = KEY if good_key else "canary-wrong-key-77"
+    env = {**os.environ, "MASSIVE_API_KEY": key, "MASSIVE_WS_HOST": f"127.0.0.1:{s.port}",
+           "MASSIVE_WS_SECURE": "false", "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    try:
+        run = subprocess.run([sys.executable, "-m", "app.cli", "check", "massive",
+                              "--subscribe", "Q.SPY,T.SPY", "--messages", "4"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        s.stop_thread()
+    out = run.stdout + run.stderr
+    assert key not in out
+    if good_key:
+        assert run.returncode == 0, out
+        assert "authenticated and subscribed to Q.SPY, T.SPY" in " ".join(out.split())
+        assert out.count(" SPY ") >= 4 and "handshake" in out
+    else:
+        assert run.returncode == 1 and "refused the API key" in " ".join(out.split())
