@@ -174,7 +174,7 @@ def test_metrics_endpoint_and_health_command(settings: Settings, monkeypatch) ->
     assert delta("tickflow_latency_seconds_bucket", le="0.001", type="stock_trade") == 0
 
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
-           "COLUMNS": "200"}
+           "SCHEMA_REGISTRY_URL": settings.schema_registry_url, "COLUMNS": "200"}
     res = subprocess.run([sys.executable, "-m", "app.cli", "health"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
