@@ -206,6 +206,10 @@ class Backfiller:
                 else:
                     # The SDK's own pagination follows next_url through this same call.
                     resp = self.client._get(path=path, raw=True)
+                # The SDK's own retries (urllib3's, on 429 and 5xx) are in the response's
+                # retry history: counted with ours.
+                history = getattr(getattr(resp, "retries", None), "history", None) or ()
+                stats.retries += len(history)
                 return bytes(resp.data)
             except BadResponse as exc:
                 # The SDK retries what can pass (413, 429, 499, 5xx) itself; a status it
