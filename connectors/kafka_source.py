@@ -266,8 +266,13 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
     def __init__(self, kafka_conf: dict[str, Any], topics: list[str], group_id: str,
                  tail: bool = True, batch_size: int = 1000,
                  lock_dir: Path | None = None, fetch_wait_ms: int = 10,
-                 recovery_dir: Path | None = None) -> None:
+                 recovery_dir: Path | None = None,
+                 starts: dict[str, int] | None = None) -> None:
         self._conf = kafka_conf
+        # Without recovery state, where each partition starts ("topic:partition" -> offset;
+        # connectors.offsets.start_points); a partition not in it, at the group's committed
+        # offset, or the beginning.
+        self._starts = starts or {}
         # The flow's Bytewax recovery store, when it runs with one: group commits follow it.
         self._store = StoreReader.shared(recovery_dir) if recovery_dir is not None else None
         self._fetch_wait_ms = fetch_wait_ms
@@ -316,7 +321,9 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
         partition = int(p)
         conf = self._consumer_conf()
         if resume_state is None:
-            resume_state = PartitionState(self._committed_offset(conf, topic, partition))
+            start = self._starts.get(for_part)
+            resume_state = PartitionState(start if start is not None else
+                                          self._committed_offset(conf, topic, partition))
         lock = (hold_flow_lock(self._lock_dir, self._group) if self._lock_dir is not None
                 else None)
         store = self._store

@@ -184,10 +184,60 @@ def floor_file(state_dir: Path, group: str) -> Path:
     return state_dir / "replay-floor" / f"{group}.json"
 
 
-def read_floor(state_dir: Path, group: str) -> dict[str, int]:
-    """``{"topic:partition": offset}``: below it, records rebuild state and lake only."""
+def read_floor(state_dir: Path, group: str) -> dict[str, tuple[int | None, int]]:
+    """``{"topic:partition": (start, floor)}`` that ``tickflow replay reset`` recorded: the
+    start it committed (None in files of older versions) and the requested offset, below
+    which records rebuild state and lake only."""
     f = floor_file(state_dir, group)
-    return {str(k): int(v) for k, v in json.loads(f.read_text()).items()} if f.exists() else {}
+    if not f.exists():
+        return {}
+    out: dict[str, tuple[int | None, int]] = {}
+    for k, v in json.loads(f.read_text()).items():
+        out[str(k)] = (None, int(v)) if isinstance(v, int) else (int(v["start"]), int(v["floor"]))
+    return out
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a flow without recovery state reads a raw partition from, and the floor below
+    which what it reads rebuilds state and lake without being published again."""
+
+    start: int
+    floor: int
+
+
+def start_points(conf: dict[str, Any], group: str, topics: list[str], state_dir: Path,
+                 bucket_records: int) -> dict[str, StartPoint]:
+    """``{"topic:partition": StartPoint}`` from the group's committed offsets, for the
+    partitions that have one. A start ``tickflow replay reset`` committed keeps the floor it
+    recorded. Any other committed offset (a previous run's, or one ``kafka-consumer-groups
+    --reset-offsets`` set) is the floor itself, and reading starts at the lake's file grid
+    below it, so the lake's files are rewritten whole and come out the same."""
+    recorded = read_floor(state_dir, group)
+    md = AdminClient(conf).list_topics(timeout=30)
+    c = _consumer(conf, group)
+    out: dict[str, StartPoint] = {}
+    try:
+        for topic in topics:
+            tmd = md.topics.get(topic)
+            if tmd is None or tmd.error is not None:
+                continue
+            tps = committed(c, [TopicPartition(topic, p) for p in sorted(tmd.partitions)])
+            for tp in tps:
+                if tp.offset < 0:
+                    continue
+                key = f"{topic}:{tp.partition}"
+                start, floor = recorded.get(key, (None, -1))
+                if start == tp.offset or (start is None and key in recorded
+                                          and floor // bucket_records * bucket_records
+                                          == tp.offset):
+                    out[key] = StartPoint(tp.offset, floor)
+                else:
+                    out[key] = StartPoint(tp.offset // bucket_records * bucket_records,
+                                          tp.offset)
+    finally:
+        c.close()
+    return out
 
 
 def _recovery_record(state_dir: Path, group: str) -> Path:
@@ -280,6 +330,8 @@ def _execute_reset(conf: dict[str, Any], group: str, rows: list[PlanRow], state_
         c.close()
     f = floor_file(state_dir, group)
     f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps({f"{r.topic}:{r.partition}": r.requested for r in rows}))
+    f.write_text(json.dumps({f"{r.topic}:{r.partition}": {"start": r.start,
+                                                          "floor": r.requested}
+                             for r in rows}))
     if recovery_dir is not None and recovery_dir.exists():
         shutil.rmtree(recovery_dir)

@@ -30,7 +30,7 @@ from bytewax.dataflow import Dataflow
 from connectors.kafka_sink import KafkaOutSink, OutRecord
 from connectors.kafka_source import RawBatch, RawKafkaSource
 from connectors.lake import LakeRows, LakeSink
-from connectors.offsets import read_floor, record_recovery_dir
+from connectors.offsets import record_recovery_dir, start_points
 from flows import metrics
 from flows.runner import recovery_dir_of_run
 from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
@@ -164,12 +164,18 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     recovery_dir = recovery_dir_of_run()
     if recovery_dir is not None:  # `replay reset` must move this store with the offsets
         record_recovery_dir(s.state_dir, s.consumer_group, recovery_dir)
+    # Without recovery state the flow starts from the group's committed offsets, wherever
+    # they were moved from (our reset or kafka-consumer-groups): at the lake's file grid
+    # below each, publishing from the offset itself (the floor).
+    points = start_points(s.kafka_config(), s.consumer_group, raw_topics, s.state_dir,
+                          s.lake_bucket_records)
     flow = Dataflow("tickflow_normalize")
     raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
                                                s.consumer_group, tail=tail,
                                                lock_dir=s.state_dir,
                                                fetch_wait_ms=s.fetch_wait_ms,
-                                               recovery_dir=recovery_dir))
+                                               recovery_dir=recovery_dir,
+                                               starts={k: p.start for k, p in points.items()}))
     by_feed = op.key_on("by_raw_partition", raw, lambda rs: f"{rs[0].topic}:{rs[0].partition}")
     per_feed = op.stateful_map("feed_state", by_feed,
                                make_feed_step(s.clock_drift_ms * 1_000_000,
@@ -178,7 +184,7 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
     per_symbol = op.stateful_map("symbol_state", split.falses, symbol_step)
     out = op.merge("outputs", per_symbol, split.trues)
-    encoded = op.map("encode", out, make_encode(s, read_floor(s.state_dir, s.consumer_group)))
+    encoded = op.map("encode", out, make_encode(s, {k: p.floor for k, p in points.items()}))
     op.output("kafka", encoded, KafkaOutSink(s.kafka_config()))
     op.output("lake", per_symbol, LakeSink(s.lake_root, bucket_records=s.lake_bucket_records,
                                            max_buffered_rows=s.lake_max_buffered_rows))

@@ -191,3 +191,39 @@ def _cluster_id() -> str:
     import base64
 
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+CONSUMER_GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+
+
+def consumer_groups(bootstrap_servers: str, *args: str, timeout: float = 120.0
+                    ) -> subprocess.CompletedProcess[str]:
+    """Apache Kafka's ``kafka-consumer-groups`` (the class bin/kafka-consumer-groups.sh runs),
+    e.g. ``consumer_groups(b, "--group", g, "--describe")``."""
+    return subprocess.run(java_argv(CONSUMER_GROUP_COMMAND, "--bootstrap-server",
+                                    bootstrap_servers, *args, heap="-Xmx256m"),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def describe_offsets(bootstrap_servers: str, group: str) -> dict[tuple[str, int],
+                                                                  tuple[int | None, int, int]]:
+    """``kafka-consumer-groups --describe``, parsed: (topic, partition) -> (current offset,
+    log end offset, lag) as the tool prints them ("-" current: None)."""
+    run = consumer_groups(bootstrap_servers, "--group", group, "--describe")
+    if run.returncode != 0:
+        raise RuntimeError(f"kafka-consumer-groups --describe failed: {run.stderr[-2000:]}")
+    out: dict[tuple[str, int], tuple[int | None, int, int]] = {}
+    header: list[str] | None = None
+    for line in run.stdout.splitlines():
+        cols = line.split()
+        if "CURRENT-OFFSET" in cols:
+            header = cols
+            continue
+        if header is None or len(cols) < len(header):
+            continue
+        row = dict(zip(header, cols, strict=False))
+        cur = row["CURRENT-OFFSET"]
+        out[(row["TOPIC"], int(row["PARTITION"]))] = (
+            None if cur == "-" else int(cur), int(row["LOG-END-OFFSET"]),
+            int(row["LAG"]) if row["LAG"] != "-" else int(row["LOG-END-OFFSET"]))
+    return out
