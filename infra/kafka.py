@@ -139,8 +139,11 @@ class KafkaBroker(ManagedProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()  # ports may change between runs; the log dir stays
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            fmt = subprocess.run(java_argv("kafka.tools.StorageTool", "format", "-t",
-                                           _cluster_id(), "-c", str(self.config),
+            # "--cluster-id=<id>": an id may start with "-", which as a separate argument
+            # the tool's parser takes for an option (1 start in 32 failed so).
+            fmt = subprocess.run(java_argv("kafka.tools.StorageTool", "format",
+                                           f"--cluster-id={_cluster_id()}", "-c",
+                                           str(self.config),
                                            heap="-Xmx256m"),
                                  capture_output=True, text=True, timeout=120)
             if fmt.returncode != 0:
