@@ -191,6 +191,8 @@ def check_massive(
     """Check the API key and the WebSocket (the prototype's test_stream): authenticate,
     subscribe, print a few parsed events and the handshake time, exit. No broker; the key
     is never printed. Exit 1 when the key or a channel is refused or nothing arrives."""
+    from websockets.exceptions import WebSocketException
+
     from connectors.massive_ws import AuthFailed, SubscribeFailed, WsConfig, check_connection
 
     s = get_settings()
@@ -201,7 +203,7 @@ def check_massive(
                    api_key=s.massive_api_key.get_secret_value(), secure=s.massive_ws_secure)
     try:
         res = asyncio.run(check_connection(cfg, messages, timeout))
-    except (AuthFailed, SubscribeFailed, TimeoutError, OSError) as exc:
+    except (AuthFailed, SubscribeFailed, TimeoutError, OSError, WebSocketException) as exc:
         err.print(f"[red]{type(exc).__name__}: {exc}[/]")
         raise typer.Exit(1) from None
     console.print(f"{res.url}: authenticated and subscribed to {', '.join(res.subscribed)}; "

@@ -178,8 +178,8 @@ def _old_layout(where: Path) -> OldLakeLayout:
     return OldLakeLayout(
         f"{where} is in lake layout 1 (the symbol inside the files as well as in the folder, "
         f"which pandas and pyarrow refuse to read as one dataset); this tickflow writes and "
-        f"reads layout {LAKE_LAYOUT}. Convert it in place with `tickflow lake migrate "
-        f"--root <lake>` (rows, names and provenance are kept).")
+        f"reads layout {LAKE_LAYOUT}. Convert it in place with `tickflow lake migrate` "
+        f"(TICKFLOW_LAKE_ROOT=<the lake>; rows, names and provenance are kept).")
 
 
 def check_layout(root: Path, create: bool = False) -> None:
