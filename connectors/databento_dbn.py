@@ -332,10 +332,10 @@ def publish_file(path: Path, kafka_conf: dict[str, Any], topic: str,
     (chunks, records). One key per dataset and schema keeps the file's order."""
     from confluent_kafka import Producer
 
-    from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+    from connectors.broker_profile import producer_overrides
     from schemas.topics import MAX_MESSAGE_BYTES
 
-    producer = Producer({**kafka_conf, **TANSU_PRODUCER_NO_AUTOCREATE,
+    producer = Producer({**kafka_conf, **producer_overrides(kafka_conf),
                          "enable.idempotence": True, "acks": "all", "linger.ms": 10,
                          "compression.type": "zstd", "message.max.bytes": MAX_MESSAGE_BYTES})
     session = file_session_id(path)

@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE, TANSU_SESSION_TIMEOUT_MS
+from connectors.broker_profile import consumer_overrides, producer_overrides
 from schemas.model import BY_NAME, Event, EventType
 from schemas.serde import AvroEncoder, RegistryDecoder, encoders
 from tickflow.clock import SimulatedClock
@@ -50,7 +50,7 @@ class EventLog:
     def append_batch(self, events: Iterable[Event]) -> int:
         """Write events (key = symbol) and wait until the broker has them all."""
         if self._producer is None:
-            self._producer = Producer({**self._conf, **TANSU_PRODUCER_NO_AUTOCREATE,
+            self._producer = Producer({**self._conf, **producer_overrides(self._conf),
                                        "enable.idempotence": True, "acks": "all"})
         enc, n = self._enc(), 0
         for ev in events:
@@ -92,7 +92,7 @@ class EventLog:
         parts = sorted(md.topics[self.topic].partitions)
         consumers = [Consumer({**self._conf, "group.id": f"tickflow-eventlog-{uuid.uuid4().hex}",
                                "enable.auto.commit": False, "enable.partition.eof": True,
-                               "session.timeout.ms": TANSU_SESSION_TIMEOUT_MS})
+                               **consumer_overrides(self._conf)})
                      for _ in parts]
         try:
             yield from heapq.merge(

@@ -15,7 +15,7 @@ from typing import Any
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from confluent_kafka import KafkaException, Producer
 
-from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+from connectors.broker_profile import producer_overrides
 from connectors.failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def producer_config(kafka_conf: dict[str, Any]) -> dict[str, Any]:
     """Producer settings for normalized output: idempotent, batched, compressed."""
     return {
         **kafka_conf,
-        **TANSU_PRODUCER_NO_AUTOCREATE,
+        **producer_overrides(kafka_conf),
         "enable.idempotence": True,
         "acks": "all",
         # Under load batches fill by themselves; when the feed is quiet a long linger only

@@ -43,8 +43,9 @@ from prometheus_client import Gauge
 
 from connectors.broker_profile import (
     TANSU_CATCH_UP_FETCH_WAIT_MS,
-    TANSU_SESSION_TIMEOUT_MS,
     TANSU_STARVED_AFTER_S,
+    consumer_overrides,
+    profile_of,
 )
 from connectors.failpoints import failpoint
 from connectors.offsets import committed, hold_flow_lock
@@ -88,6 +89,7 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         # The broker-side fetch wait: widened while the broker starves our fetches (see
         # TANSU_CATCH_UP_FETCH_WAIT_MS), back to the configured one at the head.
         self._base_wait_ms = int(conf.get("fetch.wait.max.ms", 500))
+        self._widens = profile_of(conf).widens_starved_fetches  # Tansu only
         self._wait_ms = self._base_wait_ms
         self._behind = 0  # records past our position at the last poll (cached watermark)
         self._starved_since: float | None = None
@@ -156,6 +158,8 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         """Widen the fetch wait while polls return nothing although the partition holds
         records past our position; narrow it once we are back at the head. Runs after
         ``next_offset`` took in this poll's records: a rebuilt consumer starts there."""
+        if not self._widens:
+            return
         if got or self._behind <= 0:
             self._starved_since = None
             if self._wait_ms != self._base_wait_ms and self._behind <= 0:
@@ -302,7 +306,7 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
             "auto.offset.reset": "earliest",
-            "session.timeout.ms": TANSU_SESSION_TIMEOUT_MS,
+            **consumer_overrides(self._conf),
             "fetch.max.bytes": 64 * 1024 * 1024,
             # librdkafka prefetches up to this much per partition (default 64 MB): in a bulk
             # replay that was ~800 MB of the 2 GB RSS of two processes (bench.scaling, 16x),

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.broker_profile import TANSU_SESSION_TIMEOUT_MS
+from connectors.broker_profile import consumer_overrides
 from connectors.event_log import EventLog
 from connectors.offsets import log_bounds, offset_for_time
 from schemas.model import BY_NAME, BY_TOPIC, MARKET_EVENTS, EventType
@@ -122,7 +122,7 @@ class LiveSource:
     def events(self) -> Iterator[TypedEvent]:
         c = Consumer({**self.kafka_conf, "group.id": f"tickflow-live-{uuid.uuid4().hex}",
                       "enable.auto.commit": False, "auto.offset.reset": "latest",
-                      "session.timeout.ms": TANSU_SESSION_TIMEOUT_MS})
+                      **consumer_overrides(self.kafka_conf)})
         decoder = RegistryDecoder(self.registry_conf)
         try:
             c.assign(self._start_offsets())

@@ -33,7 +33,7 @@ from massive.exceptions import BadResponse
 from urllib3.exceptions import MaxRetryError
 
 import tickflow
-from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+from connectors.broker_profile import producer_overrides
 from schemas.topics import MAX_MESSAGE_BYTES, RAW_MASSIVE_REST
 from tickflow.dedup import SequenceSet
 from tickflow.identity import trading_date
@@ -188,7 +188,7 @@ class Backfiller:
         self.backoff_s = backoff_s
         self.session = uuid.uuid4().hex
         self.frame_seq = 0
-        self.producer = Producer({**kafka_conf, **TANSU_PRODUCER_NO_AUTOCREATE,
+        self.producer = Producer({**kafka_conf, **producer_overrides(kafka_conf),
                                   "enable.idempotence": True, "acks": "all",
                                   "compression.type": "zstd",
                                   "message.max.bytes": MAX_MESSAGE_BYTES})

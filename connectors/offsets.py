@@ -31,7 +31,7 @@ from typing import IO, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from connectors.broker_profile import TANSU_SESSION_TIMEOUT_MS
+from connectors.broker_profile import consumer_overrides, profile_of
 
 
 class ResetError(RuntimeError):
@@ -75,7 +75,7 @@ def _consumer(conf: dict[str, Any], group: str | None = None) -> Consumer:
     return Consumer({**conf, "group.id": group or f"tickflow-reset-{uuid.uuid4().hex[:8]}",
                      "enable.auto.commit": False, "enable.partition.eof": True,
                      "auto.offset.reset": "earliest",
-                     "session.timeout.ms": TANSU_SESSION_TIMEOUT_MS})
+                     **consumer_overrides(conf)})
 
 
 def _record_at(c: Consumer, topic: str, partition: int, offset: int) -> tuple[int, int] | None:
@@ -92,11 +92,14 @@ def _record_at(c: Consumer, topic: str, partition: int, offset: int) -> tuple[in
 
 
 def log_bounds(conf: dict[str, Any], topic: str, partition: int) -> tuple[int, int]:
-    """(first offset, end offset). The end is read, not taken from the watermark (Tansu's
-    high watermark lags the log end by up to one batch)."""
+    """(first offset, end offset): the broker's watermarks on Apache Kafka; on Tansu the end
+    is read, not taken from the watermark (its high watermark lags the log end by up to one
+    batch)."""
     c = _consumer(conf)
     try:
         low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        if profile_of(conf).trusts_the_broker_index:
+            return low, high
         c.assign([TopicPartition(topic, partition, max(low, high - 1) if high > 0 else low)])
         end = max(low, high)
         while True:
@@ -119,10 +122,14 @@ def log_bounds(conf: dict[str, Any], topic: str, partition: int) -> tuple[int, i
 
 def offset_for_time(conf: dict[str, Any], topic: str, partition: int, ts_ms: int,
                     low: int, end: int) -> int:
-    """First offset whose record timestamp is >= ``ts_ms`` (binary search over fetched
-    records; the broker's own index is not trusted)."""
+    """First offset whose record timestamp is >= ``ts_ms`` (``end`` when none is): the
+    broker's offsets-for-times on Apache Kafka; on Tansu, whose answer is always 0, a binary
+    search over fetched records."""
     c = _consumer(conf)
     try:
+        if profile_of(conf).trusts_the_broker_index:
+            [tp] = c.offsets_for_times([TopicPartition(topic, partition, ts_ms)], timeout=30)
+            return end if tp.offset < 0 else min(max(tp.offset, low), end)
         lo, hi = low, end
         while lo < hi:
             mid = (lo + hi) // 2

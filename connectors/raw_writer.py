@@ -25,7 +25,7 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 
-from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+from connectors.broker_profile import producer_overrides
 from connectors.spool import Spool, SpoolFull
 from schemas.topics import MAX_MESSAGE_BYTES
 from tickflow.raw import H_KIND, H_RECEIVED_NS, LossWindow, RawSource, RecordKind, make_headers
@@ -117,7 +117,7 @@ class RawWriter:
         self._spool_loss: tuple[int, int, int, list[tuple[str, str | bytes | None]]] | None = None
         self._producer = Producer({
             **kafka_conf,
-            **TANSU_PRODUCER_NO_AUTOCREATE,
+            **producer_overrides(kafka_conf),
             # Not idempotent: the producer id lives in the broker, and a broker that comes
             # back empty (Tansu's memory store, a rebuilt cluster) leaves an idempotent
             # producer unable to deliver anything ever again, silently (tests/

@@ -240,10 +240,10 @@ def replay_to_kafka(paths: list[Path], kafka_conf: dict[str, Any], topic: str,
     """Replay DBN files into the raw ``topic`` (one key per dataset, so order is kept)."""
     from confluent_kafka import Producer
 
-    from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+    from connectors.broker_profile import producer_overrides
     from schemas.topics import MAX_MESSAGE_BYTES
 
-    producer = Producer({**kafka_conf, **TANSU_PRODUCER_NO_AUTOCREATE,
+    producer = Producer({**kafka_conf, **producer_overrides(kafka_conf),
                          "enable.idempotence": True, "acks": "all",
                          "linger.ms": 0 if speed > 0 else 10, "compression.type": "zstd",
                          "message.max.bytes": MAX_MESSAGE_BYTES})
@@ -301,7 +301,7 @@ def replay_lake(root: Path, event_types: list[str], kafka_conf: dict[str, Any],
     live data, told apart only by that field."""
     from confluent_kafka import Producer
 
-    from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+    from connectors.broker_profile import producer_overrides
     from schemas.model import BY_NAME
     from schemas.serde import encoders
 
@@ -312,7 +312,7 @@ def replay_lake(root: Path, event_types: list[str], kafka_conf: dict[str, Any],
 
     merged_rows = heapq.merge(*[tagged(i, et) for i, et in enumerate(event_types)],
                               key=lambda x: x[0])
-    producer = Producer({**kafka_conf, **TANSU_PRODUCER_NO_AUTOCREATE,
+    producer = Producer({**kafka_conf, **producer_overrides(kafka_conf),
                          "enable.idempotence": True, "acks": "all", "linger.ms": 5})
     pacer = Pacer(speed)
     stats = ReplayStats()

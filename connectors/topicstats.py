@@ -20,7 +20,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from connectors.broker_profile import TANSU_SESSION_TIMEOUT_MS
+from connectors.broker_profile import consumer_overrides
 
 
 def read_all(kafka_conf: dict[str, Any], topic: str, timeout: float = 60.0) -> Iterator[Message]:
@@ -28,7 +28,7 @@ def read_all(kafka_conf: dict[str, Any], topic: str, timeout: float = 60.0) -> I
     c = Consumer({**kafka_conf, "group.id": f"tickflow-inspect-{uuid.uuid4().hex[:8]}",
                   "enable.auto.commit": False, "enable.partition.eof": True,
                   "auto.offset.reset": "earliest",
-                  "session.timeout.ms": TANSU_SESSION_TIMEOUT_MS})
+                  **consumer_overrides(kafka_conf)})
     try:
         md = c.list_topics(topic, timeout=30).topics[topic]
         if md.error is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from connectors.broker_profile import TANSU_PRODUCER_NO_AUTOCREATE
+from connectors.broker_profile import producer_overrides
 from connectors.lake import NS_PER_DAY, OpenFile, PartitionKey, write_file
 from connectors.lake_query import query as lake_query
 from connectors.topicstats import read_all
@@ -54,7 +54,7 @@ class TradeJournal:
         if self._encoder is None:
             self._encoder = encoders(self._registry)[TRADE_RECORD.name]
         if self._producer is None:
-            self._producer = Producer({**self._conf, **TANSU_PRODUCER_NO_AUTOCREATE,
+            self._producer = Producer({**self._conf, **producer_overrides(self._conf),
                                        "acks": "all", "enable.idempotence": True})
         for ev in events:
             self._producer.produce(self.topic, self._encoder.encode(ev), ev["strategy"].encode())

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from connectors.kafka_source import PartitionState, RawKafkaSource
 from schemas.topics import RAW_MASSIVE_STOCKS
+from tests.conftest import TEST_BROKER
 
 N = 20_000  # raw records, one per produce request: the lookup cost grows with their number
 # (a 1 ms wait starved at 5,000 on this machine kind; 20,000 leaves a margin for faster ones)
@@ -50,3 +52,26 @@ def test_a_partition_behind_the_head_is_never_starved(kafka_conf: dict[str, str]
     finally:
         part.close()
     assert offsets == list(range(start, N))
+
+
+@pytest.mark.skipif(TEST_BROKER != "tansu", reason="pins the Tansu profile")
+def test_the_tansu_profile_is_found_and_applies_only_there(kafka_conf: dict[str, str],
+                                                           monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The embedded Tansu broker is recognised (its cluster id) and gets its workarounds;
+    the override names the profile; Apache Kafka's side is checked in test_kafka_tools."""
+    from connectors.broker_profile import (
+        KAFKA,
+        TANSU,
+        TANSU_SESSION_TIMEOUT_MS,
+        consumer_overrides,
+        profile_of,
+    )
+
+    monkeypatch.delenv("TICKFLOW_BROKER_PROFILE", raising=False)
+    assert profile_of(kafka_conf) is TANSU
+    assert consumer_overrides(kafka_conf) == {"session.timeout.ms": TANSU_SESSION_TIMEOUT_MS}
+    assert TANSU.widens_starved_fetches and not TANSU.trusts_the_broker_index
+    assert not KAFKA.widens_starved_fetches and KAFKA.trusts_the_broker_index
+    assert KAFKA.consumer_overrides() == {}
+    monkeypatch.setenv("TICKFLOW_BROKER_PROFILE", "kafka")
+    assert profile_of(kafka_conf) is KAFKA

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from connectors.broker_profile import KAFKA, consumer_overrides, profile_of
 from connectors.lake_query import query
-from connectors.offsets import committed, log_bounds
+from connectors.offsets import committed, log_bounds, plan_reset
 from connectors.topicstats import read_all
 from flows.runner import flow_argv
 from infra.stack import EmbeddedStack
@@ -127,6 +128,12 @@ def test_kafka_consumer_groups_describes_and_resets_the_flow(tmp_path: Path) -> 
         # The flow is stopped: reset with Kafka's own tool, then the documented start.
         middle = dt.datetime.fromtimestamp((T0_MS + 150 * 1000) / 1000, dt.UTC)
         when = middle.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        # Our own reset planner, on Kafka, asks the broker's offsets-for-times and agrees.
+        assert profile_of(settings.kafka_config()) is KAFKA
+        assert consumer_overrides(settings.kafka_config()) == {}
+        plan = plan_reset(settings.kafka_config(), GROUP, [RAW_MASSIVE_STOCKS],
+                          to_datetime_ms=T0_MS + 150 * 1000)
+        assert [(r.partition, r.requested, r.end) for r in plan] == [(0, 75, 160), (1, 75, 150)]
         reset = consumer_groups(info.broker, "--group", GROUP, "--topic", RAW_MASSIVE_STOCKS,
                                 "--reset-offsets", "--to-datetime", when, "--execute")
         assert reset.returncode == 0, reset.stderr[-2000:]
