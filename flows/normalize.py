@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
@@ -36,6 +37,7 @@ from flows.runner import recovery_dir_of_run
 from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
 from schemas.serde import AvroEncoder, encoders
 from schemas.topics import RAW_TOPICS
+from tickflow.dedup import DEFAULT_WINDOW_NS
 from tickflow.feed import DEFAULT_EXPIRED_STATE_DAYS, FeedState
 from tickflow.normalize import route
 from tickflow.settings import Settings, get_settings
@@ -85,7 +87,18 @@ def make_feed_step(drift_threshold_ns: int,
     return feed_step
 
 
-def symbol_step(state: SymbolState | None, batches: list[SymbolBatch]
+def make_symbol_step(window_ns: int = DEFAULT_WINDOW_NS) -> Callable[
+        [SymbolState | None, list[SymbolBatch]], tuple[SymbolState | None, list[LakeRows]]]:
+    """The per-symbol step, with the dedup window of new symbols' states."""
+    def step(state: SymbolState | None, batches: list[SymbolBatch]
+             ) -> tuple[SymbolState | None, list[LakeRows]]:
+        return symbol_step(state, batches, window_ns)
+
+    return step
+
+
+def symbol_step(state: SymbolState | None, batches: list[SymbolBatch],
+                window_ns: int = DEFAULT_WINDOW_NS
                 ) -> tuple[SymbolState | None, list[LakeRows]]:
     """Dedup, DataHealth and enrichment of one symbol's batches, in order.
 
@@ -97,7 +110,7 @@ def symbol_step(state: SymbolState | None, batches: list[SymbolBatch]
         if state is None:
             if b.expired and not (b.events or b.rejects or b.losses or b.fills):
                 continue  # already gone (another raw partition dropped it first)
-            state = SymbolState(b.symbol)
+            state = SymbolState(b.symbol, window_ns)
         dups, unverified = state.health.duplicates_total, state.unverified_duplicates
         out.append(LakeRows(b.raw_topic, b.raw_partition, b.raw_offset, state.process(b)))
         if state.health.duplicates_total != dups:
@@ -182,7 +195,8 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
                                               s.expired_state_days))
     items = op.flat_map("items", per_feed, lambda kv: kv[1])
     split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
-    per_symbol = op.stateful_map("symbol_state", split.falses, symbol_step)
+    per_symbol = op.stateful_map("symbol_state", split.falses,
+                                 make_symbol_step(round(s.dedup_window_s * 1e9)))
     out = op.merge("outputs", per_symbol, split.trues)
     encoded = op.map("encode", out, make_encode(s, {k: p.floor for k, p in points.items()}))
     op.output("kafka", encoded, KafkaOutSink(s.kafka_config()))

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
         default=5, ge=0, alias="TICKFLOW_EXPIRED_STATE_DAYS",
         description="Days after its expiry (receipt time) that an option contract's state "
                     "(dedup window, DataHealth) is dropped")
+    dedup_window_s: float = Field(
+        default=120.0, ge=1.0, alias="TICKFLOW_DEDUP_WINDOW_S",
+        description="Event time a symbol's recent-duplicate window covers (payloads "
+                    "compared); older repeats are judged by the published sequence spans")
     fetch_wait_ms: int = Field(
         default=10, ge=1, le=500, alias="TICKFLOW_FETCH_WAIT_MS",
         description="How long the dataflow's raw consumers let the broker hold an empty "
