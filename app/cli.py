@@ -166,13 +166,10 @@ def connect_massive_ws(
                    api_key=s.massive_api_key.get_secret_value(), secure=s.massive_ws_secure,
                    spool_path=s.state_dir / "spool" / f"massive-{market}.spool")
     _serve_status()
-    _stop_cleanly_on_sigterm()
-    try:
-        stats = asyncio.run(run_ws(cfg, s.kafka_config(), seconds))
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the session closed cleanly meanwhile
-        console.print("stopped")
-        return
-    console.print(f"frames {stats.frames}, written {stats.written}, dropped {stats.dropped}")
+    # Ctrl-C and SIGTERM (docker stop, a rollout) end the session cleanly, through the loop.
+    stats = asyncio.run(run_ws(cfg, s.kafka_config(), seconds, stop_on_signals=True))
+    console.print(f"stopped: frames {stats.frames}, written {stats.written}, "
+                  f"dropped {stats.dropped}")
 
 
 check_app = typer.Typer(help="Check a vendor connection, without a broker.",

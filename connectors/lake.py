@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import uuid
 import zlib
 from collections import deque
 from concurrent.futures import Executor, Future
@@ -200,7 +201,8 @@ def check_layout(root: Path, create: bool = False) -> None:
         raise _old_layout(root)
     if create:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".{LAYOUT_MARKER}.tmp-{os.getpid()}"
+        # Unique per writer: the workers of one process (same pid) mark a new lake at once.
+        tmp = root / f".{LAYOUT_MARKER}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
         tmp.write_text(json.dumps({"layout": LAKE_LAYOUT}) + "\n")
         os.replace(tmp, marker)
 

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import random
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -295,8 +296,12 @@ async def check_connection(cfg: WsConfig, messages: int = 5, timeout_s: float = 
 
 
 async def run_ws(cfg: WsConfig, kafka_conf: dict[str, Any], duration_s: float | None = None,
-                 connector_hook: Any = None) -> WsStats:
-    """Stream one connection to its raw topic for ``duration_s`` seconds (or until cancelled)."""
+                 connector_hook: Any = None, stop_on_signals: bool = False) -> WsStats:
+    """Stream one connection to its raw topic for ``duration_s`` seconds (or until cancelled).
+    With ``stop_on_signals``, SIGTERM and SIGINT end it the clean way (the session's end
+    written, everything acknowledged), as the event loop's own handlers: an interrupt raised
+    at an arbitrary point could be swallowed inside the WebSocket library, leaving the
+    connector running."""
     writer = RawWriter(kafka_conf, cfg.topic, key=f"massive_ws:{cfg.market}",
                        source=RawSource.MASSIVE_WS, feed=cfg.market, queue_size=cfg.queue_size,
                        spool_path=cfg.spool_path, producer_buffer=cfg.producer_buffer)
@@ -305,6 +310,10 @@ async def run_ws(cfg: WsConfig, kafka_conf: dict[str, Any], duration_s: float | 
     if connector_hook is not None:
         connector_hook(conn)
     stop = asyncio.Event()
+    if stop_on_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     task = asyncio.create_task(conn.run(stop))
     try:
         if duration_s is None:

@@ -46,12 +46,17 @@ def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
     def run_until(n_frames: int, stop: signal.Signals) -> None:
         before = sim.frames_sent
         p = subprocess.Popen(connect, env=env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while sim.frames_sent < before + n_frames:  # it is streaming
-            assert p.poll() is None and time.monotonic() < deadline
-            time.sleep(0.1)
-        p.send_signal(stop)
-        assert p.wait(timeout=60) == (-signal.SIGKILL if stop == signal.SIGKILL else 0)
+        try:
+            deadline = time.monotonic() + 60
+            while sim.frames_sent < before + n_frames:  # it is streaming
+                assert p.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            p.send_signal(stop)
+            assert p.wait(timeout=60) == (-signal.SIGKILL if stop == signal.SIGKILL else 0)
+        finally:
+            if p.poll() is None:  # never leave a connector behind a failed test
+                p.kill()
+                p.wait()
 
     try:
         run_until(30, signal.SIGKILL)  # killed: its session never ends

@@ -528,3 +528,15 @@ def test_lake_migrate_command_logs_progress_when_not_on_a_terminal(tmp_path: Pat
     progress = [x for x in lines if x["logger"] == "tickflow.progress"]
     assert progress and progress[-1]["done"] and progress[-1]["completed"] == len(files)
     assert all(not r.problems for r in verify(tmp_path))
+
+
+def test_workers_of_one_process_mark_a_new_lake_at_once(tmp_path: Path) -> None:
+    """A flow's workers share a pid and build their lake sinks together (CI met the clash
+    of their temporary marker files)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "lake"
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: LakeBuffer(root), range(64)))
+    assert (root / "_tickflow_lake.json").exists()
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
