@@ -7,10 +7,10 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, overload
+from typing import Annotated, Any, TypeVar, overload
 
 import typer
 from rich.console import Console
@@ -47,6 +47,7 @@ lake_app = typer.Typer(help="The Parquet lake: integrity checks and compaction."
 app.add_typer(lake_app, name="lake")
 
 console = Console()
+T = TypeVar("T")
 err = Console(stderr=True)
 
 
@@ -166,8 +167,8 @@ def connect_massive_ws(
                    api_key=s.massive_api_key.get_secret_value(), secure=s.massive_ws_secure,
                    spool_path=s.state_dir / "spool" / f"massive-{market}.spool")
     _serve_status()
-    # Ctrl-C and SIGTERM (docker stop, a rollout) end the session cleanly, through the loop.
-    stats = asyncio.run(run_ws(cfg, s.kafka_config(), seconds, stop_on_signals=True))
+    stats = asyncio.run(_with_signals(lambda stop: run_ws(cfg, s.kafka_config(), seconds,
+                                                           stop=stop)))
     console.print(f"stopped: frames {stats.frames}, written {stats.written}, "
                   f"dropped {stats.dropped}")
 
@@ -214,13 +215,16 @@ def check_massive(
     console.print(t)
 
 
-def _stop_cleanly_on_sigterm() -> None:
-    """SIGTERM (docker stop, a Kubernetes rollout) stops a connector like Ctrl-C: it writes
-    what it holds and ends its session with a ``session_end`` record. Only a kill it cannot
-    catch leaves the session open, and the flow reports that as a loss window."""
-    import signal
+async def _with_signals(start: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run a connector until it ends or Ctrl-C / SIGTERM (docker stop, a Kubernetes rollout)
+    stops it the clean way: it writes what it holds and ends its session with a
+    ``session_end`` record. Only a kill it cannot catch leaves the session open, and the flow
+    reports that as a loss window."""
+    from connectors.massive_ws import stop_on_signals
 
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    return await start(stop)
 
 
 def _serve_status() -> None:
@@ -265,8 +269,9 @@ def connect_massive_live(
     opt = WsConfig(s.massive_ws_host, "options", [], api_key=key, secure=s.massive_ws_secure,
                    spool_path=spool / "massive-options.spool")
     _serve_status()
-    _stop_cleanly_on_sigterm()
-    st, ot = asyncio.run(run_live(stk, opt, manager, s.kafka_config(), seconds))
+    st, ot = asyncio.run(_with_signals(lambda stop: run_live(stk, opt, manager,
+                                                              s.kafka_config(), seconds,
+                                                              stop=stop)))
     console.print(f"stocks: {st.frames} frames, options: {ot.frames} frames, "
                   f"{len(manager.current)} option channels at the end")
 

@@ -295,13 +295,20 @@ async def check_connection(cfg: WsConfig, messages: int = 5, timeout_s: float = 
     return result
 
 
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop``: connections end the clean way (the session's end
+    written, everything acknowledged). Through the event loop's own handlers: an interrupt
+    raised at an arbitrary point could be swallowed inside the WebSocket library, leaving
+    the connector running."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
 async def run_ws(cfg: WsConfig, kafka_conf: dict[str, Any], duration_s: float | None = None,
-                 connector_hook: Any = None, stop_on_signals: bool = False) -> WsStats:
-    """Stream one connection to its raw topic for ``duration_s`` seconds (or until cancelled).
-    With ``stop_on_signals``, SIGTERM and SIGINT end it the clean way (the session's end
-    written, everything acknowledged), as the event loop's own handlers: an interrupt raised
-    at an arbitrary point could be swallowed inside the WebSocket library, leaving the
-    connector running."""
+                 connector_hook: Any = None, stop: asyncio.Event | None = None) -> WsStats:
+    """Stream one connection to its raw topic for ``duration_s`` seconds, until ``stop`` is
+    set, or until cancelled."""
     writer = RawWriter(kafka_conf, cfg.topic, key=f"massive_ws:{cfg.market}",
                        source=RawSource.MASSIVE_WS, feed=cfg.market, queue_size=cfg.queue_size,
                        spool_path=cfg.spool_path, producer_buffer=cfg.producer_buffer)
@@ -309,11 +316,7 @@ async def run_ws(cfg: WsConfig, kafka_conf: dict[str, Any], duration_s: float | 
     writer.overflow_symbols = conn.symbols() or ["*"]
     if connector_hook is not None:
         connector_hook(conn)
-    stop = asyncio.Event()
-    if stop_on_signals:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop if stop is not None else asyncio.Event()
     task = asyncio.create_task(conn.run(stop))
     try:
         if duration_s is None:

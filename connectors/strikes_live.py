@@ -71,9 +71,10 @@ class StrikeFollower:
 
 
 async def run_live(stocks: WsConfig, options: WsConfig, manager: StrikeManager,
-                   kafka_conf: dict[str, Any], duration_s: float | None = None
-                   ) -> tuple[WsStats, WsStats]:
-    """Both connections of a live session; option strikes follow the stocks feed's spot."""
+                   kafka_conf: dict[str, Any], duration_s: float | None = None,
+                   stop: asyncio.Event | None = None) -> tuple[WsStats, WsStats]:
+    """Both connections of a live session; option strikes follow the stocks feed's spot.
+    ``stop`` ends both."""
     holder: dict[str, MassiveWsConnector] = {}
     ready = asyncio.Event()
 
@@ -82,7 +83,7 @@ async def run_live(stocks: WsConfig, options: WsConfig, manager: StrikeManager,
         ready.set()
 
     opt_task = asyncio.create_task(run_ws(options, kafka_conf, duration_s,
-                                          connector_hook=on_options))
+                                          connector_hook=on_options, stop=stop))
     await ready.wait()
     follower = StrikeFollower(manager, holder["options"])
 
@@ -90,6 +91,6 @@ async def run_live(stocks: WsConfig, options: WsConfig, manager: StrikeManager,
         c.frame_hook = follower.on_stock_frame
 
     stk_task = asyncio.create_task(run_ws(stocks, kafka_conf, duration_s,
-                                          connector_hook=on_stocks))
+                                          connector_hook=on_stocks, stop=stop))
     s_stats, o_stats = await asyncio.gather(stk_task, opt_task)
     return s_stats, o_stats

@@ -95,6 +95,8 @@ def test_prototype_shaped_trade_records_with_exact_decimals(settings: Settings) 
     with pytest.raises(BadTrade, match="more than 9 decimal places"):
         j.record(TradeRecord("bad", "mm", "SPY", "BUY", 1, Decimal("1.0000000001"),
                              fill_timestamp_ns=T0))
+    with pytest.raises(BadTrade, match="no fill, submit or signal timestamp"):
+        j.record(TradeRecord("bad", "mm", "SPY", "BUY", 0))
     with pytest.raises(BadTrade, match="a fill needs a price"):
         j.record(TradeRecord("bad", "mm", "SPY", "BUY", 0, Decimal("1"), fill_timestamp_ns=T0))
     j.rebuild_lake()

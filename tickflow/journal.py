@@ -144,6 +144,9 @@ class TradeRecord:
 
     def to_trade(self) -> dict[str, Any]:
         """The schema-shaped dict ``trade_record`` validates."""
+        if self.timestamp_ns is None:
+            raise BadTrade(f"trade {self.trade_id!r} has no fill, submit or signal timestamp")
+
         def e9(v: Decimal | int | str | float | None, name: str) -> int | None:
             return None if v is None else to_e9(v, name)
 
