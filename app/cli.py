@@ -564,11 +564,8 @@ def query(
     """Read the Parquet lake: one event type, symbols, a time range (partition-pruned)."""
     from connectors.lake_query import query as lake_query
 
-    def ns(v: str | None) -> int | None:
-        return _time_ns(v)
-
     table = lake_query(get_settings().lake_root, event_type, list(symbol or []) or None,
-                       ns(start), ns(end))
+                       _time_ns(start, "--start"), _time_ns(end, "--end"))
     if out is not None:
         if out.suffix == ".csv":
             import pyarrow.csv as pcsv

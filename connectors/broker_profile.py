@@ -59,10 +59,6 @@ class BrokerProfile:
         """What a consumer's configuration adds for this broker."""
         return {"session.timeout.ms": TANSU_SESSION_TIMEOUT_MS} if self.tansu else {}
 
-    def producer_overrides(self) -> dict[str, Any]:
-        """What a producer's configuration adds (the same on every broker)."""
-        return dict(PRODUCER_NO_AUTOCREATE)
-
     @property
     def widens_starved_fetches(self) -> bool:
         """Whether a consumer behind the head that gets empty fetches widens its wait."""

@@ -195,8 +195,9 @@ def check_layout(root: Path, create: bool = False) -> None:
         return
     if layout is None:  # no marker: a new lake, or one from before markers (judge a file)
         first = next(root.glob("*/symbol=*/date=*/part-*.parquet"), None)
-        if first is not None and file_layout(pq.read_schema(first)) != LAKE_LAYOUT:
-            layout = file_layout(pq.read_schema(first))
+        found = None if first is None else file_layout(pq.read_schema(first))
+        if found != LAKE_LAYOUT:
+            layout = found
     if layout is not None and layout != LAKE_LAYOUT:
         raise _old_layout(root)
     if create:

@@ -10,6 +10,7 @@ time, with the wall clock. ``ReplaySource`` reads the same events back from the 
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -101,6 +102,9 @@ class LiveSource:
         self.start_ns = start_ns
         self.clock: Clock = clock if clock is not None else WallClock()
         self.poll_s = poll_s
+        # Set once ``events()`` has fixed its start offsets: what is published from then on
+        # is what it yields (from "now", "now" is that moment).
+        self.started = threading.Event()
 
     def _start_offsets(self) -> list[TopicPartition]:
         md = AdminClient(self.kafka_conf).list_topics(timeout=30)
@@ -126,6 +130,7 @@ class LiveSource:
         decoder = RegistryDecoder(self.registry_conf)
         try:
             c.assign(self._start_offsets())
+            self.started.set()
             while True:
                 for m in c.consume(500, self.poll_s):
                     if m.error() is not None:

@@ -72,7 +72,7 @@ def test_live_source_from_now_and_from_a_time(settings: Settings) -> None:
     assert isinstance(src, MarketDataSource) and isinstance(src.clock, WallClock)
     reader = threading.Thread(target=lambda: got.extend(orchestrate(src, 5)), daemon=True)
     reader.start()
-    time.sleep(3)  # the source has assigned its partitions at their ends
+    assert src.started.wait(60)  # its partitions are assigned at their ends
     after = [(t, dict(e, event_id=e["event_id"] + "-late", sequence=e["sequence"] + 100))
              for t, e in events(10)]
     publish(settings, after)

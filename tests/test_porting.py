@@ -85,7 +85,7 @@ def test_the_prototype_orchestrator_runs_unchanged_on_replay_and_live(
     loop = threading.Thread(target=lambda: got.extend(orchestrator(live, journal, "live", 20)),
                             daemon=True)
     loop.start()
-    time.sleep(3)
+    assert live.started.wait(60)
     later = [dict(e, event_id=e["event_id"] + "+live") for e in trades[:20]]
     t_pub = time.time_ns()
     EventLog("futures_trade", kafka, registry).append_batch(later)
