@@ -188,6 +188,35 @@ class KafkaBroker(ManagedProcess):
     def __enter__(self) -> KafkaBroker:
         return self.start()
 
+    def wipe(self, timeout: float = 60.0) -> None:
+        """Delete every topic and consumer group (internal topics aside): the broker as if
+        just formatted, for a test that shares this broker with others. Raises if a group
+        still has members (something of an earlier test still runs)."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
+        groups = [g.group_id for g in admin.list_consumer_groups(
+            request_timeout=timeout).result(timeout).valid]
+        if groups:
+            for g, fut in admin.delete_consumer_groups(groups,
+                                                       request_timeout=timeout).items():
+                try:
+                    fut.result(timeout)
+                except Exception as exc:
+                    raise RuntimeError(f"cannot delete consumer group {g!r}: {exc}") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            names = [t for t in admin.list_topics(timeout=timeout).topics
+                     if not t.startswith("__")]
+            if not names:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topics not deleted within {timeout:.0f}s: {names}")
+            for fut in admin.delete_topics(names, operation_timeout=timeout).values():
+                with contextlib.suppress(Exception):  # already being deleted: wait below
+                    fut.result(timeout)
+            time.sleep(0.05)
+
 
 def _cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, base64 URL-safe without padding (22 chars)."""

@@ -1,6 +1,10 @@
-"""Fixtures: the real broker (Tansu) and the real registry as separate processes on
-ephemeral loopback ports. Tansu starts in milliseconds, so each test that needs a clean
-broker gets its own."""
+"""Fixtures: the real broker and the real registry as separate processes on loopback ports.
+
+The broker is Apache Kafka (KRaft, one node) unless ``TICKFLOW_TEST_BROKER=tansu``. A Kafka
+node takes about 5 s to format and start, so the tests share one per session, wiped (every
+topic and consumer group deleted) before each test that asks for ``broker``; a test that
+stops, kills or restarts its broker starts its own (``own_broker``). Tansu starts in
+milliseconds: on Tansu every test gets a fresh one."""
 
 from __future__ import annotations
 
@@ -20,18 +24,63 @@ from tickflow.settings import Settings
 HOST = "127.0.0.1"
 
 
-# Which broker the integration tests get: Tansu (default) or Apache Kafka
-# (TICKFLOW_TEST_BROKER=kafka: one KRaft node per test, a few seconds each; the suite's move to
-# Kafka is under way, issue 17).
-TEST_BROKER = os.environ.get("TICKFLOW_TEST_BROKER", "tansu")
+# Which broker the integration tests get: Apache Kafka (default) or Tansu.
+TEST_BROKER = os.environ.get("TICKFLOW_TEST_BROKER", "kafka")
+if TEST_BROKER not in ("kafka", "tansu"):
+    raise ValueError(f"TICKFLOW_TEST_BROKER={TEST_BROKER!r}: kafka or tansu")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    from infra.kafka import KAFKA_VERSION
+
+    return ("broker: " + (f"Apache Kafka {KAFKA_VERSION} (KRaft, one node; "
+                          "TICKFLOW_TEST_BROKER=tansu for Tansu)"
+                          if TEST_BROKER == "kafka" else "Tansu (TICKFLOW_TEST_BROKER=tansu)"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``tansu`` pin a Tansu behaviour: they run only on Tansu."""
+    skip = pytest.mark.skip(reason="pins a Tansu behaviour; runs with TICKFLOW_TEST_BROKER=tansu")
+    for item in items:
+        if "tansu" in item.keywords and TEST_BROKER != "tansu":
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def _shared_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    d = tmp_path_factory.mktemp("kafka")
+    with KafkaBroker(HOST, free_port(), d / "data", d / "broker.log") as b:
+        yield b
+
+
+def new_broker(tmp_path: Path, name: str = "broker",
+               port: int | None = None) -> TansuBroker | KafkaBroker:
+    """A broker of the suite's kind, not started, for a test that stops or kills it (its data
+    under ``tmp_path / name``: a Kafka broker made again with the same name and port is the
+    same broker restarted)."""
+    port = port or free_port()
+    if TEST_BROKER == "kafka":
+        return KafkaBroker(HOST, port, tmp_path / name, tmp_path / f"{name}.log")
+    return TansuBroker(HOST, port, tmp_path / f"{name}.log")
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[TansuBroker | KafkaBroker]:
-    b: TansuBroker | KafkaBroker = (
-        KafkaBroker(HOST, free_port(), tmp_path / "kafka", tmp_path / "broker.log")
-        if TEST_BROKER == "kafka" else TansuBroker(HOST, free_port(), tmp_path / "broker.log"))
-    with b:
+def broker(request: pytest.FixtureRequest,
+           tmp_path: Path) -> Iterator[TansuBroker | KafkaBroker]:
+    """A broker with no topics and no consumer groups; never stop or kill it (shared)."""
+    if TEST_BROKER == "kafka":
+        shared: KafkaBroker = request.getfixturevalue("_shared_kafka")
+        shared.wipe()
+        yield shared
+        return
+    with TansuBroker(HOST, free_port(), tmp_path / "broker.log") as b:
+        yield b
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[TansuBroker | KafkaBroker]:
+    """A broker of this test's own, which it may stop, kill and restart."""
+    with new_broker(tmp_path, "own-broker") as b:
         yield b
 
 

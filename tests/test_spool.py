@@ -11,10 +11,10 @@ import pytest
 from connectors.raw_writer import RawWriter
 from connectors.spool import Spool, SpoolFull
 from connectors.topicstats import read_all
-from infra.broker import TansuBroker
 from infra.procs import free_port
 from infra.topics import create_topics, topic_specs
 from schemas.topics import RAW_MASSIVE_STOCKS
+from tests.conftest import new_broker
 from tickflow.raw import RawSource
 
 
@@ -54,7 +54,7 @@ def test_frames_offered_while_the_broker_is_down_all_arrive_in_order(tmp_path: P
 
     spooled = REGISTRY.get_sample_value("tickflow_spool_records", {"topic": RAW_MASSIVE_STOCKS})
     assert spooled == len(w.spool) > 0  # what an on-call engineer's dashboard shows
-    with TansuBroker("127.0.0.1", port, tmp_path / "broker.log"):
+    with new_broker(tmp_path, port=port):
         create_topics(conf, topic_specs(1, 1))
         w.close(timeout=60)
         values = [m.value() for m in read_all(conf, RAW_MASSIVE_STOCKS)]
@@ -76,7 +76,7 @@ def test_what_a_full_spool_cannot_keep_is_reported_as_a_loss_window(tmp_path: Pa
     while w.spooled + w.spool_dropped < n - 60 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert w.spool_dropped > 0
-    with TansuBroker("127.0.0.1", port, tmp_path / "broker.log"):
+    with new_broker(tmp_path, port=port):
         create_topics(conf, topic_specs(1, 1))
         w.offer(b'[{"n":"after"}]', 2_000_000)  # room again: the loss is reported
         w.close(timeout=60)
@@ -93,26 +93,25 @@ def test_what_a_full_spool_cannot_keep_is_reported_as_a_loss_window(tmp_path: Pa
     assert all(x["reason"] == "spool full" for x in losses)
 
 
-def test_oversized_frame_is_reported_lost_and_blocks_nothing(tmp_path: Path) -> None:
+def test_oversized_frame_is_reported_lost_and_blocks_nothing(kafka_conf: dict[str, str]) -> None:
     import json
 
     from connectors.raw_writer import MAX_RECORD_BYTES
 
-    with TansuBroker("127.0.0.1", free_port(), tmp_path / "broker.log") as b:
-        conf = {"bootstrap.servers": b.bootstrap_servers}
-        create_topics(conf, topic_specs(raw_partitions=1))
-        w = RawWriter(conf, RAW_MASSIVE_STOCKS, "massive_ws:stocks", RawSource.MASSIVE_WS,
-                      "stocks")
-        w.overflow_symbols = ["SPY"]
-        assert w.offer(b"[1]", 1_000)
-        assert not w.offer(b"[" + b" " * MAX_RECORD_BYTES + b"]", 2_000)
-        assert w.offer(b"[3]", 3_000)  # the frame after it is not held back
-        w.close()
-        assert w.oversized == 1 and w.failed == 0
-        recs = list(read_all(conf, RAW_MASSIVE_STOCKS))
-        kinds = [dict(m.headers())["kind"] for m in recs]
-        assert kinds == [b"vendor", b"loss_window", b"vendor", b"session_end"]
-        loss = json.loads(recs[1].value())
-        assert loss["symbols"] == ["SPY"] and "exceeds the raw topic's limit" in loss["reason"]
-        assert [m.value() for m in recs if dict(m.headers())["kind"] == b"vendor"] == [
-            b"[1]", b"[3]"]
+    conf = kafka_conf
+    create_topics(conf, topic_specs(raw_partitions=1))
+    w = RawWriter(conf, RAW_MASSIVE_STOCKS, "massive_ws:stocks", RawSource.MASSIVE_WS,
+                  "stocks")
+    w.overflow_symbols = ["SPY"]
+    assert w.offer(b"[1]", 1_000)
+    assert not w.offer(b"[" + b" " * MAX_RECORD_BYTES + b"]", 2_000)
+    assert w.offer(b"[3]", 3_000)  # the frame after it is not held back
+    w.close()
+    assert w.oversized == 1 and w.failed == 0
+    recs = list(read_all(conf, RAW_MASSIVE_STOCKS))
+    kinds = [dict(m.headers())["kind"] for m in recs]
+    assert kinds == [b"vendor", b"loss_window", b"vendor", b"session_end"]
+    loss = json.loads(recs[1].value())
+    assert loss["symbols"] == ["SPY"] and "exceeds the raw topic's limit" in loss["reason"]
+    assert [m.value() for m in recs if dict(m.headers())["kind"] == b"vendor"] == [
+        b"[1]", b"[3]"]
