@@ -45,9 +45,10 @@ def main() -> int:
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
-            if msg.error():
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    print(f"error: {msg.error()}", file=sys.stderr)
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    print(f"error: {err}", file=sys.stderr)
                 continue
             record = deserialize(msg.value(), ctx)
             print(json.dumps(record, default=str))

@@ -22,6 +22,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
+from typing import Self
 
 from infra.procs import ManagedProcess, free_port
 
@@ -135,7 +136,7 @@ class KafkaBroker(ManagedProcess):
         }
         self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
 
-    def start(self, timeout: float = 90.0) -> KafkaBroker:
+    def start(self, timeout: float = 90.0) -> Self:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._write_config()  # ports may change between runs; the log dir stays
         if not (self.data_dir / "logs" / "meta.properties").exists():
@@ -184,9 +185,6 @@ class KafkaBroker(ManagedProcess):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
-
-    def __enter__(self) -> KafkaBroker:
-        return self.start()
 
     def wipe(self, timeout: float = 60.0) -> None:
         """Delete every topic and consumer group (internal topics aside): the broker as if

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Self
 
 # Ports for our listeners come from below the kernel's ephemeral range (32768+ by default):
 # a port the kernel hands out for outgoing connections can be taken by any Kafka client
@@ -78,7 +79,7 @@ class ManagedProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def start(self, timeout: float = 20.0) -> ManagedProcess:
+    def start(self, timeout: float = 20.0) -> Self:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         full_env = {**os.environ, **(self.env or {})}
@@ -122,7 +123,7 @@ class ManagedProcess:
                 self.proc.kill()
             self.proc.wait(timeout)
 
-    def __enter__(self) -> ManagedProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
