@@ -30,12 +30,21 @@ if TEST_BROKER not in ("kafka", "tansu"):
     raise ValueError(f"TICKFLOW_TEST_BROKER={TEST_BROKER!r}: kafka or tansu")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def _broker_line() -> str:
     from infra.kafka import KAFKA_VERSION
 
     return ("broker: " + (f"Apache Kafka {KAFKA_VERSION} (KRaft, one node; "
                           "TICKFLOW_TEST_BROKER=tansu for Tansu)"
                           if TEST_BROKER == "kafka" else "Tansu (TICKFLOW_TEST_BROKER=tansu)"))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return _broker_line()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Also under -q (which hides the header): the log of `make test` names the broker.
+    terminalreporter.write_line(_broker_line())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
