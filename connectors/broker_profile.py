@@ -71,6 +71,14 @@ class BrokerProfile:
         batch, its offsets_for_times answers 0)."""
         return not self.tansu
 
+    @property
+    def keeps_producer_state(self) -> bool:
+        """Whether the broker keeps idempotent producers' ids and sequences across a restart
+        (Kafka: in its log). Tansu keeps them in memory: after a restart an idempotent
+        producer can never deliver again, silently, so there the raw writer is not
+        idempotent and the flow drops its retry duplicates by frame_seq."""
+        return not self.tansu
+
 
 KAFKA = BrokerProfile("kafka")
 TANSU = BrokerProfile("tansu")

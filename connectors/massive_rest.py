@@ -43,6 +43,11 @@ from tickflow.raw import RawSource, make_headers
 log = logging.getLogger(__name__)
 
 PAGE_LIMIT = 50_000  # the vendor's maximum; TICKFLOW_BACKFILL_PAGE_LIMIT lowers it
+# How long a page may wait for the broker's acknowledgement (a broker outage): the producer
+# keeps the page that long (message.timeout.ms) and the backfill waits for it.
+ACK_TIMEOUT_S = 300.0
+
+
 class BackfillError(RuntimeError):
     """A request that will not succeed; the message says which and why (never the key)."""
 
@@ -190,6 +195,7 @@ class Backfiller:
         self.frame_seq = 0
         self.producer = Producer({**kafka_conf, **producer_overrides(kafka_conf),
                                   "enable.idempotence": True, "acks": "all",
+                                  "message.timeout.ms": int(ACK_TIMEOUT_S * 1000),
                                   "compression.type": "zstd",
                                   "message.max.bytes": MAX_MESSAGE_BYTES})
 
@@ -254,10 +260,16 @@ class Backfiller:
             headers = make_headers(RawSource.MASSIVE_REST, time.time_ns(), self.session,
                                    self.frame_seq, feed=req.endpoint,
                                    provenance=PROVENANCE_ENCODER.encode(prov))
+            failed: list[object] = []
             self.producer.produce(self.topic, data, f"massive_rest:{req.ticker}".encode(),
-                                  headers=headers)
-            if self.producer.flush(60):
-                raise BackfillError("the broker did not acknowledge a backfill page")
+                                  headers=headers, on_delivery=_on_delivery(failed))
+            # The page counts as done only once the broker acknowledged it: a flush that
+            # returns with the record refused (or expired) must not advance the checkpoint.
+            # Waits as long as the producer keeps a record (an outage of the broker).
+            if self.producer.flush(ACK_TIMEOUT_S) or failed:
+                why = f": {failed[0]}" if failed else f" within {ACK_TIMEOUT_S:.0f} s"
+                raise BackfillError(f"the broker did not acknowledge a backfill page{why}; "
+                                    "run the backfill again to resume from this page")
             cp.pages += 1
             cp.events += len(page.results)
             cp.next_path = next_path
@@ -276,6 +288,14 @@ class Backfiller:
             if cp.done:
                 stats.requests.append(req.key)
                 return
+
+
+def _on_delivery(failed: list[object]) -> Callable[[Any, Any], None]:
+    """A delivery callback that keeps the broker's refusal, if any."""
+    def cb(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failed.append(err)
+    return cb
 
 
 def _sdk_version() -> str:

@@ -25,7 +25,7 @@ from confluent_kafka import KafkaException, Producer
 from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 
-from connectors.broker_profile import producer_overrides
+from connectors.broker_profile import producer_overrides, profile_of
 from connectors.spool import Spool, SpoolFull
 from schemas.topics import MAX_MESSAGE_BYTES
 from tickflow.raw import H_KIND, H_RECEIVED_NS, LossWindow, RawSource, RecordKind, make_headers
@@ -115,17 +115,18 @@ class RawWriter:
         # Records lost to a full spool, not yet reported: (first receipt ns, last, count,
         # headers of the last one). Touched by the writer thread only.
         self._spool_loss: tuple[int, int, int, list[tuple[str, str | bytes | None]]] | None = None
+        # Idempotent where the broker keeps producer state across a restart (Kafka): a retry
+        # after a broker crash never writes a frame twice. Where it does not (Tansu's memory
+        # store) an idempotent producer could never deliver again after a restart, silently
+        # (tests/test_broker_outage.py); there one request in flight keeps order on retries
+        # and a retried record that landed twice is a duplicate frame, which the flow drops
+        # by frame_seq and event identity.
+        idempotent = profile_of(kafka_conf).keeps_producer_state
         self._producer = Producer({
             **kafka_conf,
             **producer_overrides(kafka_conf),
-            # Not idempotent: the producer id lives in the broker, and a broker that comes
-            # back empty (Tansu's memory store, a rebuilt cluster) leaves an idempotent
-            # producer unable to deliver anything ever again, silently (tests/
-            # test_broker_outage.py). One request in flight keeps order on retries instead;
-            # a retried record that did land twice is a duplicate frame, which the flow
-            # drops by frame_seq and event identity.
-            "enable.idempotence": False,
-            "max.in.flight.requests.per.connection": 1,
+            "enable.idempotence": idempotent,
+            "max.in.flight.requests.per.connection": 5 if idempotent else 1,
             "acks": "all",
             "linger.ms": 2,
             "message.max.bytes": MAX_MESSAGE_BYTES,

@@ -1,6 +1,8 @@
-"""Broker outage while the live connector streams from the simulator: the broker is stopped
-for 30 s and a fresh one takes its place (Tansu keeps nothing across a restart, as a rebuilt
-broker would not). Every frame the simulator sent is in the raw log of one of the two
+"""Tansu outage while the live connector streams from the simulator: the broker is stopped
+for 30 s and a fresh one takes its place (Tansu keeps nothing across a restart). Tansu only:
+on it the raw writer is not idempotent (an idempotent producer could not deliver to a
+broker that forgot its id); the Kafka outage, a kill -9 and a restart on the broker's data,
+is tests/test_broker_kill.py. Every frame the simulator sent is in the raw log of one of the two
 brokers or reported lost; the connector resumes by itself, draining its spool in order."""
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ def vendor_frames(conf: dict[str, str]) -> tuple[list[int], list[dict]]:
 
 
 @pytest.mark.slow
+@pytest.mark.tansu
 def test_broker_outage_loses_nothing_and_the_connector_resumes(tmp_path: Path) -> None:
     port = free_port()
     first = TansuBroker("127.0.0.1", port, tmp_path / "broker-1.log").start()

@@ -82,7 +82,11 @@ class Settings(BaseSettings):
 
     def kafka_config(self) -> dict[str, Any]:
         """librdkafka settings common to producers, consumers and admin clients."""
-        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers}
+        from tickflow.logs import kafka_client_logger
+
+        # librdkafka's own log goes through ours: structured, repeats held back.
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap_servers,
+                                "logger": kafka_client_logger()}
         if self.kafka_security_protocol:
             conf["security.protocol"] = self.kafka_security_protocol
         if self.kafka_sasl_mechanism:
