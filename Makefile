@@ -25,7 +25,7 @@ kafka-jars: $(STAMP)
 test: $(STAMP) kafka-jars
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy tickflow flows schemas connectors infra app
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q --durations=20; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -113,7 +113,8 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    # Tansu's watermarks are unreliable; EOF after an actual fetch is not.
+                    # EOF after an actual fetch, not the watermark: the same on every broker
+                    # (Tansu's watermark lags).
                     if not self._tail:
                         self._eof = True
                     continue

@@ -114,9 +114,8 @@ class LiveSource:
             if topic is None or topic.error is not None:
                 raise RuntimeError(f"topic {et.topic} is not on the broker")
             for p in sorted(topic.partitions):
-                # The end as read, not the watermark (Tansu's lags the log by a batch); a
-                # time by the records' own timestamps (publish time), searched over the log:
-                # the same answer on every broker.
+                # The log's end, and a time by the records' own timestamps (publish time):
+                # the broker's index on Kafka, read from the log on Tansu (broker_profile).
                 low, end = log_bounds(self.kafka_conf, et.topic, p)
                 at = end if self.start_ns is None else offset_for_time(
                     self.kafka_conf, et.topic, p, self.start_ns // 1_000_000, low, end)

@@ -3,8 +3,9 @@
 
 * Targets: to-earliest, to-latest, to-datetime, to-offset, shift-by; a plan is printed
   (dry run) unless ``execute``.
-* to-datetime never trusts the broker's offsets-for-times (Tansu answers 0): it binary-searches
-  record timestamps itself, and never lands later than asked.
+* to-datetime asks the broker's offsets-for-times on Apache Kafka; on Tansu, which answers
+  0, it binary-searches record timestamps itself (``connectors.broker_profile``). Either way
+  it never lands later than asked.
 * The committed start is aligned down to the lake's bucket grid, so the lake's files are
   rebuilt exactly; the records between the aligned start and the requested point are
   processed again for state and lake but their events are not published a second time (the
@@ -327,8 +328,11 @@ def _execute_reset(conf: dict[str, Any], group: str, rows: list[PlanRow], state_
                              "stop the dataflow first")
     except ResetError:
         raise
-    except Exception:  # Tansu describes groups wrongly; the commit below is still safe
-        pass
+    except Exception:
+        # Tansu describes groups wrongly: there the reset goes on without this check. On
+        # Kafka a group that cannot be described is not reset.
+        if not profile_of(conf).tansu:
+            raise
     c = _consumer(conf, group)
     try:
         c.commit(offsets=[TopicPartition(r.topic, r.partition, r.start) for r in rows],

@@ -1,7 +1,7 @@
 """Read topics to their end: record counts and samples, for the demo, tools and tests.
 
-"End" is where a fetch reported partition EOF, not the high watermark (which Tansu gets
-wrong, see shared/TANSU.md).
+"End" is where a fetch reported partition EOF, the same answer on every broker (Kafka
+reports it at the high watermark; Tansu's watermark itself lags, see shared/TANSU.md).
 """
 
 from __future__ import annotations
