@@ -42,9 +42,9 @@ from rich.table import Table
 from bench.__main__ import busy_open_frames
 from connectors.topicstats import read_all
 from flows.runner import flow_argv
-from infra.broker import TansuBroker
 from infra.procs import free_port
 from infra.registry import registry_process
+from infra.stack import make_broker
 from infra.topics import TopicSpec, create_topics, topic_specs
 from schemas.topics import (
     OPTION_QUOTES,
@@ -172,13 +172,15 @@ def main() -> int:
     ap.add_argument("--skip", action="append", default=[],
                     help="leave out a contender: passthrough, quix, bytewax, tickflow")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-e2e.json"))
+    ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                    help="Apache Kafka (as deployed; default) or the embedded Tansu")
     args = ap.parse_args()
     n_frames = 2_000 if args.quick else args.frames
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="tickflow-bench-"))
     repo = str(Path(__file__).resolve().parent.parent)
     try:
-        broker = TansuBroker(HOST, free_port(), work / "broker.log")
+        broker = make_broker(args.broker, free_port(), work / "kafka", work / "broker.log")
         rport = free_port()
         registry = registry_process(HOST, rport, work / "registry", work / "registry.log")
         with broker, registry:
@@ -226,6 +228,7 @@ def main() -> int:
             "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                         "cpus": os.cpu_count()},
             "versions": _versions(), "frames": n_frames, "events_in": events_in,
+            "broker": args.broker,
             "results": [{**asdict(r), "events_per_s": r.rate} for r in results],
             "targets": {"tickflow vs passthrough": ">= 0.5", "tickflow vs quix": ">= 5x"},
         }, indent=2))

@@ -30,9 +30,9 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPar
 
 from connectors.kafka_sink import producer_config
 from flows.runner import flow_argv
-from infra.broker import TansuBroker
 from infra.procs import ManagedProcess, free_port, python_module_argv
 from infra.registry import registry_process
+from infra.stack import make_broker
 from infra.topics import TopicSpec, create_topics, topic_specs
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
@@ -107,10 +107,12 @@ def main() -> int:
                     help="recovery snapshots every N s, as deployed (0: no recovery)")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).with_name("results-latency.json"))
+    ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                    help="Apache Kafka (as deployed; default) or the embedded Tansu")
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tickflow-latency-"))
     repo = str(Path(__file__).resolve().parent.parent)
-    broker = TansuBroker(HOST, free_port(), work / "broker.log")
+    broker = make_broker(a.broker, free_port(), work / "kafka", work / "broker.log")
     rport, sport = free_port(), free_port()
     registry = registry_process(HOST, rport, work / "registry", work / "registry.log")
     sim = ManagedProcess("simulator", python_module_argv(
@@ -138,7 +140,7 @@ def main() -> int:
                                  str(total + 2)], env=env, stdout=logs, stderr=logs)
         c = Consumer({**kconf, "group.id": "bench-latency", "auto.offset.reset": "latest",
                       "fetch.wait.max.ms": 1, "enable.auto.commit": False})
-        # assign(), not subscribe(): no group rebalance to wait for (Tansu's are slow).
+        # assign(), not subscribe(): no group rebalance to wait for.
         c.assign([TopicPartition(t, p, OFFSET_END) for t in (STOCK_QUOTES, STOCK_TRADES)
                   for p in c.list_topics(t, timeout=30).topics[t].partitions])
         lat_ms: list[float] = []
@@ -191,7 +193,7 @@ def main() -> int:
            "receipt_to_produce_p99_ms": percentile(to_produce_ms, 0.99),
            "produce_to_consumer_p50_ms": percentile(to_consumer_ms, 0.5),
            "produce_to_consumer_p99_ms": percentile(to_consumer_ms, 0.99),
-           "broker_alone": floor}
+           "broker_alone": floor, "broker": broker.version}
     print(f"offered {a.rate:,.0f} events/s, measured {res['measured']:,} records "
           f"({res['measured_events_per_s']:,.0f}/s): p50 {res['p50_ms']:.1f} ms, "
           f"p99 {res['p99_ms']:.1f} ms, p99.9 {res['p999_ms']:.1f} ms, max "

@@ -30,10 +30,10 @@ from rich.table import Table
 from bench.__main__ import RECEIPT_LAG_NS
 from bench.e2e import HOST, output_span, run_procs
 from flows.runner import flow_argv
-from infra.broker import TansuBroker
 from infra.procs import free_port
 from infra.registry import registry_process
 from infra.simulator.market import MarketConfig, SyntheticMarket
+from infra.stack import make_broker
 from infra.topics import create_topics, topic_specs
 from schemas.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
 from tickflow.raw import RawSource, make_headers
@@ -63,12 +63,13 @@ def load(kafka_conf: dict[str, Any], frames: int, per_partition: int) -> int:
     return events
 
 
-def run(frames: int, per_partition: int, processes: int, work: Path) -> dict[str, Any]:
+def run(frames: int, per_partition: int, processes: int, work: Path,
+        broker_kind: str = "kafka") -> dict[str, Any]:
     """One fresh broker and registry, one load, one dataflow run."""
     # A fresh folder even when a size run repeats a layout run's shape.
     run_dir = Path(tempfile.mkdtemp(prefix=f"f{frames}-p{per_partition}-x{processes}-",
                                     dir=work))
-    broker = TansuBroker(HOST, free_port(), run_dir / "broker.log")
+    broker = make_broker(broker_kind, free_port(), run_dir / "kafka", run_dir / "broker.log")
     rport = free_port()
     registry = registry_process(HOST, rport, run_dir / "registry", run_dir / "registry.log")
     with broker, registry:
@@ -99,6 +100,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=4_000, help="frames of the 1x size run")
     ap.add_argument("--layout-frames", type=int, default=16_000, help="frames of each layout run")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-scaling.json"))
+    ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
+                    help="Apache Kafka (as deployed; default) or the embedded Tansu")
     a = ap.parse_args()
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="tickflow-scaling-"))
@@ -107,10 +110,10 @@ def main() -> int:
         for per in (1, 2, 4):
             for procs in (1, 2):
                 console.print(f"layout {per} symbol(s)/partition, {procs} process(es) ...")
-                rows.append(("layout", run(a.layout_frames, per, procs, work)))
+                rows.append(("layout", run(a.layout_frames, per, procs, work, a.broker)))
         for mult in (1, 4, 16):
             console.print(f"input {mult}x ...")
-            rows.append((f"size {mult}x", run(a.frames * mult, 2, 2, work)))
+            rows.append((f"size {mult}x", run(a.frames * mult, 2, 2, work, a.broker)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     t = Table(title="tickflow dataflow scaling (stock quotes and trades, 4 symbols)")

