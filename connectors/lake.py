@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import uuid
 import zlib
@@ -57,6 +58,8 @@ from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
 from connectors.lake_journal import LakeJournal
 from schemas.arrow import arrow_schema, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MAX_ROWS = 250_000
 DEFAULT_BUCKET_RECORDS = 1_000_000  # raw records per file-boundary bucket
@@ -696,6 +699,11 @@ class LakeSink(FixedPartitionedSink[list[LakeRows], _Resume]):
                    resume_state: _Resume | None) -> _LakePartition:
         journal = LakeJournal(self._root, step_id, for_part)
         pending = resume_files(resume_state, journal) if resume_state else None
+        if pending:
+            # After a crash: the open files' rows come back from the journal.
+            log.info("lake sink resumes open files from its journal", extra={
+                "part": for_part, "files": len(pending),
+                "rows": sum(f.count for f in pending.values())})
         # Files of snapshots after this one (never committed) are deleted here.
         journal.named({n for f in (pending or {}).values() for n, _ in f.segments})
         return _LakePartition(LakeBuffer(self._root, self._max_rows, self._max_span_ns,

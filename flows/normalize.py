@@ -209,5 +209,8 @@ def __getattr__(name: str) -> Any:
     # `python -m bytewax.run flows.normalize:flow` builds the flow on first access, so that
     # importing this module (tests, tools) reads no settings and touches no broker.
     if name == "flow":
+        from tickflow import logs
+
+        logs.setup()  # the flow's process logs like the CLI's: JSON lines, quiet by default
         return build_flow()
     raise AttributeError(name)
