@@ -26,10 +26,11 @@ TANSU_SESSION_TIMEOUT_MS = 6000
 # needs no broker detection, and a connector starts while its broker is down.
 PRODUCER_NO_AUTOCREATE = {"allow.auto.create.topics": False}
 
-# Tansu: clients that read topic configs break on topics created without explicit configs,
-# and describe_configs only returns the keys that were set. Every topic we create spells out
-# these keys (our provisioning does this for all brokers, it is harmless on Kafka).
-TANSU_EXPLICIT_TOPIC_CONFIG_KEYS = ("retention.ms", "retention.bytes", "cleanup.policy")
+# Every broker: each topic we create spells out these keys. Tansu needs it (clients that
+# read topic configs break on topics created without explicit configs, and describe_configs
+# only returns the keys that were set); on Kafka it documents the topic's retention where an
+# operator looks. Provisioning does it for all brokers, so it needs no broker detection.
+EXPLICIT_TOPIC_CONFIG_KEYS = ("retention.ms", "retention.bytes", "cleanup.policy")
 
 # Tansu: a fetch answers when fetch.wait.max.ms is up even if finding the requested offset in
 # its log took longer, and then it answers with no records (Kafka waits only when there is no
@@ -42,6 +43,15 @@ TANSU_EXPLICIT_TOPIC_CONFIG_KEYS = ("retention.ms", "retention.bytes", "cleanup.
 # this, so there the widening never happens.
 TANSU_STARVED_AFTER_S = 1.0
 TANSU_CATCH_UP_FETCH_WAIT_MS = (100, 5000)
+
+
+@dataclass(frozen=True)
+class StarvedFetchPolicy:
+    """When a consumer behind the head widens its fetch wait, and to what."""
+
+    after_s: float  # empty fetches for this long while records lie past the position
+    first_ms: int  # the first widened wait; doubled each time after
+    most_ms: int
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,13 @@ class BrokerProfile:
     def widens_starved_fetches(self) -> bool:
         """Whether a consumer behind the head that gets empty fetches widens its wait."""
         return self.tansu
+
+    @property
+    def starved_fetch_policy(self) -> StarvedFetchPolicy | None:
+        """How such a consumer widens its wait (Tansu); None where fetches never starve."""
+        if not self.widens_starved_fetches:
+            return None
+        return StarvedFetchPolicy(TANSU_STARVED_AFTER_S, *TANSU_CATCH_UP_FETCH_WAIT_MS)
 
     @property
     def trusts_the_broker_index(self) -> bool:

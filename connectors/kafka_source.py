@@ -41,12 +41,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
-from connectors.broker_profile import (
-    TANSU_CATCH_UP_FETCH_WAIT_MS,
-    TANSU_STARVED_AFTER_S,
-    consumer_overrides,
-    profile_of,
-)
+from connectors.broker_profile import consumer_overrides, profile_of
 from connectors.failpoints import failpoint
 from connectors.offsets import committed, hold_flow_lock
 from connectors.recovery_store import StoreReader
@@ -86,10 +81,10 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         self._consumer = Consumer(conf)
         self._consumer.assign([TopicPartition(topic, partition, state.next_offset)])
         self._tp = TopicPartition(topic, partition)
-        # The broker-side fetch wait: widened while the broker starves our fetches (see
-        # TANSU_CATCH_UP_FETCH_WAIT_MS), back to the configured one at the head.
+        # The broker-side fetch wait: widened while the broker starves our fetches (the
+        # profile's StarvedFetchPolicy; Tansu only), back to the configured one at the head.
         self._base_wait_ms = int(conf.get("fetch.wait.max.ms", 500))
-        self._widens = profile_of(conf).widens_starved_fetches  # Tansu only
+        self._starved = profile_of(conf).starved_fetch_policy  # Tansu only
         self._wait_ms = self._base_wait_ms
         self._behind = 0  # records past our position at the last poll (cached watermark)
         self._starved_since: float | None = None
@@ -159,7 +154,8 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         """Widen the fetch wait while polls return nothing although the partition holds
         records past our position; narrow it once we are back at the head. Runs after
         ``next_offset`` took in this poll's records: a rebuilt consumer starts there."""
-        if not self._widens:
+        policy = self._starved
+        if policy is None:
             return
         if got or self._behind <= 0:
             self._starved_since = None
@@ -169,10 +165,9 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         now = time.monotonic()
         if self._starved_since is None:
             self._starved_since = now
-        elif (now - self._starved_since >= TANSU_STARVED_AFTER_S
-              and self._wait_ms < TANSU_CATCH_UP_FETCH_WAIT_MS[1]):
-            first, most = TANSU_CATCH_UP_FETCH_WAIT_MS
-            wait = min(most, max(first, 2 * self._wait_ms))
+        elif (now - self._starved_since >= policy.after_s
+              and self._wait_ms < policy.most_ms):
+            wait = min(policy.most_ms, max(policy.first_ms, 2 * self._wait_ms))
             log.warning("fetches of %s[%d] at offset %d return nothing while %d records lie "
                         "past it: the broker's lookup outlasts the fetch wait; widening it "
                         "to %d ms", self._topic, self._partition, self._state.next_offset,

@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from connectors.broker_profile import TANSU_EXPLICIT_TOPIC_CONFIG_KEYS
+from connectors.broker_profile import EXPLICIT_TOPIC_CONFIG_KEYS
 from schemas.topics import (
     ALERTS,
     DEAD_LETTER,
@@ -45,7 +45,7 @@ def topic_specs(raw_partitions: int = 4, normalized_partitions: int = 4) -> list
     # The journal is the record of what we traded: kept like the raw log, never by time.
     specs.append(TopicSpec(TRADE_JOURNAL, normalized_partitions, dict(RAW_CONFIG)))
     for s in specs:
-        missing = [k for k in TANSU_EXPLICIT_TOPIC_CONFIG_KEYS if k not in s.config]
+        missing = [k for k in EXPLICIT_TOPIC_CONFIG_KEYS if k not in s.config]
         assert not missing, f"topic {s.name} lacks explicit config {missing}"
     return specs
 

@@ -42,8 +42,20 @@ def pytest_report_header(config: pytest.Config) -> str:
     return _broker_line()
 
 
+# Lines a test wants in the log of `make test` whether it passes or not (an accounting).
+REPORT: list[str] = []
+
+
+def report(line: str) -> None:
+    """Print ``line`` now (with -s) and at the end of the run's output."""
+    print(line)
+    REPORT.append(line)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     # Also under -q (which hides the header): the log of `make test` names the broker.
+    for line in REPORT:
+        terminalreporter.write_line(line)
     terminalreporter.write_line(_broker_line())
 
 

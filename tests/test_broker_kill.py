@@ -27,7 +27,7 @@ from infra.topics import create_topics, topic_specs
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
 from schemas.topics import RAW_MASSIVE_REST, RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
-from tests.conftest import TEST_BROKER, new_broker
+from tests.conftest import TEST_BROKER, new_broker, report
 from tests.deployed import deployed_env, flow_run
 from tickflow.identity import massive_event_id
 from tickflow.settings import Settings
@@ -100,7 +100,7 @@ def test_broker_kill_loses_nothing_and_doubles_nothing(tmp_path: Path,
         pages_at_kill = sum(ends(conf, RAW_MASSIVE_REST))
         broker.kill()  # kill -9, traffic in flight
         killed_at = sim.frames_sent
-        print(f"\nbroker kill: killed at {time.strftime('%X')}, {pages_at_kill} pages written")
+        report(f"broker kill: killed at {time.strftime('%X')}, {pages_at_kill} pages written")
         time.sleep(OUTAGE_S)
         # The fault fired: the market went on, the backfill was mid-way, nothing crashed.
         assert sim.frames_sent - killed_at > OUTAGE_S * 20
@@ -108,7 +108,7 @@ def test_broker_kill_loses_nothing_and_doubles_nothing(tmp_path: Path,
             assert p.poll() is None, f"{name} exited during the outage ({p.returncode})"
         assert procs["backfill"].poll() is None  # the backfill waited for the broker
         broker.start()  # the same data directory, the same port
-        print(f"broker kill: restarted at {time.strftime('%X')}")
+        report(f"broker kill: restarted at {time.strftime('%X')}")
         wait_until(lambda: procs["backfill"].poll() is not None, 240, "the backfill")
         assert procs["backfill"].returncode == 0, "the backfill failed across the outage"
         time.sleep(5)  # the market goes on after the outage
@@ -167,7 +167,7 @@ def expected(settings: Settings, sim: SimulatorServer) -> dict[str, set[str]]:
                 name = "stock_quote" if e["ev"] == "Q" else "stock_trade"
                 want[name].add(massive_event_id(e["sym"], e["ev"], e["t"] * 1_000_000,
                                                 e["q"]))
-    print(f"\nbroker kill: simulator sent {sim.frames_sent} frames; raw log {len(seqs)} "
+    report(f"broker kill: simulator sent {sim.frames_sent} frames; raw log {len(seqs)} "
           f"({len(seqs) - len(set(seqs))} twice), reported lost {lost}")
     assert len(set(seqs)) == len(seqs), "a frame is in the raw log twice"
     assert len(seqs) + lost == sim.frames_sent
@@ -183,7 +183,7 @@ def expected(settings: Settings, sim: SimulatorServer) -> dict[str, set[str]]:
             rest_ids += 1
             want["stock_quote" if kind == "Q" else "stock_trade"].add(massive_event_id(
                 prov["ticker"], kind, r["sip_timestamp"], r["sequence_number"]))
-    print(f"broker kill: {sim.rest_requests} REST requests served, {len(pages)} pages in the "
+    report(f"broker kill: {sim.rest_requests} REST requests served, {len(pages)} pages in the "
           f"raw log ({sum(pages.values()) - len(pages)} twice), {rest_ids} REST events")
     assert pages and max(pages.values()) == 1, "a backfill page is in the raw log twice"
     assert len(pages) == sim.rest_requests

@@ -1,7 +1,7 @@
 """The dataflow's raw source on the real broker: a partition that falls behind the head still
 reads every record, in order, on Apache Kafka and on Tansu, which starves short fetch waits
 (it answers an expired wait with no records once finding the offset takes longer; see
-``connectors.broker_profile.TANSU_CATCH_UP_FETCH_WAIT_MS``)."""
+``connectors.broker_profile.StarvedFetchPolicy``)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,8 @@ def test_the_tansu_profile_is_found_and_applies_only_there(kafka_conf: dict[str,
     assert profile_of(kafka_conf) is TANSU
     assert consumer_overrides(kafka_conf) == {"session.timeout.ms": TANSU_SESSION_TIMEOUT_MS}
     assert TANSU.widens_starved_fetches and not TANSU.trusts_the_broker_index
+    assert TANSU.starved_fetch_policy is not None and KAFKA.starved_fetch_policy is None
+    assert not TANSU.keeps_producer_state and KAFKA.keeps_producer_state
     assert not KAFKA.widens_starved_fetches and KAFKA.trusts_the_broker_index
     assert KAFKA.consumer_overrides() == {}
     monkeypatch.setenv("TICKFLOW_BROKER_PROFILE", "kafka")
