@@ -88,7 +88,9 @@ def test_broker_kill_loses_nothing_and_doubles_nothing(tmp_path: Path,
               "--snapshot-secs", "1")
         start("connector", "connect", "massive-ws", "--market", "stocks", "--subscribe", subs)
         wait_until(lambda: sim.frames_sent > 300, 60, "the connector to stream")
-        time.sleep(3)
+        # The backfill's window (below) has passed: REST has all of it.
+        wait_until(lambda: time.time_ns() > t_start_ns + 4_000_000_000, 60,
+                   "the backfill window to pass")
         # Backfill the first seconds of the session (live has them too: the flow drops
         # REST's copies as exact duplicates), in pages of 5 events.
         start("backfill", "backfill", "run", *(a for s in SYMBOLS for a in ("--ticker", s)),
