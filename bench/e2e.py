@@ -1,52 +1,58 @@
-"""``python -m bench.e2e``: end to end on the embedded stack, ours against the peers.
+"""``python -m bench.e2e``: end to end on one broker, ours against the peers.
 
-One broker and one registry process; the same raw frames (a busy open, ~20 events a frame)
-are loaded once into the raw topics; then each contender runs to the end of them:
+One broker (Apache Kafka by default) and one registry process; the same raw frames (a busy
+open, ~20 events a frame) are loaded once into the raw topics, one partition per feed as the
+live connector writes them. Then each contender runs to the end of them, ``--runs`` times,
+the contenders interleaved round by round (a round is one run of each), every contender as
+two processes (one per raw partition where it cannot spread otherwise):
 
 * passthrough: plain confluent-kafka consume -> split -> produce per event (the ceiling);
-* Quix Streams: decode, regroup by symbol, dedup in its per-key state, Avro out;
-* plain Bytewax: one event per item, msgspec, dedup, fastavro;
-* tickflow: the real dataflow (normalize, dedup, DataHealth, latency, Avro, Parquet lake),
-  as two processes of one worker each (threads of one process share one GIL).
+* Quix Streams: decode, dedup in its per-key RocksDB state, Avro out keyed by symbol;
+* plain Bytewax: one event per item, msgspec, dedup per symbol, fastavro;
+* tickflow: the real dataflow (normalize, validate, dedup, DataHealth, latency, Avro, the
+  Parquet lake), with recovery on (snapshots every ``SNAPSHOT_SECS``).
 
-Throughput counts output records over the span of their producer timestamps (first to last
-record written, plus the first burst's share; see ``output_span``), the same rule for all,
-so process start-up is left out; wall time and the
-peak RSS of each contender's processes are printed too. Raw figures go to
-``bench/results-e2e.json``.
+Each run is timed from its first input read (each contender marks it: the peers print
+``BENCH_FIRST_READ``, the flow logs its raw partitions' first reads) to its last output
+durable: the broker's append time of its last output record (the output topics use
+``LogAppendTime``) and, for tickflow, the last lake file renamed into place. Start-up and the
+wait for a stop condition are outside the window, all the work inside it. Raw figures, every
+run's, go to ``bench/results-e2e.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import bisect
 import contextlib
 import json
 import os
 import platform
+import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import busy_open_frames
-from connectors.topicstats import read_all
 from flows.runner import flow_argv
 from infra.procs import free_port
 from infra.registry import registry_process
 from infra.stack import make_broker
 from infra.topics import TopicSpec, create_topics, topic_specs
 from schemas.topics import (
+    NORMALIZED_TOPICS,
     OPTION_QUOTES,
     OPTION_TRADES,
     RAW_MASSIVE_OPTIONS,
@@ -59,15 +65,24 @@ from tickflow.raw import RawSource, make_headers
 HOST = "127.0.0.1"
 RAW_TOPICS = [RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS]
 OUR_TOPICS = [STOCK_QUOTES, STOCK_TRADES, OPTION_QUOTES, OPTION_TRADES]
-
-
+CONTENDERS = ("passthrough", "quix", "bytewax", "tickflow")
+APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+FIRST_READ = re.compile(rb"BENCH_FIRST_READ (\d+)")
+# Recovery snapshots of the flow's bounded bench runs. Deployments snapshot every 10 s; a
+# bounded run ends once a snapshot holds its end, so the interval is also the run's tail
+# (up to two intervals after its last record), a fixed cost that would swamp the smaller
+# runs. More frequent snapshots cost the flow more, not less.
+SNAPSHOT_SECS = 2
 @dataclass
-class Result:
+class Run:
     name: str
-    events: int
-    seconds: float  # first to last output record
-    wall_s: float  # process start to exit
+    round: int
+    events: int  # output records
+    seconds: float  # first input read -> last output durable
+    wall_s: float  # process start -> exit
     peak_rss_mb: float
+    lake_files: int = 0
+    first_lake_file_s: float | None = None  # when the run's first lake file was in place
 
     @property
     def rate(self) -> float:
@@ -124,26 +139,77 @@ def run_procs(argvs: list[list[str]], env: dict[str, str], log: Path,
     return time.monotonic() - t0, peak
 
 
-def output_span(kafka_conf: dict[str, Any], topics: list[str]) -> tuple[int, float]:
-    """(records, seconds of output) over ``topics``, from the producer timestamps.
+def end_offsets(kafka_conf: dict[str, Any], topics: list[str]) -> dict[tuple[str, int], int]:
+    c = Consumer({**kafka_conf, "group.id": "bench-offsets"})
+    try:
+        out = {}
+        for t in topics:
+            for p in c.list_topics(t, timeout=30).topics[t].partitions:
+                out[(t, p)] = c.get_watermark_offsets(TopicPartition(t, p), timeout=30)[1]
+        return out
+    finally:
+        c.close()
 
-    The span from the first to the last timestamp leaves out the work that made the first
-    burst of output (records stamped in the first millisecond: one poll's worth, produced
-    at once). That burst is counted at the rate of the rest, so a short run whose output
-    comes in a few bursts is not flattered. A run whose whole output is one burst has no
-    rate (0 seconds).
-    """
-    stamps: list[int] = []
-    for t in topics:
-        stamps += [m.timestamp()[1] for m in read_all(kafka_conf, t, timeout=120)]
-    if not stamps:
-        return 0, 0.0
-    stamps.sort()
-    first, last, n = stamps[0], stamps[-1], len(stamps)
-    burst = bisect.bisect_right(stamps, first)
-    if burst == n:
-        return n, 0.0
-    return n, (last - first) / 1000 * n / (n - burst)
+
+def appended(kafka_conf: dict[str, Any], since: dict[tuple[str, int], int]
+             ) -> tuple[int, int]:
+    """(records, the last broker append time in ms) past ``since`` in its partitions."""
+    until = end_offsets(kafka_conf, sorted({t for t, _ in since}))
+    c = Consumer({**kafka_conf, "group.id": "bench-read", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "fetch.max.bytes": 64 * 2**20})
+    n, last = 0, 0
+    try:
+        todo = [TopicPartition(t, p, since[(t, p)]) for (t, p), end in until.items()
+                if end > since[(t, p)]]
+        if not todo:
+            return 0, 0
+        c.assign(todo)
+        pending = {(tp.topic, tp.partition) for tp in todo}
+        while pending:
+            for m in c.consume(10_000, 1.0):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard((m.topic(), m.partition()))
+                        continue
+                    raise RuntimeError(str(err))
+                n += 1
+                last = max(last, m.timestamp()[1])
+    finally:
+        c.close()
+    return n, last
+
+
+def first_read_s(log: Path) -> float:
+    """The contender's first input read (epoch seconds), from its log."""
+    data = log.read_bytes()
+    marks = [int(m) / 1e9 for m in FIRST_READ.findall(data)]
+    for line in data.splitlines():
+        if b"reads from offset" in line and line.startswith(b"{"):
+            ts = json.loads(line)["ts"].rstrip("Z")
+            marks.append(datetime.fromisoformat(ts + "+00:00").timestamp())
+    if not marks:
+        raise RuntimeError(f"no first-read mark in {log}")
+    return min(marks)
+
+
+def lake_times(root: Path) -> list[float]:
+    """When each lake file was written: its mtime, set by its last write just before the
+    rename into place (the directory's mtime would be that of the last file renamed into
+    it, for every file of the directory)."""
+    return sorted(f.stat().st_mtime for f in root.rglob("*.parquet")
+                  if "_journal" not in f.parts)
+
+
+def durable_window(kafka_conf: dict[str, Any], since: dict[tuple[str, int], int], log: Path,
+                   lake_root: Path | None = None) -> tuple[int, float, list[float]]:
+    """(output records, seconds from the first input read to the last output durable, lake
+    file times) of a finished run: the one timing rule of every bench program."""
+    n, last_ms = appended(kafka_conf, since)
+    start = first_read_s(log)
+    lake = lake_times(lake_root) if lake_root is not None else []
+    end = max([last_ms / 1000, *lake])
+    return n, end - start, [t - start for t in lake]
 
 
 def load_frames(kafka_conf: dict[str, Any], n_frames: int) -> int:
@@ -164,18 +230,56 @@ def load_frames(kafka_conf: dict[str, Any], n_frames: int) -> int:
     return events
 
 
+def contender_argvs(name: str, rnd: int, work: Path, bootstrap: str, reg_url: str,
+                    out_topic: str, env: dict[str, str], snapshot_secs: int = SNAPSHOT_SECS
+                    ) -> tuple[list[list[str]], dict[str, str]]:
+    """The processes of one run of ``name`` (fresh groups and state per run)."""
+    py = sys.executable
+    tag = f"r{rnd}"
+    if name == "passthrough":
+        return ([[py, "-m", "bench.peers.passthrough", bootstrap, out_topic, t]
+                 for t in RAW_TOPICS], env)
+    if name == "quix":
+        # Quix forces the range assignor: with one partition per raw topic, a second member
+        # of one group would get nothing. So one application per raw topic.
+        return ([[py, "-m", "bench.peers.quix_app", bootstrap, reg_url, out_topic,
+                  str(work / f"quix-{tag}-{i}"), f"bench-quix-{tag}-{i}", t]
+                 for i, t in enumerate(RAW_TOPICS)], env)
+    addrs = f"{HOST}:{free_port()};{HOST}:{free_port()}"
+    if name == "bytewax":
+        return ([[py, "-m", "bytewax.run", "bench.peers.bytewax_plain:flow", "-i", str(i),
+                  "-a", addrs] for i in (0, 1)],
+                {**env, "BENCH_BOOTSTRAP": bootstrap, "BENCH_REGISTRY": reg_url,
+                 "BENCH_OUT_TOPIC": out_topic, "BENCH_IN_TOPICS": ",".join(RAW_TOPICS)})
+    assert name == "tickflow"
+    # Two processes of one worker each (threads of one process share one GIL), one
+    # recovery store: partitions created once, shared by the cluster's processes.
+    argvs = [[*flow_argv(1, work / f"recovery-{tag}", snapshot_secs), "-i", str(i),
+              "-a", addrs] for i in (0, 1)]
+    return argvs, {**env, "TICKFLOW_TAIL": "0", "TICKFLOW_LOG_LEVEL": "INFO",
+                   "TICKFLOW_LAKE_ROOT": str(work / f"lake-{tag}"),
+                   "TICKFLOW_STATE_DIR": str(work / f"state-{tag}"),
+                   "TICKFLOW_CONSUMER_GROUP": f"bench-tickflow-{tag}",
+                   "TICKFLOW_RAW_TOPICS": ",".join(RAW_TOPICS)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=15_000, help="raw frames of ~20 events")
-    ap.add_argument("--quick", action="store_true", help="2,000 frames: a smoke run")
+    ap.add_argument("--frames", type=int, default=80_000, help="raw frames of ~20 events")
+    ap.add_argument("--runs", type=int, default=3, help="runs per contender, interleaved")
+    ap.add_argument("--quick", action="store_true", help="4,000 frames, one run: a smoke run")
     ap.add_argument("--skip", action="append", default=[],
                     help="leave out a contender: passthrough, quix, bytewax, tickflow")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-e2e.json"))
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
+    ap.add_argument("--snapshot-secs", type=int, default=SNAPSHOT_SECS,
+                    help="the flow's recovery snapshot interval (deployments: 10)")
     args = ap.parse_args()
-    n_frames = 2_000 if args.quick else args.frames
+    n_frames = 4_000 if args.quick else args.frames
+    n_runs = 1 if args.quick else args.runs
+    names = [n for n in CONTENDERS if n not in args.skip]
     console = Console()
     work = Path(tempfile.mkdtemp(prefix="tickflow-bench-"))
     repo = str(Path(__file__).resolve().parent.parent)
@@ -184,58 +288,101 @@ def main() -> int:
         rport = free_port()
         registry = registry_process(HOST, rport, work / "registry", work / "registry.log")
         with broker, registry:
-            kconf = {"bootstrap.servers": broker.bootstrap_servers}
+            bootstrap = broker.bootstrap_servers
+            kconf = {"bootstrap.servers": bootstrap}
             reg_url = f"http://{HOST}:{rport}"
-            create_topics(kconf, topic_specs(raw_partitions=1, normalized_partitions=2))
-            peers = {name: f"bench.{name}.events" for name in ("passthrough", "quix", "bytewax")}
-            create_topics(kconf, [TopicSpec(t, 2) for t in peers.values()])
+            specs = topic_specs(raw_partitions=1, normalized_partitions=2)
+            for s in specs:
+                if s.name in NORMALIZED_TOPICS:
+                    s.config.update(APPEND_TIME)
+            create_topics(kconf, specs)
+            peer_topic = {n: f"bench.{n}.events" for n in ("passthrough", "quix", "bytewax")}
+            create_topics(kconf, [TopicSpec(t, 2, dict(APPEND_TIME))
+                                  for t in peer_topic.values()])
             events_in = load_frames(kconf, n_frames)
             console.print(f"loaded {n_frames:,} frames ({events_in:,} events) into "
-                          f"{', '.join(RAW_TOPICS)}")
-            env = {**os.environ, "PYTHONPATH": repo, "KAFKA_BOOTSTRAP_SERVERS":
-                   broker.bootstrap_servers, "SCHEMA_REGISTRY_URL": reg_url}
-            py = sys.executable
-            runs: dict[str, tuple[list[list[str]], dict[str, str], list[str]]] = {
-                "passthrough": ([[py, "-m", "bench.peers.passthrough", broker.bootstrap_servers,
-                                  peers["passthrough"], *RAW_TOPICS]], env,
-                                [peers["passthrough"]]),
-                "quix": ([[py, "-m", "bench.peers.quix_app", broker.bootstrap_servers, reg_url,
-                           peers["quix"], str(work / "quix-state"), str(events_in),
-                           *RAW_TOPICS]], env, [peers["quix"]]),
-                "bytewax": ([[py, "-m", "bytewax.run", "bench.peers.bytewax_plain:flow",
-                              "-i", str(i), "-a", addrs] for i in (0, 1)]
-                            if (addrs := f"{HOST}:{free_port()};{HOST}:{free_port()}") else [],
-                            {**env, "BENCH_BOOTSTRAP": broker.bootstrap_servers,
-                             "BENCH_REGISTRY": reg_url, "BENCH_OUT_TOPIC": peers["bytewax"],
-                             "BENCH_IN_TOPICS": ",".join(RAW_TOPICS)}, [peers["bytewax"]]),
-                "tickflow": ([[*flow_argv(1), "-i", str(i), "-a", addrs2] for i in (0, 1)]
-                             if (addrs2 := f"{HOST}:{free_port()};{HOST}:{free_port()}")
-                             else [],
-                             {**env, "TICKFLOW_TAIL": "0", "TICKFLOW_LAKE_ROOT":
-                              str(work / "lake"), "TICKFLOW_STATE_DIR": str(work / "state"),
-                              "TICKFLOW_RAW_TOPICS": ",".join(RAW_TOPICS)}, OUR_TOPICS),
-            }
-            results: list[Result] = []
-            for name, (argvs, run_env, outs) in runs.items():
-                if name in args.skip:
-                    continue
-                console.print(f"running {name} ...")
-                wall, rss = run_procs(argvs, run_env, work / f"{name}.log")
-                n, span = output_span(kconf, outs)
-                results.append(Result(name, n, span, wall, rss))
-        print_table(console, results, events_in, n_frames)
+                          f"{', '.join(RAW_TOPICS)}; {n_runs} runs of {', '.join(names)}")
+            env = {**os.environ, "PYTHONPATH": repo, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                   "SCHEMA_REGISTRY_URL": reg_url}
+            runs: list[Run] = []
+            failures: list[str] = []
+            for rnd in range(n_runs):
+                for name in names:
+                    outs = OUR_TOPICS if name == "tickflow" else [peer_topic[name]]
+                    argvs, run_env = contender_argvs(name, rnd, work, bootstrap, reg_url,
+                                                     outs[0], env, args.snapshot_secs)
+                    since = end_offsets(kconf, outs)
+                    log = work / f"{name}-r{rnd}.log"
+                    try:
+                        wall, rss = run_procs(argvs, run_env, log)
+                    except RuntimeError as e:
+                        # A cluster run that dies (Bytewax's workers connect over fresh
+                        # ports; a taken port panics them) is run once more, recorded.
+                        kept = Path(tempfile.gettempdir()) / f"bench-e2e-failed-{log.name}"
+                        shutil.copy(log, kept)
+                        console.print(f"[red]{name} failed, kept {kept}; again: {e}"[:300])
+                        failures.append(f"{name} round {rnd + 1}: {str(e)[:200]}")
+                        argvs, run_env = contender_argvs(name, rnd + 100, work, bootstrap,
+                                                         reg_url, outs[0], env,
+                                                         args.snapshot_secs)
+                        since = end_offsets(kconf, outs)
+                        wall, rss = run_procs(argvs, run_env, log)
+                    lake_root = (Path(run_env["TICKFLOW_LAKE_ROOT"]) if name == "tickflow"
+                                 else None)
+                    n, secs, lake = durable_window(kconf, since, log, lake_root)
+                    run = Run(name, rnd, n, secs, wall, rss, len(lake),
+                              lake[0] if lake else None)
+                    runs.append(run)
+                    console.print(f"round {rnd + 1}: {name}: {n:,} events in "
+                                  f"{run.seconds:.2f} s = {run.rate:,.0f}/s "
+                                  f"(wall {wall:.1f} s, peak RSS {rss:,.0f} MB)")
+        summary = summarize(runs)
+        print_table(console, summary, events_in, n_frames, n_runs)
         args.out.write_text(json.dumps({
             "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                         "cpus": os.cpu_count()},
             "versions": _versions(), "frames": n_frames, "events_in": events_in,
-            "broker": args.broker,
-            "results": [{**asdict(r), "events_per_s": r.rate} for r in results],
-            "targets": {"tickflow vs passthrough": ">= 0.5", "tickflow vs quix": ">= 5x"},
+            "broker": args.broker, "runs_per_contender": n_runs,
+            "tickflow_snapshot_secs": args.snapshot_secs,
+            "measured": "first input read -> last output durable (broker append time of "
+                        "the last record; tickflow: and the last lake file in place)",
+            "summary": summary, "failed_and_rerun": failures,
+            "runs": [{**asdict(r), "events_per_s": r.rate} for r in runs],
+            "targets": {"tickflow vs passthrough": ">= 0.5", "tickflow vs quix": ">= 5x",
+                        "tickflow vs bytewax": ">= 2x"},
         }, indent=2))
         console.print(f"raw figures: {args.out}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def summarize(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """Per contender: rate and RSS (median, min, max) and tickflow's ratio to it, taken
+    within each round (the machine's speed drifts between rounds)."""
+    by: dict[str, list[Run]] = {}
+    for r in runs:
+        by.setdefault(r.name, []).append(r)
+    ours = {r.round: r for r in by.get("tickflow", [])}
+    out: dict[str, dict[str, Any]] = {}
+    for name, rs in by.items():
+        entry: dict[str, Any] = {"events_per_s": _spread([r.rate for r in rs]),
+                                 "peak_rss_mb": _spread([r.peak_rss_mb for r in rs]),
+                                 "events_out": sorted({r.events for r in rs})}
+        ratios = [ours[r.round].rate / r.rate for r in rs
+                  if name != "tickflow" and r.round in ours and r.rate]
+        if ratios:
+            entry["tickflow_ratio"] = _spread(ratios)
+        if name == "tickflow":
+            entry["lake_files"] = sorted({r.lake_files for r in rs})
+            entry["first_lake_file_s"] = [r.first_lake_file_s for r in rs]
+            entry["seconds"] = [r.seconds for r in rs]
+        out[name] = entry
+    return out
 
 
 def _versions() -> dict[str, str]:
@@ -248,20 +395,24 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def print_table(console: Console, results: list[Result], events_in: int, frames: int) -> None:
-    by = {r.name: r for r in results}
-    ours = by.get("tickflow")
-    t = Table(title=f"end to end: {frames:,} frames, {events_in:,} events, one machine")
-    for col in ("contender", "events out", "active s", "events/s", "wall s", "peak RSS MB",
-                "tickflow vs it"):
+def _fmt(sp: dict[str, float], f: str) -> str:
+    return f"{format(sp['median'], f)} ({format(sp['min'], f)}-{format(sp['max'], f)})"
+
+
+def print_table(console: Console, summary: dict[str, dict[str, Any]], events_in: int,
+                frames: int, n_runs: int) -> None:
+    t = Table(title=f"end to end: {frames:,} frames, {events_in:,} events, {n_runs} runs "
+                    "each: median (min-max)")
+    for col in ("contender", "events out", "events/s", "peak RSS MB", "tickflow vs it"):
         t.add_column(col, justify="left" if col == "contender" else "right")
-    for r in results:
+    for name, e in summary.items():
         ratio = ""
-        if ours is not None and r is not ours and r.rate:
-            ratio = (f"{ours.rate / r.rate:.0%} of it" if r.name == "passthrough"
-                     else f"{ours.rate / r.rate:.2f}x")
-        t.add_row(r.name, f"{r.events:,}", f"{r.seconds:.2f}", f"{r.rate:,.0f}",
-                  f"{r.wall_s:.1f}", f"{r.peak_rss_mb:,.0f}", ratio)
+        if "tickflow_ratio" in e:
+            r = e["tickflow_ratio"]
+            ratio = (f"{r['median']:.0%} ({r['min']:.0%}-{r['max']:.0%}) of it"
+                     if name == "passthrough" else _fmt(r, ".2f") + "x")
+        t.add_row(name, "/".join(f"{n:,}" for n in e["events_out"]),
+                  _fmt(e["events_per_s"], ",.0f"), _fmt(e["peak_rss_mb"], ",.0f"), ratio)
     console.print(t)
 
 

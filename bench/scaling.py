@@ -4,12 +4,12 @@ of the raw log, the number of processes, and the size of the input.
 * layouts: the same four stocks written as 4 raw partitions of 1 symbol, 2 of 2, or 1 of 4
   (one live connection per partition, as the connector writes them), each run with one and
   with two dataflow processes;
-* size: 1x, 4x and 16x the frames, one layout, two processes: time per event should stay
-  flat (no state or buffer that grows with the input).
+* size: 4x, 16x and 64x the frames of 4,000 (320k to 5.1M events), one layout, two
+  processes: time per event should stay flat (no state or buffer that grows with the input).
 
-Events/s are output records over the span of their producer timestamps, the first burst
-counted at the rate of the rest (``bench.e2e.output_span``). The layout runs are 4x the 1x
-size: at 80k events one process emits its output in a handful of bursts, too few to time.
+Each run is timed as ``bench.e2e`` times its contenders: from the flow's first raw read to
+its last output durable (the broker's append time of the last record, the last lake file in
+place), all the work included. Recovery is on (``bench.e2e.SNAPSHOT_SECS``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import RECEIPT_LAG_NS
-from bench.e2e import HOST, output_span, run_procs
+from bench.e2e import (
+    APPEND_TIME,
+    HOST,
+    SNAPSHOT_SECS,
+    durable_window,
+    end_offsets,
+    run_procs,
+)
 from flows.runner import flow_argv
 from infra.procs import free_port
 from infra.registry import registry_process
@@ -39,6 +46,8 @@ from schemas.topics import RAW_MASSIVE_STOCKS, STOCK_QUOTES, STOCK_TRADES
 from tickflow.raw import RawSource, make_headers
 
 SYMBOLS = ("SPY", "QQQ", "AAPL", "MSFT")
+OUTPUTS = (STOCK_QUOTES, STOCK_TRADES)
+SIZES = (4, 16, 64)
 
 
 def load(kafka_conf: dict[str, Any], frames: int, per_partition: int) -> int:
@@ -74,30 +83,37 @@ def run(frames: int, per_partition: int, processes: int, work: Path,
     registry = registry_process(HOST, rport, run_dir / "registry", run_dir / "registry.log")
     with broker, registry:
         kconf = {"bootstrap.servers": broker.bootstrap_servers}
-        create_topics(kconf, topic_specs(raw_partitions=len(SYMBOLS) // per_partition,
-                                         normalized_partitions=2))
+        specs = topic_specs(raw_partitions=len(SYMBOLS) // per_partition,
+                            normalized_partitions=2)
+        for s in specs:
+            if s.name in OUTPUTS:
+                s.config.update(APPEND_TIME)
+        create_topics(kconf, specs)
         events_in = load(kconf, frames, per_partition)
         addrs = ";".join(f"{HOST}:{free_port()}" for _ in range(processes))
-        argvs = ([[*flow_argv(1), "-i", str(i), "-a", addrs] for i in range(processes)]
-                 if processes > 1 else [flow_argv(1)])
+        argv = flow_argv(1, run_dir / "recovery", SNAPSHOT_SECS)
+        argvs = ([[*argv, "-i", str(i), "-a", addrs] for i in range(processes)]
+                 if processes > 1 else [argv])
+        since = end_offsets(kconf, list(OUTPUTS))
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
                "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
                "SCHEMA_REGISTRY_URL": f"http://{HOST}:{rport}", "TICKFLOW_TAIL": "0",
                "TICKFLOW_LAKE_ROOT": str(run_dir / "lake"),
                "TICKFLOW_STATE_DIR": str(run_dir / "state"),
-               "TICKFLOW_RAW_TOPICS": RAW_MASSIVE_STOCKS}
+               "TICKFLOW_RAW_TOPICS": RAW_MASSIVE_STOCKS, "TICKFLOW_LOG_LEVEL": "INFO"}
         wall, rss = run_procs(argvs, env, run_dir / "flow.log")
-        n, span = output_span(kconf, [STOCK_QUOTES, STOCK_TRADES])
+        n, span, lake = durable_window(kconf, since, run_dir / "flow.log", run_dir / "lake")
     return {"frames": frames, "symbols_per_partition": per_partition, "processes": processes,
             "events_in": events_in, "events_out": n, "seconds": span, "wall_s": wall,
             "events_per_s": n / span if span else 0.0, "peak_rss_mb": rss,
-            "us_per_event": span / n * 1e6 if n else 0.0}
+            "us_per_event": span / n * 1e6 if n else 0.0, "lake_files": len(lake),
+            "lake_files_before_last_second": sum(1 for t in lake if t < span - 1)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames", type=int, default=4_000, help="frames of the 1x size run")
+    ap.add_argument("--frames", type=int, default=4_000, help="frames of the 1x size")
     ap.add_argument("--layout-frames", type=int, default=16_000, help="frames of each layout run")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-scaling.json"))
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
@@ -111,19 +127,20 @@ def main() -> int:
             for procs in (1, 2):
                 console.print(f"layout {per} symbol(s)/partition, {procs} process(es) ...")
                 rows.append(("layout", run(a.layout_frames, per, procs, work, a.broker)))
-        for mult in (1, 4, 16):
+        for mult in SIZES:
             console.print(f"input {mult}x ...")
             rows.append((f"size {mult}x", run(a.frames * mult, 2, 2, work, a.broker)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     t = Table(title="tickflow dataflow scaling (stock quotes and trades, 4 symbols)")
     for col in ("run", "frames", "symbols/partition", "processes", "events/s", "us/event",
-                "peak RSS MB"):
+                "peak RSS MB", "lake files (closed early)"):
         t.add_column(col, justify="left" if col == "run" else "right")
     for kind, r in rows:
         t.add_row(kind, f"{r['frames']:,}", str(r["symbols_per_partition"]),
                   str(r["processes"]), f"{r['events_per_s']:,.0f}", f"{r['us_per_event']:.1f}",
-                  f"{r['peak_rss_mb']:,.0f}")
+                  f"{r['peak_rss_mb']:,.0f}",
+                  f"{r['lake_files']} ({r['lake_files_before_last_second']})")
     console.print(t)
     a.out.write_text(json.dumps([{"run": k, **r} for k, r in rows], indent=2))
     console.print(f"raw figures: {a.out}")

@@ -95,6 +95,7 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         self._tail = tail
         self._batch_size = batch_size
         self._eof = False
+        self._read_any = False
         self._wake: float | None = None
         self._end_by: float | None = None
 
@@ -119,6 +120,11 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
                                        msg.value(), msg.headers())  # type: ignore[arg-type, unused-ignore]
             out.append(rec)
             self._state.next_offset = offset + 1
+        if out and not self._read_any:
+            self._read_any = True
+            log.info("raw partition %s[%d] reads from offset %d", self._topic,
+                     self._partition, out[0].offset,
+                     extra={"topic": self._topic, "partition": self._partition})
         self._adapt_fetch_wait(bool(out))
         return [out] if out else []
 

@@ -234,6 +234,9 @@ def replay(paths: list[Path], send: Callable[[bytes, list[tuple[str, Any]]], Non
     return stats
 
 
+REPLAY_QUEUE_KB = 32 * 1024
+
+
 def replay_to_kafka(paths: list[Path], kafka_conf: dict[str, Any], topic: str,
                     speed: float = 0.0, start_ns: int | None = None, end_ns: int | None = None,
                     progress: Callable[[ReplayStats], None] | None = None) -> ReplayStats:
@@ -246,7 +249,11 @@ def replay_to_kafka(paths: list[Path], kafka_conf: dict[str, Any], topic: str,
     producer = Producer({**kafka_conf, **producer_overrides(kafka_conf),
                          "enable.idempotence": True, "acks": "all",
                          "linger.ms": 0 if speed > 0 else 10, "compression.type": "zstd",
-                         "message.max.bytes": MAX_MESSAGE_BYTES})
+                         "message.max.bytes": MAX_MESSAGE_BYTES,
+                         # librdkafka queues up to 1 GB by default: a full-speed replay
+                         # outruns the broker and would hold it all. Bounded, ``produce``
+                         # waits (BufferError below) and memory stays flat.
+                         "queue.buffering.max.kbytes": REPLAY_QUEUE_KB})
 
     def send(value: bytes, headers: list[tuple[str, Any]]) -> None:
         while True:

@@ -9,9 +9,24 @@ ceiling. They share the schema and the event -> record rule below.
 from __future__ import annotations
 
 import json
+import sys
+import time
 from typing import Any
 
 TOPIC_SUFFIX = "peer.events"
+
+# The producer settings of the passthrough and the Quix app, as ours (linger, lz4).
+PRODUCER_CONFIG: dict[str, Any] = {"linger.ms": 5, "compression.type": "lz4",
+                                   "batch.num.messages": 10000}
+_first_read = False
+
+
+def mark_first_read() -> None:
+    """Print when this process read its first input (``bench.e2e`` times runs from it)."""
+    global _first_read
+    if not _first_read:
+        _first_read = True
+        print(f"BENCH_FIRST_READ {time.time_ns()}", file=sys.stderr, flush=True)
 
 # One record layout for quotes and trades of stocks and options (nullable side fields).
 PEER_SCHEMA: dict[str, Any] = {

@@ -18,7 +18,7 @@ from bytewax.dataflow import Dataflow
 from confluent_kafka import OFFSET_BEGINNING
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-from bench.peers import PEER_SCHEMA, PEER_SCHEMA_STR, received_ns, to_record
+from bench.peers import PEER_SCHEMA, PEER_SCHEMA_STR, mark_first_read, received_ns, to_record
 from schemas.serde import confluent_header
 
 DECODE = msgspec.json.Decoder(list[dict[str, Any]])
@@ -33,6 +33,7 @@ def build() -> Dataflow:
     parsed = fastavro.parse_schema(PEER_SCHEMA)
 
     def events(msg: Any) -> list[dict[str, Any]]:
+        mark_first_read()
         recv = received_ns(msg.headers)
         return [to_record(m, recv) for m in DECODE.decode(msg.value)]
 

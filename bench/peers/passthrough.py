@@ -1,5 +1,6 @@
 """The broker's per-event ceiling: consume raw frames, split each into its events without
-decoding them (``msgspec.Raw``), produce one record per event. Stops at the end of the input.
+decoding them (``msgspec.Raw``), produce one record per event. Stops at the end of the input. Prints
+``BENCH_FIRST_READ <ns>`` at its first read.
 
     python -m bench.peers.passthrough BOOTSTRAP OUT_TOPIC IN_TOPIC...
 """
@@ -11,6 +12,8 @@ import sys
 import msgspec
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from bench.peers import PRODUCER_CONFIG, mark_first_read
+
 SPLIT = msgspec.json.Decoder(list[msgspec.Raw])
 
 
@@ -20,8 +23,7 @@ def main(bootstrap: str, out_topic: str, in_topics: list[str]) -> int:
     parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in in_topics
              for p in c.list_topics(t, timeout=30).topics[t].partitions]
     c.assign(parts)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all",
-                  "batch.num.messages": 10000, "compression.type": "lz4",
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", **PRODUCER_CONFIG,
                   "queue.buffering.max.messages": 1_000_000})
     pending = {(tp.topic, tp.partition) for tp in parts}
     n = 0
@@ -33,6 +35,7 @@ def main(bootstrap: str, out_topic: str, in_topics: list[str]) -> int:
                     pending.discard((msg.topic(), msg.partition()))
                     continue
                 raise RuntimeError(str(err))
+            mark_first_read()
             for ev in SPLIT.decode(msg.value() or b""):
                 p.produce(out_topic, bytes(ev))
                 n += 1
