@@ -1,6 +1,6 @@
 """The broker's per-event ceiling: consume raw frames, split each into its events without
-decoding them (``msgspec.Raw``), produce one record per event. Stops at the end of the input. Prints
-``BENCH_FIRST_READ <ns>`` at its first read.
+decoding them (``msgspec.Raw``), produce one record per event. Stops at the end of the
+input. Prints ``BENCH_FIRST_READ <ns>`` at its first read.
 
     python -m bench.peers.passthrough BOOTSTRAP OUT_TOPIC IN_TOPIC...
 """
