@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
 from connectors.massive_rest import open_gaps
 from connectors.topicstats import read_all
 from infra.procs import free_port
@@ -43,12 +45,27 @@ def test_killed_connector_is_a_loss_window_and_a_clean_stop_is_not(
                "stocks", "--subscribe", "Q.SPY,T.SPY,Q.QQQ,T.QQQ"]
     log = (tmp_path / "connect.log").open("w")
 
+    def written() -> int:
+        c = Consumer({**settings.kafka_config(), "group.id": "connector-kill-probe"})
+        try:
+            for _ in range(50):  # topics just created may have no leader yet
+                try:
+                    return sum(c.get_watermark_offsets(TopicPartition(RAW_MASSIVE_STOCKS, p),
+                                                       timeout=10)[1] for p in (0, 1))
+                except KafkaException:
+                    time.sleep(0.2)
+            raise AssertionError("the raw topic's end offsets cannot be read")
+        finally:
+            c.close()
+
     def run_until(n_frames: int, stop: signal.Signals) -> None:
-        before = sim.frames_sent
+        before, on_log = sim.frames_sent, written()
         p = subprocess.Popen(connect, env=env, stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 60
-            while sim.frames_sent < before + n_frames:  # it is streaming
+            # It is streaming, and its session is on the raw log (the simulator sends 30
+            # frames in a few ms: sooner than a new producer's first acknowledged write).
+            while sim.frames_sent < before + n_frames or written() <= on_log:
                 assert p.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
             p.send_signal(stop)
