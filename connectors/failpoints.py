@@ -6,6 +6,10 @@ snapshot: a kill -9) the n-th time it passes ``failpoint(name)``, after appendin
 fault fired, and where). A kill from outside lands at a random moment; these land at the
 moments that are hard to hit by chance: between a lake file's write and its rename, between
 a produce and its flush. Unset, a failpoint is one comparison.
+
+``TICKFLOW_STALL=<topic>:<partition>:<seconds>[,...]`` holds the raw source's partition back
+for that long after it opens, so a test reads the same log in another interleaving of its
+partitions.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import threading
 
 ENV = "TICKFLOW_FAILPOINT"
 LOG_ENV = "TICKFLOW_FAILPOINT_LOG"
+STALL_ENV = "TICKFLOW_STALL"
 
 _name, _, _n = os.environ.get(ENV, "").partition(":")
 _target = _name or None
@@ -50,3 +55,12 @@ def failpoint(name: str) -> None:
                 f.flush()
                 os.fsync(f.fileno())
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def stall_seconds(part: str) -> float | None:
+    """How long the test hook holds raw partition ``part`` ("topic:partition") back."""
+    for spec in os.environ.get(STALL_ENV, "").split(","):
+        name, _, secs = spec.rpartition(":")
+        if name == part:
+            return float(secs)
+    return None

@@ -15,8 +15,15 @@ this source
   Without a store, the end of a bounded run is committed when its partition ends;
 
 One partition object per Kafka partition, with explicit resume state (``PartitionState``).
-Each poll becomes ONE item: the list of raw records it returned (``RawBatch``). The engine's
-per-item cost is then paid once per poll, not once per record.
+Each poll becomes ONE item: the raw records it returned (``RawPoll``). The engine's per-item
+cost is then paid once per poll, not once per record. A poll also says when its partition
+has reached its end (``at_end``, sent once each time it catches up): the flow's log-order
+merge (``tickflow.merge``) waits on no partition that is at its end.
+
+Partitions of one process read in step, by log position: one that runs more than
+``READ_LEAD_NS`` of receipt time ahead of the slowest partition still reading waits for it,
+so the merge holds at most that much of the faster partitions' data. (Partitions in other
+processes of a cluster are not seen: across processes the lead is not bounded.)
 """
 
 from __future__ import annotations
@@ -42,9 +49,10 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import Gauge
 
 from connectors.broker_profile import consumer_overrides, profile_of
-from connectors.failpoints import failpoint
+from connectors.failpoints import failpoint, stall_seconds
 from connectors.offsets import committed, hold_flow_lock
 from connectors.recovery_store import StoreReader
+from tickflow.merge import advance
 from tickflow.raw import RawRecord
 
 log = logging.getLogger(__name__)
@@ -57,8 +65,46 @@ CONSUMER_LAG = Gauge("tickflow_consumer_lag",
 # two snapshot intervals) before it ends anyway.
 END_WAIT_S = 120
 
-# What the source emits: the records of one poll of one partition, in offset order.
-RawBatch = list[RawRecord]
+# How far (receipt time) a partition reads ahead of the slowest one of its process.
+READ_LEAD_NS = 1_000_000_000
+
+
+@dataclass(slots=True)
+class RawPoll:
+    """What the source emits: the records of one poll of one partition, in offset order.
+    ``at_end``: the partition is at its end after them (the last fetch's end offset)."""
+
+    topic: str
+    partition: int
+    records: list[RawRecord]
+    at_end: bool = False
+
+
+class ReadGate:
+    """The log positions of a process's reading partitions, so none runs far ahead."""
+
+    def __init__(self, lead_ns: int = READ_LEAD_NS) -> None:
+        self.lead_ns = lead_ns
+        self._pos: dict[str, int] = {}  # partitions at their end are not in it
+
+    def update(self, part: str, position: int | None) -> None:
+        """``position`` None: the partition is at its end, or closed."""
+        if position is None:
+            self._pos.pop(part, None)
+        else:
+            self._pos[part] = position
+
+    def ahead(self, part: str) -> bool:
+        """Whether ``part`` must wait for a slower partition before reading on."""
+        mine = self._pos.get(part)
+        if mine is None:
+            return False
+        slowest = min((pos for p, pos in self._pos.items() if p != part), default=mine)
+        return mine > slowest + self.lead_ns
+
+
+# One gate per consumer group in this process (the workers of a process are its threads).
+_GATES: dict[str, ReadGate] = {}
 
 
 @dataclass
@@ -68,12 +114,23 @@ class PartitionState:
     next_offset: int
 
 
-class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
+class _RawPartition(StatefulSourcePartition[RawPoll, PartitionState]):
     def __init__(self, conf: dict[str, Any], topic: str, partition: int,
                  state: PartitionState, tail: bool, batch_size: int,
                  lock: IO[bytes] | None = None,
-                 durable: Callable[[], PartitionState | None] | None = None) -> None:
+                 durable: Callable[[], PartitionState | None] | None = None,
+                 gate: ReadGate | None = None) -> None:
         self._lock = lock
+        self._name = f"{topic}:{partition}"
+        self._gate = gate or ReadGate()
+        self._position = 0  # log position of the last record read (tickflow.merge)
+        self._at_end = False
+        self._high = -1  # the end offset the last fetch reported
+        # Test hook: hold this partition back, so that a test reads the log's partitions in
+        # another interleaving (connectors.failpoints).
+        stall = stall_seconds(self._name)
+        self._stall_until = None if stall is None else time.monotonic() + stall
+        self._pause_until: float | None = None
         # With a recovery store: what it holds durably for this partition (see module doc).
         self._durable = durable
         self._committed: int | None = None
@@ -99,12 +156,16 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         self._wake: float | None = None
         self._end_by: float | None = None
 
-    def next_batch(self) -> list[RawBatch]:
+    def next_batch(self) -> list[RawPoll]:
         if self._eof:
             self._end()
             return []
+        if self._held():
+            return []
         msgs = self._poll()
         out: list[RawRecord] = []
+        eof_last = False
+        position = self._position
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -113,12 +174,15 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
                     # (Tansu's watermark lags).
                     if not self._tail:
                         self._eof = True
+                    eof_last = True
                     continue
                 raise KafkaException(err)
             offset: int = msg.offset()  # type: ignore[assignment, unused-ignore]  # set on real messages
             rec = RawRecord.from_kafka(self._topic, self._partition, offset, msg.key(),
                                        msg.value(), msg.headers())  # type: ignore[arg-type, unused-ignore]
             out.append(rec)
+            position = advance(position, rec.received_ns)
+            eof_last = False
             self._state.next_offset = offset + 1
         if out and not self._read_any:
             self._read_any = True
@@ -126,7 +190,31 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
                      self._partition, out[0].offset,
                      extra={"topic": self._topic, "partition": self._partition})
         self._adapt_fetch_wait(bool(out))
-        return [out] if out else []
+        at_end = eof_last or 0 <= self._high <= self._state.next_offset
+        self._position = position
+        # A partition not read yet, or at its end, holds no other back.
+        self._gate.update(self._name, None if at_end or not self._read_any else position)
+        was_at_end, self._at_end = self._at_end, at_end
+        if out:
+            return [RawPoll(self._topic, self._partition, out, at_end)]
+        if at_end and not was_at_end:  # caught up: the merge stops waiting on it
+            return [RawPoll(self._topic, self._partition, [], True)]
+        return []
+
+    def _held(self) -> bool:
+        """Whether this partition waits this turn: held back by the test hook, or ahead of
+        the slowest partition of its process by more than the read lead."""
+        now = time.monotonic()
+        if self._stall_until is not None:
+            if now < self._stall_until:
+                self._pause_until = min(self._stall_until, now + 0.05)
+                return True
+            self._stall_until = None
+        if self._gate.ahead(self._name):
+            self._pause_until = now + 0.002
+            return True
+        self._pause_until = None
+        return False
 
     def _end(self) -> None:
         """End a bounded run's partition once its last record is durable: without a store
@@ -152,8 +240,10 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
 
     def next_awake(self) -> datetime | None:
         # While a bounded partition waits for its end to be durable: look again in 0.1 s.
-        if self._eof and self._wake is not None:
-            return datetime.now(UTC) + timedelta(seconds=max(0.0, self._wake - time.monotonic()))
+        # While held back: when the hold may end.
+        wake = self._wake if self._eof else self._pause_until
+        if wake is not None:
+            return datetime.now(UTC) + timedelta(seconds=max(0.0, wake - time.monotonic()))
         return None
 
     def _adapt_fetch_wait(self, got: bool) -> None:
@@ -202,6 +292,7 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
             msgs = [] if first is None else [first, *c.consume(self._batch_size - 1, 0)]
         # The end offset from the last fetch response: no request to the broker.
         _, high = c.get_watermark_offsets(self._tp, cached=True)
+        self._high = high
         if high >= 0 and self._state.next_offset >= 0:
             self._behind = high - self._state.next_offset - len(msgs)
             self._lag.set(max(0, self._behind))
@@ -245,6 +336,7 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
                         self._partition, exc)
 
     def close(self) -> None:
+        self._gate.update(self._name, None)
         try:
             self._close()
         finally:
@@ -262,8 +354,8 @@ class _RawPartition(StatefulSourcePartition[RawBatch, PartitionState]):
         self._consumer.close()
 
 
-class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
-    """Raw topics as a Bytewax source of ``RawBatch`` items; partitions are named
+class RawKafkaSource(FixedPartitionedSource[RawPoll, PartitionState]):
+    """Raw topics as a Bytewax source of ``RawPoll`` items; partitions are named
     ``topic:partition``.
 
     ``tail=False`` ends each partition at its end (a bounded run); ``tail=True`` follows it.
@@ -335,8 +427,9 @@ class RawKafkaSource(FixedPartitionedSource[RawBatch, PartitionState]):
         store = self._store
         durable = (None if store is None else
                    lambda: store.durable_state(step_id, for_part))
+        gate = _GATES.setdefault(self._group, ReadGate())
         return _RawPartition(conf, topic, partition, resume_state, self._tail,
-                             self._batch_size, lock, durable)
+                             self._batch_size, lock, durable, gate)
 
     @staticmethod
     def _committed_offset(conf: dict[str, Any], topic: str, partition: int) -> int:

@@ -8,6 +8,8 @@ Steps (the rules live in ``tickflow``; this module only wires them to Bytewax):
       -> feed_state     keyed by raw partition: decode, validate, build events; frame gaps
                         and undecodable frames become loss windows of the feed's symbols;
                         dead letters split off
+      -> log_order      keyed by shard of symbols: each symbol's batches from all raw
+                        partitions in log order (tickflow.merge), whatever the read order
       -> symbol_state   keyed by symbol: dedup, DataHealth, option-quote enrichment
       -> encode         Confluent-framed Avro, key = symbol
       -> kafka sink (normalized topics, market.health, dead letters) and lake sink
@@ -26,10 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.operators import KeyedStream
 
 from connectors.kafka_sink import KafkaOutSink, OutRecord
-from connectors.kafka_source import RawBatch, RawKafkaSource
+from connectors.kafka_source import RawKafkaSource, RawPoll
 from connectors.lake import LakeRows, LakeSink
 from connectors.offsets import record_recovery_dir, start_points
 from flows import metrics
@@ -39,6 +42,7 @@ from schemas.serde import AvroEncoder, encoders
 from schemas.topics import RAW_TOPICS
 from tickflow.dedup import DEFAULT_WINDOW_NS
 from tickflow.feed import DEFAULT_EXPIRED_STATE_DAYS, FeedState
+from tickflow.merge import AT_END, SHARDS, LogMerge, shard_of
 from tickflow.normalize import route
 from tickflow.settings import Settings, get_settings
 from tickflow.state import SymbolBatch, SymbolState
@@ -56,35 +60,71 @@ def _encoder(settings: Settings, type_name: str) -> AvroEncoder:
     return _encoders[type_name]
 
 
+SHARD_KEYS = tuple(f"shard{i:02d}" for i in range(SHARDS))
+
+
 def make_feed_step(drift_threshold_ns: int,
                    expired_state_days: int = DEFAULT_EXPIRED_STATE_DAYS) -> Any:
-    def feed_step(state: FeedState | None, recs: RawBatch
+    shard: dict[str, int] = {}  # symbol -> merge shard, memoized (crc32 per batch adds up)
+
+    def feed_step(state: FeedState | None, poll: RawPoll
                   ) -> tuple[FeedState, list[tuple[str, Any]]]:
-        """Normalize one poll of raw records: one ``(symbol, [SymbolBatch, ...])`` item per
-        symbol (its batches in raw-offset order), plus one item with the poll's dead letters
-        and clock alerts (keyed apart: they skip the per-symbol state)."""
+        """Normalize one poll of raw records: one item per merge shard, its symbols' batches
+        of the poll with their log positions and the partition's position after the poll
+        (sent to every shard, batches or not: that is what lets the others' batches go),
+        plus one item with the poll's dead letters and clock alerts (keyed apart: they skip
+        the per-symbol state)."""
         if state is None:
             state = FeedState(drift_threshold_ns=drift_threshold_ns,
                               expired_state_days=expired_state_days)
-        metrics.RAW_IN.labels(recs[0].topic).inc(len(recs))
-        per_symbol: dict[str, list[SymbolBatch]] = {}
+        if poll.records:
+            metrics.RAW_IN.labels(poll.topic).inc(len(poll.records))
+        per_shard: list[list[tuple[int, int, SymbolBatch]]] = [[] for _ in SHARD_KEYS]
         side: list[tuple[str, Event]] = []
-        for rec in recs:
+        for rec in poll.records:
             norm = state.process(rec)
             dlq, batches = route(rec, norm)
+            pos, off = state.position, rec.offset
             for b in batches:
-                lst = per_symbol.get(b.symbol)
-                if lst is None:
-                    per_symbol[b.symbol] = [b]
-                else:
-                    lst.append(b)
+                i = shard.get(b.symbol)
+                if i is None:
+                    i = shard[b.symbol] = shard_of(b.symbol)
+                per_shard[i].append((pos, off, b))
             side += [(DEAD_LETTER.name, d) for d in dlq]
             side += [(CLOCK_ALERT.name, a) for a in norm.alerts]
-        items: list[tuple[str, Any]] = list(per_symbol.items())
+        part = f"{poll.topic}:{poll.partition}"
+        position = AT_END if poll.at_end else state.position
+        items: list[tuple[str, Any]] = [(k, (part, position, lst))
+                                        for k, lst in zip(SHARD_KEYS, per_shard, strict=True)]
         if side:
             items.append((DLQ_KEY, side))
         return state, items
     return feed_step
+
+
+MergeItem = tuple[str, int, list[tuple[int, int, SymbolBatch]]]
+
+
+def make_merge_step(parts: tuple[str, ...]) -> Callable[
+        [LogMerge[SymbolBatch] | None, MergeItem],
+        tuple[LogMerge[SymbolBatch], list[tuple[str, list[SymbolBatch]]]]]:
+    """The log-order merge of one shard of symbols over the raw partitions ``parts``
+    (``tickflow.merge``): what it releases, as one item per symbol."""
+    def step(state: LogMerge[SymbolBatch] | None, item: MergeItem
+             ) -> tuple[LogMerge[SymbolBatch], list[tuple[str, list[SymbolBatch]]]]:
+        if state is None:
+            state = LogMerge(parts)
+        elif state.parts is not parts:  # resumed: the partitions read now
+            state.expect(parts)
+        per_symbol: dict[str, list[SymbolBatch]] = {}
+        for b in state.add(*item):
+            lst = per_symbol.get(b.symbol)
+            if lst is None:
+                per_symbol[b.symbol] = [b]
+            else:
+                lst.append(b)
+        return state, list(per_symbol.items())
+    return step
 
 
 def make_symbol_step(window_ns: int = DEFAULT_WINDOW_NS) -> Callable[
@@ -155,6 +195,23 @@ def make_encode(settings: Settings, floor: dict[str, int]) -> Any:
     return encode
 
 
+def normalize_steps(raw: Stream[RawPoll], parts: tuple[str, ...], drift_threshold_ns: int,
+                    expired_state_days: int = DEFAULT_EXPIRED_STATE_DAYS,
+                    window_ns: int = DEFAULT_WINDOW_NS
+                    ) -> tuple[KeyedStream[list[LakeRows]], KeyedStream[Any]]:
+    """From the raw source's polls (of the raw partitions ``parts``) to each symbol's
+    ``LakeRows`` and the side items (dead letters and clock alerts of the feed step)."""
+    by_feed = op.key_on("by_raw_partition", raw, lambda p: f"{p.topic}:{p.partition}")
+    per_feed = op.stateful_map("feed_state", by_feed,
+                               make_feed_step(drift_threshold_ns, expired_state_days))
+    items = op.flat_map("items", per_feed, lambda kv: kv[1])
+    split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
+    ordered = op.stateful_map("log_order", split.falses, make_merge_step(parts))
+    by_symbol = op.flat_map("by_symbol", ordered, lambda kv: kv[1])
+    per_symbol = op.stateful_map("symbol_state", by_symbol, make_symbol_step(window_ns))
+    return per_symbol, split.trues
+
+
 def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = None,
                tail: bool | None = None) -> Dataflow:
     """The dataflow, configured from ``settings`` (default: the environment)."""
@@ -183,21 +240,15 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     points = start_points(s.kafka_config(), s.consumer_group, raw_topics, s.state_dir,
                           s.lake_bucket_records)
     flow = Dataflow("tickflow_normalize")
-    raw = op.input("raw", flow, RawKafkaSource(s.kafka_config(), raw_topics,
-                                               s.consumer_group, tail=tail,
-                                               lock_dir=s.state_dir,
-                                               fetch_wait_ms=s.fetch_wait_ms,
-                                               recovery_dir=recovery_dir,
-                                               starts={k: p.start for k, p in points.items()}))
-    by_feed = op.key_on("by_raw_partition", raw, lambda rs: f"{rs[0].topic}:{rs[0].partition}")
-    per_feed = op.stateful_map("feed_state", by_feed,
-                               make_feed_step(s.clock_drift_ms * 1_000_000,
-                                              s.expired_state_days))
-    items = op.flat_map("items", per_feed, lambda kv: kv[1])
-    split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
-    per_symbol = op.stateful_map("symbol_state", split.falses,
-                                 make_symbol_step(round(s.dedup_window_s * 1e9)))
-    out = op.merge("outputs", per_symbol, split.trues)
+    source = RawKafkaSource(s.kafka_config(), raw_topics, s.consumer_group, tail=tail,
+                            lock_dir=s.state_dir, fetch_wait_ms=s.fetch_wait_ms,
+                            recovery_dir=recovery_dir,
+                            starts={k: p.start for k, p in points.items()})
+    parts = tuple(source.list_parts())  # what the log-order merge waits on
+    raw = op.input("raw", flow, source)
+    per_symbol, side = normalize_steps(raw, parts, s.clock_drift_ms * 1_000_000,
+                                       s.expired_state_days, round(s.dedup_window_s * 1e9))
+    out = op.merge("outputs", per_symbol, side)
     encoded = op.map("encode", out, make_encode(s, {k: p.floor for k, p in points.items()}))
     op.output("kafka", encoded, KafkaOutSink(s.kafka_config()))
     op.output("lake", per_symbol, LakeSink(s.lake_root, bucket_records=s.lake_bucket_records,

@@ -10,8 +10,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from connectors.kafka_source import RawPoll
 from flows import metrics
-from flows.normalize import make_feed_step, symbol_step
+from flows.normalize import normalize_steps
 from tickflow.feed import FeedState
 from tickflow.raw import RawRecord
 
@@ -55,11 +56,9 @@ def test_the_dataflow_drops_the_state_and_keeps_the_live_ones() -> None:
     before = metrics.EXPIRED_STATES._value.get()
     out: list[tuple[str, object]] = []
     flow = Dataflow("expiry")
-    raw = op.input("raw", flow, TestingSource([[r] for r in recs]))
-    keyed = op.key_on("by_part", raw, lambda rs: "p0")
-    items = op.flat_map("items", op.stateful_map("feed", keyed, make_feed_step(250 * 10**6, 5)),
-                        lambda kv: kv[1])
-    per_symbol = op.stateful_map("symbol", items, symbol_step)
+    raw = op.input("raw", flow, TestingSource(
+        [RawPoll(r.topic, r.partition, [r], i == len(recs) - 1) for i, r in enumerate(recs)]))
+    per_symbol, _ = normalize_steps(raw, ("raw.massive.options:0",), 250 * 10**6, 5)
     op.output("out", per_symbol, TestingSink(out))
     run_main(flow)
 

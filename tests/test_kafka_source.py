@@ -48,11 +48,71 @@ def test_a_partition_behind_the_head_is_never_starved(kafka_conf: dict[str, str]
     t0 = time.monotonic()
     try:
         while len(offsets) < N - start and time.monotonic() - t0 < 30:
-            for batch in part.next_batch():
-                offsets += [r.offset for r in batch]
+            for poll in part.next_batch():
+                offsets += [r.offset for r in poll.records]
     finally:
         part.close()
     assert offsets == list(range(start, N))
+
+
+def test_a_partition_says_once_when_it_reaches_its_end_and_reads_in_step(
+        kafka_conf: dict[str, str], topics: dict[str, str]) -> None:
+    """What the log-order merge relies on: an empty partition reports being at its end, a
+    partition reports it with the poll that reaches its end, again only after new records;
+    and a partition far ahead of another of its process (receipt time) waits for it."""
+    from tickflow.raw import RawSource, make_headers
+
+    p = Producer(kafka_conf)
+    for i in range(50):
+        p.produce(RAW_MASSIVE_STOCKS, b"f", partition=0,
+                  headers=make_headers(RawSource.MASSIVE_WS, 10**9 * (i + 1), "s", i + 1))
+    for i in range(20):
+        p.produce(RAW_MASSIVE_STOCKS, b"f", partition=1,
+                  headers=make_headers(RawSource.MASSIVE_WS, 10**12 + i, "t", i + 1))
+    assert p.flush(30) == 0
+    src = RawKafkaSource(kafka_conf, [RAW_MASSIVE_STOCKS], "tickflow-ends", tail=True,
+                         batch_size=10)
+    slow = src.build_part("in", f"{RAW_MASSIVE_STOCKS}:0", PartitionState(0))
+    fast = src.build_part("in", f"{RAW_MASSIVE_STOCKS}:1", PartitionState(0))
+    try:
+        def drain(part, secs: float, most: int = 100):  # type: ignore[no-untyped-def]
+            out = []
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < secs and len(out) < most:
+                out += part.next_batch()
+            return out
+
+        # The fast partition (receipt times 1000 s on) reads before the slow one has read.
+        [f1] = drain(fast, 5.0, most=1)
+        assert len(f1.records) == 10 and not f1.at_end
+        [s1] = drain(slow, 5.0, most=1)
+        assert len(s1.records) == 10 and not s1.at_end
+        # Now it is 990 s ahead of the slow one: held back, its records waiting.
+        assert drain(fast, 0.5) == []
+        rest = drain(slow, 1.0)
+        assert [r.offset for q in [s1, *rest] for r in q.records] == list(range(50))
+        assert [q.at_end for q in rest] == [False] * 3 + [True]  # polls of 10, then its end
+        assert drain(slow, 0.5) == []  # at its end: said once
+        # The slow one at its end holds nothing back.
+        [f2] = drain(fast, 1.0)
+        assert [r.offset for r in f2.records] == list(range(10, 20)) and f2.at_end
+        p.produce(RAW_MASSIVE_STOCKS, b"f", partition=0,
+                  headers=make_headers(RawSource.MASSIVE_WS, 51 * 10**9, "s", 51))
+        assert p.flush(30) == 0
+        [again] = drain(slow, 1.0)
+        assert [r.offset for r in again.records] == [50] and again.at_end
+    finally:
+        slow.close()
+        fast.close()
+    empty = src.build_part("in", f"{RAW_MASSIVE_STOCKS}:1", PartitionState(20))
+    try:
+        t0 = time.monotonic()
+        polls = []
+        while time.monotonic() - t0 < 1.0:
+            polls += empty.next_batch()
+        assert [(q.records, q.at_end) for q in polls] == [([], True)]
+    finally:
+        empty.close()
 
 
 @pytest.mark.tansu

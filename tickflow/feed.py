@@ -20,6 +20,7 @@ memory and in every recovery snapshot for as long as the dataflow runs.
 from __future__ import annotations
 
 from tickflow.latency import DEFAULT_THRESHOLD_NS, ClockMonitor
+from tickflow.merge import advance
 from tickflow.normalize import SOURCE_SYMBOL, normalize_record
 from tickflow.normalize.base import CORRUPT_CHUNK, SCHEMA, UNDECODABLE, Loss, Normalized
 from tickflow.raw import H_DBN, RawRecord, RawSource, RecordKind
@@ -40,8 +41,8 @@ class FeedState:
     """Frame continuity per connector session and the symbols seen, for one raw partition."""
 
     __slots__ = ("clocks", "contracts", "drift_threshold_ns", "expired_state_days", "expiries",
-                 "feeds", "frame_gaps", "last_prune_ns", "next_drop_day", "sessions",
-                 "symbol_ttl_ns", "symbols", "undecodable")
+                 "feeds", "frame_gaps", "last_prune_ns", "next_drop_day", "position",
+                 "sessions", "symbol_ttl_ns", "symbols", "undecodable")
 
     def __init__(self, symbol_ttl_ns: int = DEFAULT_SYMBOL_TTL_NS,
                  drift_threshold_ns: int = DEFAULT_THRESHOLD_NS,
@@ -64,6 +65,9 @@ class FeedState:
         self.expiries: dict[int, list[str]] = {}
         self.expired_state_days = expired_state_days
         self.next_drop_day: int | None = None  # receipt day at which the first ones go
+        # Log position of the last record processed (tickflow.merge): its records' order
+        # among the other partitions'.
+        self.position = 0
 
     def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
         # A recovery snapshot taken before a field existed lacks it: that field starts
@@ -79,6 +83,7 @@ class FeedState:
 
     def process(self, rec: RawRecord) -> Normalized:
         """Normalize one raw record, adding loss windows for feed-level losses."""
+        self.position = advance(self.position, rec.received_ns)
         norm = normalize_record(rec)
         recv = rec.received_ns
         if recv is None:
