@@ -163,6 +163,8 @@ class LakeRows(NamedTuple):
     raw_partition: int
     raw_offset: int
     events: list[tuple[str, Event]]
+    # For the Kafka sink's encoder: False below a replay floor (``SymbolBatch.publish``).
+    publish: bool = True
 
 
 # Layout of the lake's files and folders (see the module doc); 2: partition columns only in

@@ -64,8 +64,12 @@ SHARD_KEYS = tuple(f"shard{i:02d}" for i in range(SHARDS))
 
 
 def make_feed_step(drift_threshold_ns: int,
-                   expired_state_days: int = DEFAULT_EXPIRED_STATE_DAYS) -> Any:
+                   expired_state_days: int = DEFAULT_EXPIRED_STATE_DAYS,
+                   floors: dict[str, int] | None = None) -> Any:
+    """The feed step; ``floors``: the replay floor of each raw partition (``topic:partition``)
+    for a partition that starts without recovery state (``FeedState.publish_from``)."""
     shard: dict[str, int] = {}  # symbol -> merge shard, memoized (crc32 per batch adds up)
+    floor_of = floors or {}
 
     def feed_step(state: FeedState | None, poll: RawPoll
                   ) -> tuple[FeedState, list[tuple[str, Any]]]:
@@ -74,9 +78,12 @@ def make_feed_step(drift_threshold_ns: int,
         (sent to every shard, batches or not: that is what lets the others' batches go),
         plus one item with the poll's dead letters and clock alerts (keyed apart: they skip
         the per-symbol state)."""
+        part = f"{poll.topic}:{poll.partition}"
         if state is None:
             state = FeedState(drift_threshold_ns=drift_threshold_ns,
                               expired_state_days=expired_state_days)
+            state.publish_from = floor_of.get(part, -1)
+        floor = state.publish_from
         if poll.records:
             metrics.RAW_IN.labels(poll.topic).inc(len(poll.records))
         per_shard: list[list[tuple[int, int, SymbolBatch]]] = [[] for _ in SHARD_KEYS]
@@ -85,14 +92,16 @@ def make_feed_step(drift_threshold_ns: int,
             norm = state.process(rec)
             dlq, batches = route(rec, norm)
             pos, off = state.position, rec.offset
+            publish = off >= floor
             for b in batches:
                 i = shard.get(b.symbol)
                 if i is None:
                     i = shard[b.symbol] = shard_of(b.symbol)
+                b.publish = publish
                 per_shard[i].append((pos, off, b))
-            side += [(DEAD_LETTER.name, d) for d in dlq]
-            side += [(CLOCK_ALERT.name, a) for a in norm.alerts]
-        part = f"{poll.topic}:{poll.partition}"
+            if publish:  # dead letters and alerts are on no lake: below the floor, nowhere
+                side += [(DEAD_LETTER.name, d) for d in dlq]
+                side += [(CLOCK_ALERT.name, a) for a in norm.alerts]
         position = AT_END if poll.at_end else state.position
         items: list[tuple[str, Any]] = [(k, (part, position, lst))
                                         for k, lst in zip(SHARD_KEYS, per_shard, strict=True)]
@@ -152,7 +161,8 @@ def symbol_step(state: SymbolState | None, batches: list[SymbolBatch],
                 continue  # already gone (another raw partition dropped it first)
             state = SymbolState(b.symbol, window_ns)
         dups, unverified = state.health.duplicates_total, state.unverified_duplicates
-        out.append(LakeRows(b.raw_topic, b.raw_partition, b.raw_offset, state.process(b)))
+        out.append(LakeRows(b.raw_topic, b.raw_partition, b.raw_offset, state.process(b),
+                            b.publish))
         if state.health.duplicates_total != dups:
             metrics.DUPLICATES.labels(b.source).inc(state.health.duplicates_total - dups)
             if state.unverified_duplicates != unverified:
@@ -167,9 +177,9 @@ def symbol_step(state: SymbolState | None, batches: list[SymbolBatch],
     return state, out
 
 
-def make_encode(settings: Settings, floor: dict[str, int]) -> Any:
-    """Avro for the Kafka sink. Records below the replay floor (set by ``tickflow replay
-    reset``) were published before: they rebuild state and lake, but publish nothing."""
+def make_encode(settings: Settings) -> Any:
+    """Avro for the Kafka sink. Rows of records below a replay floor (``publish`` False) were
+    published before: they rebuild state and lake, but publish nothing."""
 
     def encode(key_item: tuple[str, list[LakeRows] | list[tuple[str, Event]]]
                ) -> tuple[str, list[OutRecord]]:
@@ -177,10 +187,9 @@ def make_encode(settings: Settings, floor: dict[str, int]) -> Any:
         events: list[tuple[str, Event]] = []
         for part in item:
             if isinstance(part, LakeRows):
-                if part.raw_offset >= floor.get(f"{part.raw_topic}:{part.raw_partition}", -1):
+                if part.publish:
                     events += part.events
-            elif part[1]["raw_offset"] >= floor.get(
-                    f"{part[1]['raw_topic']}:{part[1]['raw_partition']}", -1):
+            else:  # a dead letter or clock alert: the feed step left out those below floors
                 events.append(part)
         metrics.observe(events)
         out: list[OutRecord] = []
@@ -197,13 +206,14 @@ def make_encode(settings: Settings, floor: dict[str, int]) -> Any:
 
 def normalize_steps(raw: Stream[RawPoll], parts: tuple[str, ...], drift_threshold_ns: int,
                     expired_state_days: int = DEFAULT_EXPIRED_STATE_DAYS,
-                    window_ns: int = DEFAULT_WINDOW_NS
+                    window_ns: int = DEFAULT_WINDOW_NS, floors: dict[str, int] | None = None
                     ) -> tuple[KeyedStream[list[LakeRows]], KeyedStream[Any]]:
     """From the raw source's polls (of the raw partitions ``parts``) to each symbol's
-    ``LakeRows`` and the side items (dead letters and clock alerts of the feed step)."""
+    ``LakeRows`` and the side items (dead letters and clock alerts of the feed step);
+    ``floors``: see ``make_feed_step``."""
     by_feed = op.key_on("by_raw_partition", raw, lambda p: f"{p.topic}:{p.partition}")
     per_feed = op.stateful_map("feed_state", by_feed,
-                               make_feed_step(drift_threshold_ns, expired_state_days))
+                               make_feed_step(drift_threshold_ns, expired_state_days, floors))
     items = op.flat_map("items", per_feed, lambda kv: kv[1])
     split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
     ordered = op.stateful_map("log_order", split.falses, make_merge_step(parts))
@@ -247,9 +257,10 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     parts = tuple(source.list_parts())  # what the log-order merge waits on
     raw = op.input("raw", flow, source)
     per_symbol, side = normalize_steps(raw, parts, s.clock_drift_ms * 1_000_000,
-                                       s.expired_state_days, round(s.dedup_window_s * 1e9))
+                                       s.expired_state_days, round(s.dedup_window_s * 1e9),
+                                       {k: p.floor for k, p in points.items()})
     out = op.merge("outputs", per_symbol, side)
-    encoded = op.map("encode", out, make_encode(s, {k: p.floor for k, p in points.items()}))
+    encoded = op.map("encode", out, make_encode(s))
     op.output("kafka", encoded, KafkaOutSink(s.kafka_config()))
     op.output("lake", per_symbol, LakeSink(s.lake_root, bucket_records=s.lake_bucket_records,
                                            max_buffered_rows=s.lake_max_buffered_rows))

@@ -42,7 +42,7 @@ class FeedState:
 
     __slots__ = ("clocks", "contracts", "drift_threshold_ns", "expired_state_days", "expiries",
                  "feeds", "frame_gaps", "last_prune_ns", "next_drop_day", "position",
-                 "sessions", "symbol_ttl_ns", "symbols", "undecodable")
+                 "publish_from", "sessions", "symbol_ttl_ns", "symbols", "undecodable")
 
     def __init__(self, symbol_ttl_ns: int = DEFAULT_SYMBOL_TTL_NS,
                  drift_threshold_ns: int = DEFAULT_THRESHOLD_NS,
@@ -68,6 +68,12 @@ class FeedState:
         # Log position of the last record processed (tickflow.merge): its records' order
         # among the other partitions'.
         self.position = 0
+        # The replay floor of this partition (``tickflow replay reset``): its records below
+        # this offset were published before; they rebuild state and the lake, and publish
+        # nothing. Kept with the state, so a flow resumed from its recovery store keeps the
+        # floor of the run it continues: the group's committed offset then is no floor
+        # (records below it may still wait in the log-order merge, unpublished).
+        self.publish_from = -1
 
     def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
         # A recovery snapshot taken before a field existed lacks it: that field starts

@@ -96,6 +96,9 @@ class SymbolBatch:
     fills: list[Fill] = field(default_factory=list)
     # The symbol is an option contract past its expiry: its state goes after this batch.
     expired: bool = False
+    # False: the raw record lies below its partition's replay floor (``FeedState``): the
+    # batch rebuilds state and the lake, and its output goes to no topic.
+    publish: bool = True
 
 
 class SymbolState:
