@@ -14,6 +14,7 @@ frame inside the page's window opens a gap that the page closes: DataHealth move
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -25,15 +26,20 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from connectors.databento_dbn import chunk_headers, iter_chunks
 from connectors.lake_query import query
 from flows.runner import flow_argv
+from infra.dbn_generator import generate_day
 from infra.simulator.market import MarketConfig, SyntheticMarket
 from infra.simulator.rest import rest_quote, rest_trade
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
 from schemas.topics import (
     DEAD_LETTER,
+    FUTURES_MBP10,
+    FUTURES_TRADES,
     HEALTH,
+    RAW_DATABENTO,
     RAW_MASSIVE_REST,
     RAW_MASSIVE_STOCKS,
     STOCK_QUOTES,
@@ -105,8 +111,9 @@ def ends(conf: dict[str, Any], topics: tuple[str, ...]) -> dict[tuple[str, int],
 def appended(conf: dict[str, Any], since: dict[tuple[str, int], int]
              ) -> dict[str, dict[bytes, list[bytes]]]:
     """Per output topic and record key, the values appended since ``since``, in order."""
-    out: dict[str, dict[bytes, list[bytes]]] = {t: {} for t in OUT_TOPICS}
-    until = ends(conf, OUT_TOPICS)
+    topics = tuple(dict.fromkeys(t for t, _ in since))
+    out: dict[str, dict[bytes, list[bytes]]] = {t: {} for t in topics}
+    until = ends(conf, topics)
     c = Consumer({**conf, "group.id": f"read-{uuid.uuid4().hex[:6]}",
                   "enable.auto.commit": False})
     todo = {tp for tp in since if until[tp] > since[tp]}
@@ -127,9 +134,11 @@ def appended(conf: dict[str, Any], since: dict[tuple[str, int], int]
     return out
 
 
-def run_flow(settings: Settings, tmp: Path, name: str, workers: int, stall: str = ""
+def run_flow(settings: Settings, tmp: Path, name: str, workers: int, stall: str = "",
+             topics: tuple[str, ...] = OUT_TOPICS,
+             lake_types: tuple[str, ...] = ("stock_quote", "stock_trade")
              ) -> tuple[dict[str, dict[bytes, list[bytes]]], dict[str, list[dict]], str]:
-    since = ends(settings.kafka_config(), OUT_TOPICS)
+    since = ends(settings.kafka_config(), topics)
     lake = tmp / f"lake-{name}"
     env = {**{k: v for k, v in os.environ.items() if k != "TICKFLOW_RAW_TOPICS"},
            "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
@@ -141,7 +150,7 @@ def run_flow(settings: Settings, tmp: Path, name: str, workers: int, stall: str 
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {et: sorted(query(lake, et).to_pylist(), key=lambda r: r["event_id"])
-            for et in ("stock_quote", "stock_trade")}
+            for et in lake_types}
     return appended(settings.kafka_config(), since), rows, proc.stderr
 
 
@@ -188,6 +197,41 @@ def test_output_does_not_depend_on_the_read_interleaving(settings: Settings,
                  for v in vs]
     keys = [(e["symbol"], e["sequence"]) for e in published]
     assert len(keys) == len(set(keys)) == len(trades)
+
+
+FUTURES_TOPICS = (FUTURES_TRADES, FUTURES_MBP10, HEALTH, DEAD_LETTER)
+
+
+def test_futures_trades_and_book_in_two_partitions_give_one_output(settings: Settings,
+                                                                   tmp_path: Path) -> None:
+    """An ES day's trades and MBP-10 as two raw partitions, one MBP-10 chunk damaged: its
+    DataHealth record counts the symbol's events so far, trades included, so where it falls
+    among the trades must not depend on which partition was read first."""
+    day = generate_day(tmp_path / "dbn", dt.date(2025, 11, 13), 7, 3_000, 12_000)
+    p = Producer({**settings.kafka_config(), "linger.ms": 5})
+    for part, path in ((0, day.trades), (1, day.mbp10)):
+        chunks = list(iter_chunks(path, 200))
+        for i, chunk in enumerate(chunks):
+            data = chunk.data[:-30] if part == 1 and i == len(chunks) // 2 else chunk.data
+            p.produce(RAW_DATABENTO, data, b"dbn", partition=part,
+                      headers=chunk_headers(chunk, f"file-{part}"))  # type: ignore[arg-type]
+    assert p.flush(30) == 0
+    trades, book = f"{RAW_DATABENTO}:0", f"{RAW_DATABENTO}:1"
+    kw: dict[str, Any] = {"topics": FUTURES_TOPICS, "lake_types": ("futures_trade", "mbp10")}
+    ref, ref_lake, _ = run_flow(settings, tmp_path, "ref", 1, **kw)
+    runs = {"2 workers": run_flow(settings, tmp_path, "w2", 2, **kw),
+            "book first": run_flow(settings, tmp_path, "book-first", 1, f"{trades}:3", **kw),
+            "trades first, 2 workers": run_flow(settings, tmp_path, "trades-first", 2,
+                                                f"{book}:3", **kw)}
+    assert first_reads(runs["book first"][2])[-1] == trades
+    assert first_reads(runs["trades first, 2 workers"][2])[-1] == book
+    health = [decode(BY_TOPIC[HEALTH], v) for vs in ref[HEALTH].values() for v in vs]
+    assert [h["reason_code"] for h in health][:1] == ["CORRUPT_CHUNK"]
+    assert len(ref_lake["futures_trade"]) == 3_000
+    for name, (out, lake, _) in runs.items():
+        for t in FUTURES_TOPICS:
+            assert out[t] == ref[t], f"{name}: {t} differs"
+        assert lake == ref_lake, f"{name}: the lake differs"
 
 
 @pytest.fixture(autouse=True)
