@@ -577,7 +577,7 @@ def query(
             pq.write_table(table, out, compression="zstd")
         console.print(f"{table.num_rows} rows -> {out}")
         return
-    cols = [c for c in table.column_names if c != "levels"][:10]
+    cols = table.column_names[:10]
     t = Table(*cols, title=f"{event_type}: {table.num_rows} rows (first {limit} shown)")
     for row in table.slice(0, limit).to_pylist():
         t.add_row(*[str(row[c]) for c in cols])

@@ -56,7 +56,7 @@ import tickflow
 from connectors.failpoints import failpoint
 from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
 from connectors.lake_journal import LakeJournal
-from schemas.arrow import arrow_schema, to_table
+from schemas.arrow import LEVELS, lake_schema, level_columns, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
 
 log = logging.getLogger(__name__)
@@ -168,8 +168,15 @@ class LakeRows(NamedTuple):
 
 
 # Layout of the lake's files and folders (see the module doc); 2: partition columns only in
-# the path. Every file's metadata and the root's marker say which layout wrote them.
-LAKE_LAYOUT = 2
+# the path; 3: and MBP-10's book levels as flat columns (schemas.arrow.lake_schema). Every
+# file's metadata and the root's marker say which layout wrote them.
+LAKE_LAYOUT = 3
+# What an older layout did differently, for the error that points to `tickflow lake migrate`.
+OLD_LAYOUTS = {
+    1: "the symbol inside the files as well as in the folder, which pandas and pyarrow "
+       "refuse to read as one dataset",
+    2: "MBP-10 book levels nested as a list of records",
+}
 LAYOUT_KEY = b"tickflow.lake_layout"
 LAYOUT_MARKER = "_tickflow_lake.json"
 # Columns whose value is the folder's, kept out of the files (the date is not a column).
@@ -180,12 +187,17 @@ class OldLakeLayout(RuntimeError):
     """A lake (or a file) written in an earlier layout; ``tickflow lake migrate`` converts it."""
 
 
-def _old_layout(where: Path) -> OldLakeLayout:
-    return OldLakeLayout(
-        f"{where} is in lake layout 1 (the symbol inside the files as well as in the folder, "
-        f"which pandas and pyarrow refuse to read as one dataset); this tickflow writes and "
-        f"reads layout {LAKE_LAYOUT}. Convert it in place with `tickflow lake migrate` "
-        f"(TICKFLOW_LAKE_ROOT=<the lake>; rows, names and provenance are kept).")
+def old_layout_problem(layout: int | str) -> str:
+    """Why a file or lake of ``layout`` is not read, and what converts it."""
+    what = OLD_LAYOUTS.get(int(layout), "unknown to this tickflow") if str(layout).isdigit() \
+        else "unknown to this tickflow"
+    return (f"lake layout {layout} ({what}); this tickflow writes and reads layout "
+            f"{LAKE_LAYOUT}. Convert it in place with `tickflow lake migrate` "
+            f"(TICKFLOW_LAKE_ROOT=<the lake>; rows, names and provenance are kept)")
+
+
+def _old_layout(where: Path, layout: int | str) -> OldLakeLayout:
+    return OldLakeLayout(f"{where} is in {old_layout_problem(layout)}.")
 
 
 def check_layout(root: Path, create: bool = False) -> None:
@@ -204,7 +216,7 @@ def check_layout(root: Path, create: bool = False) -> None:
         if found != LAKE_LAYOUT:
             layout = found
     if layout is not None and layout != LAKE_LAYOUT:
-        raise _old_layout(root)
+        raise _old_layout(root, layout)
     if create:
         root.mkdir(parents=True, exist_ok=True)
         # Unique per writer: the workers of one process (same pid) mark a new lake at once.
@@ -223,7 +235,7 @@ def symbol_of(path: Path) -> str:
 
 def with_symbol(table: pa.Table, symbol: str, event_type: str) -> pa.Table:
     """A file's rows with the symbol column back at its place in the event's schema."""
-    names = arrow_schema(BY_NAME[event_type]).names
+    names = lake_schema(BY_NAME[event_type]).names
     at = names.index(PATH_COLUMN) if PATH_COLUMN in names else 0
     col = pa.array([symbol] * table.num_rows, pa.string())
     return table.add_column(min(at, table.num_columns), PATH_COLUMN, col)
@@ -234,14 +246,16 @@ def file_layout(schema: pa.Schema) -> int:
     v = (schema.metadata or {}).get(LAYOUT_KEY)
     if v is not None:
         return int(v)
-    return 1 if PATH_COLUMN in schema.names else LAKE_LAYOUT
+    if PATH_COLUMN in schema.names:
+        return 1
+    return 2 if LEVELS in schema.names else LAKE_LAYOUT
 
 
 def read_file(path: Path, columns: list[str] | None = None) -> pa.Table:
     """One lake file's rows with their symbol (from the folder), as the dataflow made them."""
     pf = pq.ParquetFile(path)
-    if file_layout(pf.schema_arrow) != LAKE_LAYOUT:
-        raise _old_layout(path)
+    if (layout := file_layout(pf.schema_arrow)) != LAKE_LAYOUT:
+        raise _old_layout(path, layout)
     meta = pf.schema_arrow.metadata or {}
     event_type = meta.get(b"tickflow.event_type", b"").decode() or path.parents[2].name
     want = None if columns is None else [c for c in columns if c != PATH_COLUMN]
@@ -272,7 +286,7 @@ def file_name(key: PartitionKey, first_offset: int, part: int = 0) -> str:
 def sort_keys(event_type: str) -> list[str]:
     """The order of rows in a file: event time, then the vendor sequence (or, for types
     without one, the event id)."""
-    names = arrow_schema(BY_NAME[event_type]).names
+    names = lake_schema(BY_NAME[event_type]).names
     return ["ts_event_ns", "sequence" if "sequence" in names else "event_id"]
 
 
@@ -298,9 +312,10 @@ def event_id_checksum(ids: pa.ChunkedArray | pa.Array) -> str:
 
 def stats_columns(schema: pa.Schema) -> list[str]:
     """Columns that get min/max statistics: the flat ones queries filter on. Statistics of
-    the nested book levels and of the unique event ids cost ~10 % of the write and prune
-    nothing."""
-    return [f.name for f in schema if f.name != "event_id"
+    the sixty book-level columns and of the unique event ids cost ~10 % of the write and
+    prune nothing (a file's levels span its whole book)."""
+    levels = {c for e in MARKET_EVENTS for c in level_columns(e)}
+    return [f.name for f in schema if f.name != "event_id" and f.name not in levels
             and not pa.types.is_nested(f.type)]
 
 
@@ -718,7 +733,7 @@ def read_partition(root: Path, event_type: str, symbol: str, day: dt.date) -> pa
     d = partition_dir(root, event_type, symbol, day)
     files = sorted(d.glob("part-*.parquet"))
     if not files:
-        return arrow_schema(BY_NAME[event_type]).empty_table()
+        return lake_schema(BY_NAME[event_type]).empty_table()
     return pa.concat_tables(read_file(f) for f in files)
 
 

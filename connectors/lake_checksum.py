@@ -1,28 +1,38 @@
 """Content checksums of lake files: every column of every row, per row group.
 
-The writer records one BLAKE2b-128 digest per row group in the file's metadata
+The writer records one XXH3-128 digest per row group in the file's metadata
 (``tickflow.content_checksums``, with ``tickflow.checksum_version``); ``lake verify``
-recomputes them from the values it reads back. A digest covers the values, not the bytes of
-one Arrow layout: each column's validity, then its values (fixed-width values with nulls
-zeroed; strings and binaries as lengths and bytes; lists (and maps, as lists of key/value
-pairs) as lengths and their flattened children; structs field by field with the parent's
-nulls applied; dictionaries decoded), so the Arrow table the writer held and the one a
-reader decodes give the same digest, and a changed price, size or id does not. Page-level
-damage is caught before that, by the Parquet page checksums the files carry
-(``write_page_checksum``), which every reader can check.
+recomputes them from the values it reads back, with the hash the file names (files of
+version 1 carry BLAKE2b-128 digests; XXH3 hashes ~30x faster, which took ~1 s of CPU off
+every million MBP-10 rows written, and detects accidental change as well: the digests guard
+against damage and unseen edits, not against someone who rewrites the metadata too). A
+digest covers the values, not the bytes of one Arrow layout: each column's validity, then
+its values (fixed-width values with nulls zeroed; strings and binaries as lengths and bytes;
+lists (and maps, as lists of key/value pairs) as lengths and their flattened children;
+structs field by field with the parent's nulls applied; dictionaries decoded), so the Arrow
+table the writer held and the one a reader decodes give the same digest, and a changed
+price, size or id does not. Page-level damage is caught before that, by the Parquet page
+checksums the files carry (``write_page_checksum``), which every reader can check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import xxhash
 
-CHECKSUM_VERSION = "blake2b128-v1"
+CHECKSUM_VERSION = "xxh3-128-v2"
+# Every version a lake file may carry -> a new hash object of it.
+HASHES: dict[str, Callable[[], Any]] = {
+    "blake2b128-v1": lambda: hashlib.blake2b(digest_size=16),
+    "xxh3-128-v2": xxhash.xxh3_128,
+}
 KEY = b"tickflow.content_checksums"
 VERSION_KEY = b"tickflow.checksum_version"
 # Rows per Parquet row group of a lake file; a digest per group names the damaged group.
@@ -72,20 +82,23 @@ def _update(h: Any, arr: pa.Array) -> None:  # h: a hashlib object
         h.update(np.ascontiguousarray(v.to_numpy(zero_copy_only=False)).tobytes())
 
 
-def table_digest(table: pa.Table) -> str:
-    """Digest of every column (name and values) of ``table``, in column and row order."""
-    h = hashlib.blake2b(digest_size=16)
+def table_digest(table: pa.Table, version: str = CHECKSUM_VERSION) -> str:
+    """Digest of every column (name and values) of ``table``, in column and row order, by
+    the hash of checksum ``version`` (a key of ``HASHES``)."""
+    h = HASHES[version]()
     for name, col in zip(table.column_names, table.columns, strict=True):
         h.update(name.encode() + b"\x00")
         _update(h, col.combine_chunks() if col.num_chunks != 1 else col.chunk(0))
     return h.hexdigest()
 
 
-def row_group_digests(table: pa.Table, rows: int = ROW_GROUP_ROWS) -> list[str]:
+def row_group_digests(table: pa.Table, rows: int = ROW_GROUP_ROWS,
+                      version: str = CHECKSUM_VERSION) -> list[str]:
     """One digest per ``rows``-row slice: the row groups the writer makes of ``table``."""
     if table.num_rows == 0:
-        return [table_digest(table)]
-    return [table_digest(table.slice(i, rows)) for i in range(0, table.num_rows, rows)]
+        return [table_digest(table, version)]
+    return [table_digest(table.slice(i, rows), version)
+            for i in range(0, table.num_rows, rows)]
 
 
 def checksum_metadata(table: pa.Table) -> dict[bytes, bytes]:

@@ -1,9 +1,11 @@
-"""``tickflow lake migrate``: convert a lake of layout 1 (the symbol inside every file as
-well as in its ``symbol=`` folder) to the current layout, in place.
+"""``tickflow lake migrate``: convert a lake of an older layout to the current one, in place:
+layout 1 (the symbol inside every file as well as in its ``symbol=`` folder) and layout 2
+(MBP-10 book levels nested as a list of records, now flat columns).
 
-Each file is checked before it is rewritten: its event ids against its recorded checksum and
-its rows' symbol against its folder; a file that fails either is left as it is and reported
-(converting it would bless damage). A rewritten file keeps its name, rows, order and
+Each file is checked before it is rewritten: its event ids against its recorded checksum, its
+content digests (when it has them) against its values, and its rows' symbol against its
+folder; a file that fails any is left as it is and reported (converting it would bless
+damage). A rewritten file keeps its name, rows, order and
 provenance metadata, and gains the content digests of ``lake_checksum``; the write is
 atomic, so an interrupted migration is resumed by running it again. The root's layout
 marker is written last, once every file is converted.
@@ -11,6 +13,7 @@ marker is written last, once every file is converted.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +32,10 @@ from connectors.lake import (
     symbol_of,
     write_parquet,
 )
+from connectors.lake_checksum import HASHES, VERSION_KEY, row_group_digests
+from connectors.lake_checksum import KEY as CHECKSUM_KEY
+from schemas.arrow import flatten_levels
+from schemas.model import BY_NAME
 
 
 @dataclass
@@ -43,17 +50,25 @@ def lake_files(root: Path) -> list[Path]:
 
 
 def migrate_file(path: Path) -> str | None:
-    """Rewrite one layout-1 file in the current layout; the reason when it is refused."""
+    """Rewrite one file of an older layout in the current one; the reason when it is
+    refused."""
     schema = pq.read_schema(path)
     meta = dict(schema.metadata or {})
     table = pq.read_table(path, partitioning=None)
     want = meta.get(b"tickflow.checksum", b"").decode()
     if want != event_id_checksum(table.column("event_id")):
         return "its event ids do not match its recorded checksum: left as it is"
+    digests, version = meta.get(CHECKSUM_KEY), meta.get(VERSION_KEY, b"").decode()
+    if digests and version in HASHES and json.loads(digests) != row_group_digests(
+            table, version=version):
+        return "its content does not match its recorded digests: left as it is"
     if PATH_COLUMN in table.column_names:
         symbols = pc.unique(table.column(PATH_COLUMN)).to_pylist()
         if table.num_rows and symbols != [symbol_of(path)]:
             return f"rows of {sorted(map(str, symbols))} in the folder of {symbol_of(path)!r}"
+    event_type = meta.get(b"tickflow.event_type", b"").decode() or path.parents[2].name
+    if event_type in BY_NAME:
+        table = flatten_levels(BY_NAME[event_type], table)
     tmp = path.with_name(f".{path.name}.migrate-{os.getpid()}")
     write_parquet(table.replace_schema_metadata(meta), tmp)
     os.replace(tmp, path)

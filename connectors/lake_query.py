@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from connectors.lake import NS_PER_DAY, PATH_COLUMN, check_layout, escape_symbol, sort_keys
-from schemas.arrow import arrow_schema
+from schemas.arrow import lake_schema
 from schemas.model import BY_NAME, MARKET_EVENTS, TRADE_RECORD
 
 _EPOCH = dt.date(1970, 1, 1)
@@ -35,7 +35,7 @@ def query(root: Path, event_type: str, symbols: list[str] | None = None,
     if event_type not in known:
         raise ValueError(f"unknown event type {event_type!r}; one of {sorted(known)}")
     check_layout(root)
-    schema = arrow_schema(BY_NAME[event_type])
+    schema = lake_schema(BY_NAME[event_type])
     base = root / event_type
     sym_dirs = ([base / f"symbol={escape_symbol(s)}" for s in symbols] if symbols
                 else sorted(base.glob("symbol=*")))
@@ -57,7 +57,7 @@ def query(root: Path, event_type: str, symbols: list[str] | None = None,
     if end_ns is not None:
         cond = pc.field("ts_event_ns") < end_ns
         expr = cond if expr is None else expr & cond
-    # The symbol is the folder's (lake layout 2): hive partitioning fills it in.
+    # The symbol is the folder's (lake layouts 2 and up): hive partitioning fills it in.
     part = ds.partitioning(pa.schema([(PATH_COLUMN, pa.string())]), flavor="hive")
     table = ds.dataset(files, schema=schema, format="parquet", partitioning=part,
                        partition_base_dir=str(base)).to_table(filter=expr)

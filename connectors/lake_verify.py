@@ -32,10 +32,11 @@ from connectors.lake import (
     NS_PER_DAY,
     event_id_checksum,
     file_layout,
+    old_layout_problem,
     sort_keys,
 )
+from connectors.lake_checksum import HASHES, VERSION_KEY, table_digest
 from connectors.lake_checksum import KEY as CHECKSUM_KEY
-from connectors.lake_checksum import table_digest
 from schemas.model import TRADE_RECORD
 
 _FILE_RE = re.compile(r"^part-.+-\d+-\d{20}(_\d{6})?\.parquet$")
@@ -102,16 +103,19 @@ def _read_checked(path: Path) -> tuple[pa.Table | None, dict[bytes, bytes], list
         meta = pf.schema_arrow.metadata or {}
     except Exception as exc:  # any unreadable file is a finding, not a crash
         return None, {}, [f"unreadable ({type(exc).__name__}: {exc})"]
-    if file_layout(pf.schema_arrow) != LAKE_LAYOUT:
-        return None, meta, [f"lake layout {file_layout(pf.schema_arrow)} (the symbol inside "
-                            f"the file): run `tickflow lake migrate` to convert the lake to "
-                            f"layout {LAKE_LAYOUT}"]
+    if (layout := file_layout(pf.schema_arrow)) != LAKE_LAYOUT:
+        return None, meta, [old_layout_problem(layout)]
     recorded = meta.get(CHECKSUM_KEY)
     want: list[str] | None = json.loads(recorded) if recorded else None
     problems = []
+    version = meta.get(VERSION_KEY, b"").decode()
     if want is None:
         problems.append("no content checksum in its metadata (written by an older version): "
                         "checked by its event ids only")
+    elif version not in HASHES:
+        problems.append(f"content checksum version {version!r} is unknown to this tickflow "
+                        f"(it knows {', '.join(sorted(HASHES))}): checked by its event ids only")
+        want = None
     elif len(want) != max(1, pf.num_row_groups):
         problems.append(f"{pf.num_row_groups} row groups, its metadata has digests for "
                         f"{len(want)}")
@@ -122,7 +126,7 @@ def _read_checked(path: Path) -> tuple[pa.Table | None, dict[bytes, bytes], list
         except Exception as exc:
             problems.append(f"row group {i}: damaged ({type(exc).__name__}: {exc})")
             continue
-        if want is not None and i < len(want) and table_digest(g) != want[i]:
+        if want is not None and i < len(want) and table_digest(g, version) != want[i]:
             problems.append(f"row group {i}: content differs from what was written "
                             "(its digest does not match)")
         groups.append(g)

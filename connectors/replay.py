@@ -273,11 +273,16 @@ def replay_to_kafka(paths: list[Path], kafka_conf: dict[str, Any], topic: str,
 def lake_rows(root: Path, event_type: str, symbols: list[str] | None = None,
               start_ns: int | None = None, end_ns: int | None = None,
               batch_rows: int = 10_000) -> Iterator[dict[str, Any]]:
-    """Rows of one event type from the lake in (ts_event_ns, sequence) order: a streaming
-    merge over the files (each is sorted), reading one record batch per file at a time."""
+    """Rows of one event type from the lake in (ts_event_ns, sequence) order, as events (a
+    book's flat level columns back as its ``levels``): a streaming merge over the files
+    (each is sorted), reading one record batch per file at a time."""
     import pyarrow.parquet as pq
 
     from connectors.lake import PATH_COLUMN, check_layout, escape_symbol, symbol_of
+    from schemas.arrow import event_levels
+    from schemas.model import BY_NAME
+
+    et = BY_NAME[event_type]
 
     base = root / event_type
     dirs = ([base / f"symbol={escape_symbol(s)}" for s in symbols] if symbols
@@ -293,7 +298,7 @@ def lake_rows(root: Path, event_type: str, symbols: list[str] | None = None,
                 row[PATH_COLUMN] = symbol
                 ts = row["ts_event_ns"]
                 if (start_ns is None or ts >= start_ns) and (end_ns is None or ts < end_ns):
-                    yield row
+                    yield event_levels(et, row)
 
     return heapq.merge(*(rows_of(f) for f in files),
                        key=lambda r: (r["ts_event_ns"], r["sequence"], r["event_id"]))

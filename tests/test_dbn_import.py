@@ -190,9 +190,95 @@ def test_lake_files_delta_encode_times_and_dictionary_encode_the_book(
     enc = {rg.column(i).path_in_schema: rg.column(i).encodings for i in range(rg.num_columns)}
     for col in ("ts_event_ns", "ts_recv_ns", "latency_ns", "sequence"):
         assert "DELTA_BINARY_PACKED" in enc[col], (col, enc[col])
-    assert "symbol" not in enc  # in the path only (lake layout 2)
-    for col in ("action", "levels.list.element.bid_px_e9", "levels.list.element.ask_ct"):
+    assert "symbol" not in enc  # in the path only (lake layouts 2 and up)
+    for col in ("action", "bid_px_00", "ask_ct_09"):
         assert "RLE_DICTIONARY" in enc[col], (col, enc[col])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:databento")
+@pytest.mark.filterwarnings("ignore::FutureWarning:databento")
+def test_the_book_is_flat_columns_named_and_valued_as_databento_s_own(
+        day: SimpleNamespace, tmp_path: Path) -> None:
+    # The lake's MBP-10 levels are Databento's flat columns (bid_px_00 ... ask_ct_09), read
+    # by DuckDB and Polars as any Parquet; each equals databento's own DataFrame column
+    # (fixed-point prices), except that an empty level is null / 0 in ours (UNDEF_PRICE there).
+    import duckdb
+    import numpy as np
+    import polars as pl
+
+    from schemas.arrow import level_columns
+
+    import_files([day.mbp10], tmp_path)
+    glob = f"{tmp_path}/mbp10/*/*/*.parquet"
+    ours = duckdb.sql(f"select * from read_parquet('{glob}', hive_partitioning=true) "
+                      "order by ts_recv_ns, sequence, event_id").df()
+    theirs = db.DBNStore.from_file(day.mbp10).to_df(price_type="fixed", pretty_ts=False)
+    theirs = theirs.reset_index().sort_values(["ts_recv", "sequence"], kind="stable")
+    flat = sorted(level_columns(MBP10))
+    assert len(flat) == 60 and flat == sorted(
+        c for c in theirs.columns if c[:4] in ("bid_", "ask_") and c[-2:].isdigit())
+    assert len(ours) == len(theirs) == 1200
+    undef_seen = 0
+    for col in flat:
+        side, kind, lvl = col.split("_")
+        px = theirs[f"{side}_px_{lvl}"].to_numpy()
+        empty = px == UNDEF
+        undef_seen += int(empty.sum())
+        mine = ours[col].to_numpy(dtype=float, na_value=np.nan)
+        want = theirs[col].to_numpy().astype(float)
+        want[empty] = np.nan if kind == "px" else 0
+        assert np.array_equal(mine, want, equal_nan=True), col
+    assert undef_seen  # the generated day has empty levels: the null rule was exercised
+    lazy = pl.scan_parquet(glob, hive_partitioning=True)
+    got = lazy.select(pl.col("bid_px_00").sum(), pl.col("ask_ct_09").sum()).collect().row(0)
+    assert got == (int(ours["bid_px_00"].sum()), int(ours["ask_ct_09"].sum()))
+
+
+def test_a_lake_with_nested_books_is_refused_and_migrated_to_flat_columns(
+        day: SimpleNamespace, tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from connectors.lake import LAYOUT_MARKER, LakeBuffer, OldLakeLayout, read_file
+    from connectors.lake_checksum import KEY, row_group_digests
+    from connectors.lake_migrate import migrate
+    from connectors.lake_query import query
+    from schemas.arrow import event_levels
+
+    import_files([day.mbp10, day.trades], tmp_path)
+    before = {et: query(tmp_path, et) for et in ("mbp10", "futures_trade")}
+    # Rewrite every MBP-10 file as layout 2 wrote it: levels as a list of records.
+    files = sorted((tmp_path / "mbp10").rglob("part-*.parquet"))
+    for f in files:
+        meta = pq.read_schema(f).metadata
+        rows = [event_levels(MBP10, r) for r in read_file(f).to_pylist()]
+        nested = pa.Table.from_pylist(rows, schema=arrow_schema(MBP10)).drop_columns(["symbol"])
+        assert nested.column_names[-1] == "levels"
+        pq.write_table(nested.replace_schema_metadata({
+            **meta, b"tickflow.lake_layout": b"2",
+            KEY: json.dumps(row_group_digests(nested)).encode()}), f)
+    (tmp_path / LAYOUT_MARKER).write_text('{"layout": 2}\n')
+    with pytest.raises(OldLakeLayout, match=r"lake layout 2 \(MBP-10 book levels nested"):
+        LakeBuffer(tmp_path)
+    assert any("lake layout 2" in p for r in verify(tmp_path) for p in r.problems)
+
+    # A file whose content no longer matches its digests (every size edited, event ids and
+    # metadata kept) is left as it is, and reported; the others are converted.
+    t = pq.read_table(files[0], partitioning=None)
+    sizes = pa.array([99] * t.num_rows, pa.int64())
+    pq.write_table(t.set_column(t.schema.get_field_index("size"), t.schema.field("size"),
+                                sizes).replace_schema_metadata(t.schema.metadata), files[0])
+    trade_files = len(list((tmp_path / "futures_trade").rglob("part-*.parquet")))
+    stats = migrate(tmp_path)
+    assert (stats.converted, stats.already) == (len(files) - 1, trade_files)
+    assert len(stats.refused) == 1 and "content does not match" in stats.refused[0]
+    pq.write_table(t, files[0])  # repaired: the rerun finishes
+    stats = migrate(tmp_path)
+    assert stats.converted == 1 and stats.refused == []
+    assert all("bid_px_00" in pq.read_schema(f).names for f in files)
+    for et, want in before.items():
+        assert query(tmp_path, et).equals(want), et
+    assert all(not r.problems and not r.duplicates for r in verify(tmp_path))
+    LakeBuffer(tmp_path)  # writable again
 
 
 @settings(max_examples=200)

@@ -386,6 +386,46 @@ def test_verify_reports_an_edited_price_and_a_flipped_byte_with_file_and_row_gro
     assert all(not r.problems and not r.duplicates for r in verify(tmp_path))
 
 
+def test_verify_reads_each_checksum_version_by_its_own_hash(tmp_path: Path) -> None:
+    """Files written before XXH3 carry BLAKE2b digests (version 1): they still verify, an
+    edit in them is still seen, and a version this tickflow does not know is reported."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from connectors.lake_checksum import KEY, VERSION_KEY, row_group_digests, table_digest
+    from connectors.lake_verify import verify
+
+    buf = LakeBuffer(tmp_path)
+    for s in range(1, 11):
+        buf.add("stock_trade", trade("SPY", s, T0 + s * 1000), RAW, 0, s)
+    buf.flush_all()
+    [f] = partition_dir(tmp_path, "stock_trade", "SPY", DAY).glob("part-*")
+    t = pq.read_table(f)
+    assert t.schema.metadata[VERSION_KEY] == b"xxh3-128-v2"
+    assert table_digest(t, "blake2b128-v1") != table_digest(t)  # the hash is the version's
+
+    def rewrite(table: pa.Table, version: bytes) -> None:
+        digests = [table_digest(table.slice(0, table.num_rows), "blake2b128-v1")]
+        meta = {**t.schema.metadata, KEY: json.dumps(digests).encode(), VERSION_KEY: version}
+        pq.write_table(table.replace_schema_metadata(meta), f, write_page_checksum=True)
+
+    rewrite(t, b"blake2b128-v1")
+    assert json.loads(pq.read_schema(f).metadata[KEY]) != row_group_digests(t)
+    assert all(not r.problems for r in verify(tmp_path))
+    px = t.column("price_e9")
+    edited = t.set_column(t.schema.get_field_index("price_e9"), t.schema.field("price_e9"),
+                          pc.multiply(px, 1000))
+    pq.write_table(edited.replace_schema_metadata(pq.read_schema(f).metadata), f)
+    [spy] = verify(tmp_path)
+    assert spy.problems == [f"{f.name}: row group 0: content differs from what was written "
+                            "(its digest does not match)"], spy.problems
+    rewrite(t, b"sha9-v9")
+    [spy] = verify(tmp_path)
+    assert len(spy.problems) == 1 and "version 'sha9-v9' is unknown" in spy.problems[0]
+
+
 def test_compact_merges_inside_a_bucket_keeps_rows_and_survives_a_cut_and_a_replay(
         tmp_path: Path) -> None:
     from connectors.lake_compact import compact, plan

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.arrow import arrow_schema
+from schemas.arrow import BOOK_DEPTH, arrow_schema, lake_schema, level_column
 from schemas.model import FUTURES_TRADE, MBP10, Event, EventType
 from tickflow.normalize.base import (
     BAD_VALUE,
@@ -305,8 +305,9 @@ class DbnColumns:
                 for sym, row, key in zip(symbols, rows, self.dedup_keys(), strict=True)]
 
     def table(self) -> pa.Table:
-        """The records as an Arrow table of the event type's lake schema."""
-        schema = arrow_schema(self.layout.event_type)
+        """The records as an Arrow table of the event type's lake schema (MBP-10's levels
+        as flat columns, ``schemas.arrow.lake_schema``)."""
+        schema = lake_schema(self.layout.event_type)
         cols = self._columns()
         sym, ids = self._arrow_ids()
         arrays: dict[str, pa.Array] = {"event_id": ids, "symbol": sym}
@@ -314,17 +315,14 @@ class DbnColumns:
             arrays[name] = (values.strings() if isinstance(values, _Coded) else
                             pa.array(values, schema.field(name).type, mask=mask))
         if self.layout.event_type is MBP10:
-            level_type = schema.field("levels").type
-            struct_type = level_type.value_type
-            lvc = self._levels()
-            children = []
-            for f in struct_type:
-                values, mask = lvc[f.name]
-                children.append(pa.array(values.ravel(), f.type,
-                                          mask=None if mask is None else mask.ravel()))
-            values = pa.StructArray.from_arrays(children, fields=list(struct_type))
-            offsets = pa.array(np.arange(0, 10 * len(self) + 1, 10, dtype=np.int32))
-            arrays["levels"] = pa.ListArray.from_arrays(offsets, values, type=level_type)
+            for name, (values, mask) in self._levels().items():
+                # (n, 10) -> (10, n): each level's column contiguous, one copy per field.
+                by_level = np.ascontiguousarray(values.T)
+                empty = None if mask is None else np.ascontiguousarray(mask.T)
+                for i in range(BOOK_DEPTH):
+                    col = level_column(name, i)
+                    m = None if empty is None or not empty[i].any() else empty[i]
+                    arrays[col] = pa.array(by_level[i], schema.field(col).type, mask=m)
         return pa.Table.from_arrays([arrays[n] for n in schema.names], schema=schema)
 
 
