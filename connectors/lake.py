@@ -2,10 +2,12 @@
 
 * Hive partitioning, as data tools read it: ``symbol`` and ``date`` are in the path only, not
   in the files, so ``pandas.read_parquet(<root>/<event_type>)``, Polars, DuckDB and
-  ``pyarrow.dataset(..., partitioning="hive")`` give every row its symbol and date (layout 2,
-  ``LAKE_LAYOUT``; recorded in every file and in ``<root>/_tickflow_lake.json``). Layout 1
-  (the symbol inside the files too, which pandas refuses to merge with the folder's) is
-  refused with a pointer to ``tickflow lake migrate``. Our own readers go through
+  ``pyarrow.dataset(..., partitioning="hive")`` give every row its symbol and date.
+* MBP-10's book levels are flat columns (``bid_px_00`` .. ``ask_ct_09``,
+  ``schemas.arrow.lake_schema``). This is layout 3 (``LAKE_LAYOUT``; recorded in every file
+  and in ``<root>/_tickflow_lake.json``); layouts 1 (the symbol inside the files too, which
+  pandas refuses to merge with the folder's) and 2 (nested levels) are refused with a
+  pointer to ``tickflow lake migrate``. Our own readers go through
   ``read_file``, which puts the symbol column back.
 * Symbols are URI-escaped in paths (``O:SPY...`` -> ``O%3ASPY...``; ``../x`` -> ``..%2Fx``), the
   encoding pyarrow's hive partitioning decodes on read, and every path is checked to stay

@@ -270,15 +270,20 @@ class DbnColumns:
         return cols
 
     def _levels(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-        """MBP-10 level fields as (n, 10) arrays; an empty side has null price, zero size
-        and count."""
+        """MBP-10 level fields as (10, n) arrays, level by level (each level's values
+        contiguous: what the lake's flat columns take without another copy); an empty side
+        has null price, zero size and count."""
         lv = self.recs["levels"]
         out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         for side in ("bid", "ask"):
-            empty = lv[f"{side}_px"] == UNDEF_PRICE
-            out[f"{side}_px_e9"] = (lv[f"{side}_px"], empty)
-            out[f"{side}_sz"] = (np.where(empty, 0, lv[f"{side}_sz"]).astype(np.int64), None)
-            out[f"{side}_ct"] = (np.where(empty, 0, lv[f"{side}_ct"]).astype(np.int64), None)
+            px = lv[f"{side}_px"].T.copy()  # one gather out of the records, level-major
+            empty = px == UNDEF_PRICE
+            out[f"{side}_px_e9"] = (px, empty if empty.any() else None)
+            for f in ("sz", "ct"):
+                v = lv[f"{side}_{f}"].T.astype(np.int64, order="C")
+                if out[f"{side}_px_e9"][1] is not None:
+                    v[empty] = 0
+                out[f"{side}_{f}"] = (v, None)
         return out
 
     def events(self) -> list[tuple[str, str, Event, int]]:
@@ -290,7 +295,8 @@ class DbnColumns:
         by_name["symbol"] = symbols
         if self.layout.event_type is MBP10:
             lvc = self._levels()
-            bp, ap, bs, as_, bc, ac = (_as_list(v.ravel(), None if m is None else m.ravel())
+            # (10, n) -> record by record: the n * 10 levels in row order.
+            bp, ap, bs, as_, bc, ac = (_as_list(v.T.ravel(), None if m is None else m.T.ravel())
                                        for v, m in (lvc[f] for f in LEVEL_FIELDS))
             # One pass over the flat (n * 10) level columns, then ten dicts per record. A
             # dict display is several times faster than dict(zip(...)) at 500k dicts a
@@ -315,10 +321,7 @@ class DbnColumns:
             arrays[name] = (values.strings() if isinstance(values, _Coded) else
                             pa.array(values, schema.field(name).type, mask=mask))
         if self.layout.event_type is MBP10:
-            for name, (values, mask) in self._levels().items():
-                # (n, 10) -> (10, n): each level's column contiguous, one copy per field.
-                by_level = np.ascontiguousarray(values.T)
-                empty = None if mask is None else np.ascontiguousarray(mask.T)
+            for name, (by_level, empty) in self._levels().items():
                 for i in range(BOOK_DEPTH):
                     col = level_column(name, i)
                     m = None if empty is None or not empty[i].any() else empty[i]
