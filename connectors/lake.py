@@ -58,7 +58,7 @@ import tickflow
 from connectors.failpoints import failpoint
 from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
 from connectors.lake_journal import LakeJournal
-from schemas.arrow import LEVELS, lake_schema, level_columns, to_table
+from schemas.arrow import LEVELS, flatten_levels, lake_schema, level_columns, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,13 @@ class OpenFile:
 
     def table(self, event_type: str) -> pa.Table:
         """Every row, in arrival order."""
-        tail = to_table(BY_NAME[event_type], self.rows)
-        return pa.concat_tables([*self.chunks, tail]) if self.chunks else tail
+        et = BY_NAME[event_type]
+        tail = to_table(et, self.rows)
+        # Chunks resumed from a recovery snapshot or journal of lake layout 2 hold MBP-10
+        # levels nested: flattened here, so a flow upgraded mid-run closes those files in
+        # the current layout instead of failing on two schemas.
+        return pa.concat_tables([*(flatten_levels(et, c) for c in self.chunks), tail]
+                                ) if self.chunks else tail
 
     def __setstate__(self, state: dict[str, object]) -> None:
         # Recovery snapshots written before rows were chunked hold only ``rows``.

@@ -281,6 +281,21 @@ def test_a_lake_with_nested_books_is_refused_and_migrated_to_flat_columns(
     LakeBuffer(tmp_path)  # writable again
 
 
+def test_open_files_resumed_with_nested_books_close_in_the_current_layout(
+        day: SimpleNamespace) -> None:
+    # A recovery snapshot or lake journal from before layout 3 holds MBP-10 chunks with
+    # nested levels: an upgraded flow closes such a file with flat columns, rows unchanged.
+    import pyarrow as pa
+
+    from connectors.lake import OpenFile
+
+    [chunk] = list(iter_chunks(day.mbp10, 10_000))
+    events = [e[2] for e in normalize_dbn_chunk(chunk.data, chunk.meta, "X").events]
+    old = pa.Table.from_pylist(events[:500], schema=arrow_schema(MBP10))
+    f = OpenFile(0, chunks=[old], rows=events[500:], count=len(events))
+    assert f.table("mbp10").equals(to_table(MBP10, events))
+
+
 @settings(max_examples=200)
 @given(st.lists(st.sampled_from([2, 12, 92]), max_size=300), st.binary(max_size=9))
 def test_record_starts_follow_the_length_bytes(words: list[int], tail: bytes) -> None:
