@@ -122,8 +122,12 @@ def flatten_levels(event_type: EventType, table: pa.Table) -> pa.Table:
         return table
     levels = table.column(LEVELS).combine_chunks()
     counts = pc.list_value_length(levels).to_numpy(zero_copy_only=False)
-    if levels.null_count or (len(counts) and not (counts == BOOK_DEPTH).all()):
-        bad = int(np.flatnonzero(counts != BOOK_DEPTH)[0]) if len(counts) else 0
+    if levels.null_count:
+        bad = int(np.flatnonzero(levels.is_null().to_numpy(zero_copy_only=False))[0])
+        raise ValueError(f"{event_type.name} row {bad} has no book levels (null); the "
+                         f"lake's flat level columns hold exactly {BOOK_DEPTH}")
+    if len(counts) and not (counts == BOOK_DEPTH).all():
+        bad = int(np.flatnonzero(counts != BOOK_DEPTH)[0])
         raise ValueError(f"{event_type.name} row {bad} has {counts[bad]} book levels; the "
                          f"lake's flat level columns hold exactly {BOOK_DEPTH}")
     values = levels.flatten()  # n * BOOK_DEPTH level records, row after row

@@ -296,6 +296,24 @@ def test_open_files_resumed_with_nested_books_close_in_the_current_layout(
     assert f.table("mbp10").equals(to_table(MBP10, events))
 
 
+def test_a_book_without_ten_levels_is_refused_by_name(day: SimpleNamespace) -> None:
+    # Fixed level columns hold exactly ten: a row with another count, or none, is named.
+    import pyarrow as pa
+
+    from schemas.arrow import flatten_levels
+
+    [chunk] = list(iter_chunks(day.mbp10, 10_000))
+    events = [e[2] for e in normalize_dbn_chunk(chunk.data, chunk.meta, "X").events][:3]
+    short = [dict(e) for e in events]
+    short[1]["levels"] = short[1]["levels"][:9]
+    with pytest.raises(ValueError, match="mbp10 row 1 has 9 book levels"):
+        flatten_levels(MBP10, pa.Table.from_pylist(short, schema=arrow_schema(MBP10)))
+    none = [dict(e) for e in events]
+    none[2]["levels"] = None
+    with pytest.raises(ValueError, match=r"mbp10 row 2 has no book levels \(null\)"):
+        flatten_levels(MBP10, pa.Table.from_pylist(none, schema=arrow_schema(MBP10)))
+
+
 @settings(max_examples=200)
 @given(st.lists(st.sampled_from([2, 12, 92]), max_size=300), st.binary(max_size=9))
 def test_record_starts_follow_the_length_bytes(words: list[int], tail: bytes) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.arrow import BOOK_DEPTH, arrow_schema, lake_schema, level_column
+from schemas.arrow import BOOK_DEPTH, LEVEL_STEMS, arrow_schema, lake_schema, level_column
 from schemas.model import FUTURES_TRADE, MBP10, Event, EventType
 from tickflow.normalize.base import (
     BAD_VALUE,
@@ -196,7 +196,7 @@ _SIDE_TABLE = _CodeTable(BOOK_SIDES)
 _AGGRESSOR_TABLE = _CodeTable(AGGRESSOR)
 _Column = tuple[np.ndarray | _Coded, np.ndarray | None]  # (values, null mask or None)
 # The MBP10 level record's fields, in schema order (tests hold them to the schema).
-LEVEL_FIELDS = ("bid_px_e9", "ask_px_e9", "bid_sz", "ask_sz", "bid_ct", "ask_ct")
+LEVEL_FIELDS = tuple(LEVEL_STEMS)  # the schema's level record fields, in order
 
 
 @dataclass
