@@ -89,7 +89,8 @@ class Run:
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
-def _tree_rss(pids: list[int]) -> float:
+def tree_rss(pids: list[int]) -> float:
+    """RSS in MB of these processes and all their children."""
     import psutil
 
     total = 0
@@ -118,7 +119,7 @@ def run_procs(argvs: list[list[str]], env: dict[str, str], log: Path,
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, _tree_rss([p.pid for p in procs]))
+                peak = max(peak, tree_rss([p.pid for p in procs]))
                 time.sleep(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)

@@ -23,11 +23,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 
+from bench.e2e import tree_rss
 from connectors.kafka_sink import producer_config
 from flows.runner import flow_argv
 from infra.procs import ManagedProcess, free_port, python_module_argv
@@ -37,6 +39,7 @@ from infra.topics import TopicSpec, create_topics, topic_specs
 from schemas.model import BY_TOPIC
 from schemas.serde import decode
 from schemas.topics import STOCK_QUOTES, STOCK_TRADES
+from tickflow.settings import Settings
 
 HOST = "127.0.0.1"
 SYMBOLS = ("SPY", "QQQ", "AAPL", "MSFT", "NVDA", "TSLA")
@@ -47,6 +50,7 @@ def percentile(sorted_ms: list[float], q: float) -> float:
 
 
 PROBE_TOPIC = "bench.latency.probe"
+DEDUP_WINDOW_S = Settings().dedup_window_s
 
 
 def broker_alone(kconf: dict[str, str], rate: float, seconds: float, warmup: float,
@@ -97,11 +101,28 @@ def broker_alone(kconf: dict[str, str], rate: float, seconds: float, warmup: flo
             "produce_to_consumer_p99_ms": percentile(consumed, 0.99)}
 
 
+def rss_summary(samples: list[tuple[float, float]], since: float) -> dict[str, float]:
+    """The flow's RSS from ``since`` s on: first, peak, last and the least-squares slope
+    (growth judged by its trend over every sample, not by two)."""
+    xs = [(t, mb) for t, mb in samples if t >= since]
+    if len(xs) < 10:
+        raise RuntimeError(f"too few RSS samples ({len(xs)}) from {since:.0f} s on to judge "
+                           "a trend: measure longer (--seconds)")
+    n = len(xs)
+    mt, mm = sum(t for t, _ in xs) / n, sum(mb for _, mb in xs) / n
+    slope = (sum((t - mt) * (mb - mm) for t, mb in xs)
+             / sum((t - mt) ** 2 for t, _ in xs))
+    return {"samples": n, "start_mb": xs[0][1], "peak_mb": max(mb for _, mb in xs),
+            "end_mb": xs[-1][1], "slope_mb_per_min": slope * 60}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", type=float, default=10_000, help="offered events/s")
-    ap.add_argument("--seconds", type=float, default=30, help="measured time")
+    ap.add_argument("--seconds", type=float, default=300,
+                    help="measured time (the flow's RSS is judged after the dedup window "
+                    "has filled: at least 130 s)")
     ap.add_argument("--warmup", type=float, default=8, help="left out at the start")
     ap.add_argument("--snapshot-secs", type=int, default=10,
                     help="recovery snapshots every N s, as deployed (0: no recovery)")
@@ -147,6 +168,16 @@ def main() -> int:
         to_produce_ms: list[float] = []
         to_consumer_ms: list[float] = []
         start = time.monotonic()
+        # The flow's RSS (its process tree) once a second, as the soak test samples it.
+        rss: list[tuple[float, float]] = []
+        stop = threading.Event()
+
+        def sample_rss() -> None:
+            while not stop.wait(1.0):
+                rss.append((time.monotonic() - start, tree_rss([flow.pid])))
+
+        sampler = threading.Thread(target=sample_rss, daemon=True)
+        sampler.start()
         try:
             while (elapsed := time.monotonic() - start) < total:
                 # consume(n, timeout) would wait for n records: take what has arrived.
@@ -171,6 +202,8 @@ def main() -> int:
                     to_produce_ms.append(created_ms - ev["ts_recv_ns"] / 1e6)
                     to_consumer_ms.append(now / 1e6 - created_ms)
         finally:
+            stop.set()
+            sampler.join()
             c.close()
             conn.terminate()
             flow.kill()
@@ -193,7 +226,11 @@ def main() -> int:
            "receipt_to_produce_p99_ms": percentile(to_produce_ms, 0.99),
            "produce_to_consumer_p50_ms": percentile(to_consumer_ms, 0.5),
            "produce_to_consumer_p99_ms": percentile(to_consumer_ms, 0.99),
-           "broker_alone": floor, "broker": broker.version}
+           "broker_alone": floor, "broker": broker.version,
+           # The dedup window (120 s of event time) fills by design, then stays: the RSS
+           # trend that counts is after it; over the whole window too, for the record.
+           "flow_rss": rss_summary(rss, a.warmup + DEDUP_WINDOW_S),
+           "flow_rss_whole_window": rss_summary(rss, a.warmup), "flow_rss_samples": rss}
     print(f"offered {a.rate:,.0f} events/s, measured {res['measured']:,} records "
           f"({res['measured_events_per_s']:,.0f}/s): p50 {res['p50_ms']:.1f} ms, "
           f"p99 {res['p99_ms']:.1f} ms, p99.9 {res['p999_ms']:.1f} ms, max "
@@ -206,6 +243,11 @@ def main() -> int:
           f"{floor['produce_to_ack_p50_ms']:.1f} ms, p99 {floor['produce_to_ack_p99_ms']:.1f} "
           f"ms; produce -> consumed p50 {floor['produce_to_consumer_p50_ms']:.1f} ms, p99 "
           f"{floor['produce_to_consumer_p99_ms']:.1f} ms")
+    m = res["flow_rss"]
+    print(f"  flow RSS once the dedup window is full ({DEDUP_WINDOW_S:.0f} s in): start "
+          f"{m['start_mb']:,.0f} MB, peak "
+          f"{m['peak_mb']:,.0f} MB, end {m['end_mb']:,.0f} MB, trend "
+          f"{m['slope_mb_per_min']:+.1f} MB/min (least squares, {m['samples']} samples)")
     print(f"  pipeline p99 / broker-alone p99 (produce -> consumed): "
           f"{res['p99_ms'] / floor['produce_to_consumer_p99_ms']:.1f}x")
     a.out.write_text(json.dumps(res, indent=2))

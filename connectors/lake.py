@@ -42,6 +42,7 @@ import os
 import uuid
 import zlib
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,13 @@ class PartitionKey(NamedTuple):
 CHUNK_ROWS = 1024
 
 
+# Where rows of an open file are in the sink's journal: (file, key index, record batch);
+# segments of earlier versions have no batch (None: read the key's rows from the whole file).
+Segment = tuple[str, int, int | None]
+# Reads a segment's rows back from the journal.
+SegmentReader = Callable[[str, int, int | None], pa.Table]
+
+
 @dataclass
 class OpenFile:
     """Rows of one file being filled, with the raw offsets they came from."""
@@ -110,9 +118,13 @@ class OpenFile:
     # longer than a file's span or rows) are told apart by this count (see file_name).
     part: int = 0
     # The sink's journal (connectors.lake_journal): how many of ``chunks`` it holds, and
-    # where, as (journal file, key index) segments in chunk order.
+    # where, as (journal file, key index, record batch) segments in chunk order.
     journaled: int = 0
-    segments: list[tuple[str, int]] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    # The first ``spilled`` segments' rows are in the journal only, not in ``chunks``: the
+    # sink drops journaled rows from memory (see _LakePartition.snapshot) and reads them
+    # back when the file closes (LakeBuffer.flush).
+    spilled: int = 0
 
     def append(self, event_type: str, ev: Event, raw_offset: int) -> None:
         if self.count == 0:
@@ -138,6 +150,8 @@ class OpenFile:
 
     def table(self, event_type: str) -> pa.Table:
         """Every row, in arrival order."""
+        if self.spilled:
+            raise RuntimeError("an open lake file's spilled rows were not read back")
         et = BY_NAME[event_type]
         tail = to_table(et, self.rows)
         # Chunks resumed from a recovery snapshot or journal of lake layout 2 hold MBP-10
@@ -156,6 +170,7 @@ class OpenFile:
         state.setdefault("part", 0)
         state.setdefault("journaled", 0)
         state.setdefault("segments", [])
+        state.setdefault("spilled", 0)
         self.__dict__.update(state)
 
     def successor(self, raw_offset: int) -> OpenFile:
@@ -467,8 +482,10 @@ class LakeBuffer:
                  pending: dict[PartitionKey, OpenFile] | None = None,
                  bucket_records: int = DEFAULT_BUCKET_RECORDS,
                  writer: Executor | None = None,
-                 max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS) -> None:
+                 max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS,
+                 journal: SegmentReader | None = None) -> None:
         self.root = root
+        self.journal = journal  # reads spilled rows back (the sink's journal)
         check_layout(root, create=True)
         # With a writer (bulk imports), closed files are written on its threads while rows
         # keep coming: pyarrow's Parquet writer releases the GIL. The dataflow writes inline,
@@ -609,6 +626,8 @@ class LakeBuffer:
         f = self.pending.pop(key, None)
         if f is None or not f.count:
             return
+        if f.spilled:
+            self._read_back(key, f)
         # (add_rows counts a record's rows after its loop: this may dip below 0 meanwhile)
         self.buffered -= f.count
         if self.writer is None:
@@ -621,6 +640,20 @@ class LakeBuffer:
         self._writes.append(self.writer.submit(write_file, self.root, key, f))
         if len(self._writes) > MAX_WRITES_IN_FLIGHT:  # bounded memory: wait for the oldest
             self.files_written.append(self._writes.popleft().result())
+
+    def _read_back(self, key: PartitionKey, f: OpenFile) -> None:
+        """Put the rows ``f`` spilled to the journal back in front of its chunks."""
+        if self.journal is None:
+            raise RuntimeError("an open lake file spilled rows and no journal reads them")
+        back = [self.journal(*seg) for seg in f.segments[:f.spilled]]
+        found = sum(c.num_rows for c in back) + sum(c.num_rows for c in f.chunks) + len(f.rows)
+        if found != f.count:
+            raise ValueError(f"lake journal and memory hold {found} rows of {key.event_type} "
+                             f"{key.symbol!r} from offset {f.first_offset}, the open file "
+                             f"{f.count}: the file cannot be written")
+        f.chunks[:0] = back
+        f.journaled += f.spilled
+        f.spilled = 0
 
     def flush_all(self) -> None:
         """Write every open file; on return all are on disk (a failed write raises here)."""
@@ -638,7 +671,7 @@ class ResumeFile(NamedTuple):
     rows: int
     first_ts_ns: int
     part: int
-    segments: list[tuple[str, int]]
+    segments: list[Segment]  # earlier versions: (file, key index) pairs
 
 
 # Snapshots name journal segments; older versions carried the rows (OpenFile).
@@ -646,20 +679,20 @@ _Resume = dict[PartitionKey, ResumeFile | OpenFile]
 
 
 def resume_files(state: _Resume, journal: LakeJournal) -> dict[PartitionKey, OpenFile]:
-    """The open files of a snapshot, their rows read back from the journal."""
+    """The open files of a snapshot, their rows left in the journal (spilled: read back when
+    each file closes, so a restart holds no more rows than the run did). A journal file the
+    snapshot names must exist."""
     out: dict[PartitionKey, OpenFile] = {}
     for key, r in state.items():
         if isinstance(r, OpenFile):
             out[key] = r
             continue
-        chunks = [journal.read(name, idx) for name, idx in r.segments]
-        rows = sum(c.num_rows for c in chunks)
-        if rows != r.rows:
-            raise ValueError(f"lake journal holds {rows} rows of {key.event_type} "
-                             f"{key.symbol!r} from offset {r.first_offset}, the snapshot "
-                             f"{r.rows}: the open lake files cannot resume")
-        out[key] = OpenFile(r.first_offset, r.last_offset, [], chunks, r.rows, r.first_ts_ns,
-                            r.part, len(chunks), list(r.segments))
+        segments: list[Segment] = [(s[0], s[1], s[2] if len(s) > 2 else None)
+                                   for s in r.segments]
+        for name, _, _ in segments:
+            journal.check(name)
+        out[key] = OpenFile(r.first_offset, r.last_offset, [], [], r.rows, r.first_ts_ns,
+                            r.part, 0, segments, len(segments))
     return out
 
 
@@ -680,21 +713,29 @@ class _LakePartition(StatefulSinkPartition[list[LakeRows], _Resume]):
         buf._to_arrow()
         keys = list(buf.pending)
         fresh: dict[str, list[tuple[int, pa.Table]]] = {}
+        batch: dict[int, int] = {}  # key index -> its record batch in its type's file
         for i, k in enumerate(keys):
             f = buf.pending[k]
             if len(f.chunks) > f.journaled:
-                fresh.setdefault(k.event_type, []).append(
-                    (i, pa.concat_tables(f.chunks[f.journaled:])))
+                parts = fresh.setdefault(k.event_type, [])
+                batch[i] = len(parts)
+                parts.append((i, pa.concat_tables(f.chunks[f.journaled:])))
         names = {et: self._journal.append(et, parts) for et, parts in fresh.items()}
         state: _Resume = {}
         for i, k in enumerate(keys):
             f = buf.pending[k]
-            if len(f.chunks) > f.journaled:
-                f.segments.append((names[k.event_type], i))
-                f.journaled = len(f.chunks)
+            if i in batch:
+                f.segments.append((names[k.event_type], i, batch[i]))
+            # Every row of the file is in the journal now: memory holds none of them until
+            # the file closes (then they are read back, one record batch per segment). This
+            # bounds the flow's lake rows in memory by what arrives between two snapshots,
+            # however long files stay open.
+            f.chunks = []
+            f.journaled = 0
+            f.spilled = len(f.segments)
             state[k] = ResumeFile(f.first_offset, f.last_offset, f.count, f.first_ts_ns,
                                   f.part, list(f.segments))
-        self._journal.named({n for f in buf.pending.values() for n, _ in f.segments})
+        self._journal.named({seg[0] for f in buf.pending.values() for seg in f.segments})
         return state
 
     def close(self) -> None:
@@ -731,10 +772,11 @@ class LakeSink(FixedPartitionedSink[list[LakeRows], _Resume]):
                 "part": for_part, "files": len(pending),
                 "rows": sum(f.count for f in pending.values())})
         # Files of snapshots after this one (never committed) are deleted here.
-        journal.named({n for f in (pending or {}).values() for n, _ in f.segments})
+        journal.named({seg[0] for f in (pending or {}).values() for seg in f.segments})
         return _LakePartition(LakeBuffer(self._root, self._max_rows, self._max_span_ns,
                                          pending, self._bucket_records,
-                                         max_buffered_rows=self._max_buffered_rows), journal)
+                                         max_buffered_rows=self._max_buffered_rows,
+                                         journal=journal.read), journal)
 
 
 def read_partition(root: Path, event_type: str, symbol: str, day: dt.date) -> pa.Table:

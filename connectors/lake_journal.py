@@ -21,7 +21,9 @@ import os
 from collections import deque
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from connectors.failpoints import failpoint
 
@@ -42,7 +44,8 @@ class LakeJournal:
         self._named: deque[set[str]] = deque(maxlen=KEEP_SNAPSHOTS)
 
     def append(self, event_type: str, parts: list[tuple[int, pa.Table]]) -> str:
-        """Write ``(key index, rows)`` of one event type as one file; returns its name."""
+        """Write ``(key index, rows)`` of one event type as one file, part ``i`` as its
+        record batch ``i`` (read back alone by ``read``); returns the file's name."""
         name = f"{self._next:012d}-{event_type}{_SUFFIX}"
         self._next += 1
         schema = parts[0][1].schema.append(pa.field(KEY_COLUMN, pa.int32(), nullable=False))
@@ -50,22 +53,36 @@ class LakeJournal:
         opts = pa.ipc.IpcWriteOptions(compression="lz4")
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=opts) as w:
             for idx, rows in parts:
-                keys = pa.array([idx] * rows.num_rows, pa.int32())
-                w.write_table(pa.Table.from_arrays([*rows.columns, keys], schema=schema))
+                keys = pa.array(np.full(rows.num_rows, idx, np.int32))
+                w.write_batch(pa.RecordBatch.from_arrays(
+                    [*(c.combine_chunks() for c in rows.columns), keys], schema=schema))
         with open(tmp, "rb+") as f:  # durable before a snapshot names it
             os.fsync(f.fileno())
         failpoint("journal.before_rename")
         os.replace(tmp, self.dir / name)
         return name
 
-    def read(self, name: str, idx: int) -> pa.Table:
-        """The rows of key ``idx`` in file ``name``, without the key column."""
+    def check(self, name: str) -> None:
+        """Raise if journal file ``name``, named by a snapshot, is missing."""
         path = self.dir / name
         if not path.exists():
             raise FileNotFoundError(f"lake journal file {path} named by the recovery "
                                     "snapshot is missing: the open lake files cannot resume")
-        with pa.memory_map(str(path)) as src:
-            table = pa.ipc.open_file(src).read_all()
+
+    def read(self, name: str, idx: int, batch: int | None = None) -> pa.Table:
+        """The rows of key ``idx`` in file ``name``, without the key column: its record
+        batch ``batch`` alone (only that batch is decompressed), or, for files of earlier
+        versions (any batching), every row of the key."""
+        self.check(name)
+        with pa.memory_map(str(self.dir / name)) as src:
+            reader = pa.ipc.open_file(src)
+            if batch is not None:
+                table = pa.Table.from_batches([reader.get_batch(batch)])
+                if not pc.all(pc.equal(table.column(KEY_COLUMN), idx)).as_py():
+                    raise ValueError(f"lake journal file {self.dir / name}: batch {batch} "
+                                     f"is not key {idx}'s: the open lake files cannot resume")
+                return table.drop_columns([KEY_COLUMN])
+            table = reader.read_all()
         keys = table.column(KEY_COLUMN).to_numpy()
         return table.filter(keys == idx).drop_columns([KEY_COLUMN])
 

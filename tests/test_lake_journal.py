@@ -76,7 +76,7 @@ def test_journal_keeps_only_what_recent_snapshots_name(tmp_path: Path) -> None:
     for i in range(0, 80, 5):
         part.write_batch([recs[i:i + 5]])
         state = part.snapshot()
-        named.append({n for r in state.values() for n, _ in r.segments})  # type: ignore[union-attr]
+        named.append({seg[0] for r in state.values() for seg in r.segments})  # type: ignore[union-attr]
     journal = {p.name for p in (tmp_path / "_journal" / STEP / "lake-0").iterdir()}
     assert journal == set().union(*named[-KEEP_SNAPSHOTS:])
     assert len(journal) < 16  # files of closed lake files went
@@ -121,3 +121,75 @@ def test_snapshots_of_earlier_versions_still_resume(tmp_path: Path) -> None:
     part = LakeSink(tmp_path / "b", parts=1).build_part(STEP, "lake-0", old)
     part.close()
     assert sum(map(len, lake_rows(tmp_path / "b").values())) == 4 * 50
+
+
+def held_rows(part: object) -> int:
+    """Rows the sink partition holds in memory (dicts and Arrow chunks)."""
+    buf = part._buf  # type: ignore[attr-defined]
+    return sum(len(f.rows) + sum(c.num_rows for c in f.chunks) for f in buf.pending.values())
+
+
+def test_open_rows_leave_memory_at_each_snapshot_and_come_back_when_files_close(
+        tmp_path: Path) -> None:
+    # Files stay open across many snapshots (no row limit reached): memory holds only the
+    # rows since the last snapshot, and the lake is the one a sink that never spills writes.
+    recs = records(60)
+    part = LakeSink(tmp_path / "a", parts=1).build_part(STEP, "lake-0", None)
+    held_after, held_before = [], []
+    for i in range(0, 60, 6):
+        part.write_batch([recs[i:i + 6]])
+        held_before.append(held_rows(part))
+        part.snapshot()
+        held_after.append(held_rows(part))
+    assert held_before == [6 * 50] * 10  # what arrived since the last snapshot, every time
+    assert held_after == [0] * 10
+    buf = part._buf  # type: ignore[attr-defined]
+    assert sum(f.count for f in buf.pending.values()) == 60 * 50  # still open, all of them
+    assert all(f.spilled == len(f.segments) == 10 for f in buf.pending.values())
+    part.close()
+    plain = LakeBuffer(tmp_path / "b")  # no journal, no spilling
+    for r in recs:
+        plain.add_rows(r)
+    plain.flush_all()
+    assert lake_rows(tmp_path / "a") == lake_rows(tmp_path / "b")
+    assert sum(map(len, lake_rows(tmp_path / "a").values())) == 60 * 50
+
+
+def test_a_resumed_sink_reads_rows_back_only_when_their_file_closes(tmp_path: Path) -> None:
+    recs = records(30)
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([recs[:20]])
+    state = pickle.loads(pickle.dumps(part.snapshot()))
+    resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", state)
+    assert held_rows(resumed) == 0  # a restart holds no more rows than the run did
+    resumed.write_batch([recs[20:]])
+    resumed.close()
+    assert sum(map(len, lake_rows(tmp_path).values())) == 30 * 50
+
+
+def test_segments_of_the_earlier_journal_format_resume(tmp_path: Path) -> None:
+    # Earlier versions named a segment (file, key index) and batched files as they came:
+    # such a segment reads the key's rows from the whole file.
+    recs = records(10)
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([recs])
+    state = part.snapshot()
+    old = {k: r._replace(segments=[s[:2] for s in r.segments])  # type: ignore[union-attr]
+           for k, r in state.items()}
+    assert all(len(s) == 2 for r in old.values() for s in r.segments)  # type: ignore[union-attr]
+    resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", old)
+    resumed.close()
+    assert sum(map(len, lake_rows(tmp_path).values())) == 10 * 50
+
+
+def test_a_journal_batch_of_another_key_is_refused(tmp_path: Path) -> None:
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([records(3)])
+    state = part.snapshot()
+    [(name, idx, batch)] = {s for r in state.values() for s in r.segments  # type: ignore[union-attr]
+                            if s[1] == 0}
+    wrong = {k: r._replace(segments=[(s[0], s[1], (s[2] + 1) % 3)  # type: ignore[union-attr]
+                                     for s in r.segments]) for k, r in state.items()}
+    resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", wrong)
+    with pytest.raises(ValueError, match="is not key .*cannot resume"):
+        resumed.close()
