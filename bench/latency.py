@@ -120,6 +120,23 @@ def rss_summary(samples: list[tuple[float, float]], since: float) -> dict[str, f
             "end_mb": xs[-1][1], "slope_mb_per_min": slope * 60}
 
 
+def tail_timing(worst: dict[int, float], snapshot_secs: int) -> dict[str, float]:
+    """How the seconds with the worst records fall against the snapshot period: the share
+    of the 5 % worst seconds in the most common phase of the period (1 / period if the tail
+    has nothing to do with snapshots)."""
+    if not worst:
+        raise RuntimeError("no latency measured")
+    secs = sorted(worst, key=worst.__getitem__, reverse=True)[:max(1, len(worst) // 20)]
+    out: dict[str, float] = {"worst_seconds": len(secs),
+                             "median_second_worst_ms": sorted(worst.values())[len(worst) // 2]}
+    if snapshot_secs:
+        phases = [s % snapshot_secs for s in secs]
+        top = max(set(phases), key=phases.count)
+        out["share_in_one_phase"] = phases.count(top) / len(phases)
+        out["by_chance"] = 1 / snapshot_secs
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,6 +186,9 @@ def main() -> int:
         c.assign([TopicPartition(t, p, OFFSET_END) for t in (STOCK_QUOTES, STOCK_TRADES)
                   for p in c.list_topics(t, timeout=30).topics[t].partitions])
         lat_ms: list[float] = []
+        # Per second of the run, the worst latency of a record received in it: where in
+        # time the tail falls (every 10 s, with the recovery snapshots, or anywhere).
+        worst: dict[int, float] = {}
         to_produce_ms: list[float] = []
         to_consumer_ms: list[float] = []
         start = time.monotonic()
@@ -199,7 +219,10 @@ def main() -> int:
                     if elapsed < a.warmup:
                         continue
                     ev = decode(BY_TOPIC[m.topic() or ""], m.value() or b"")
-                    lat_ms.append((now - ev["ts_recv_ns"]) / 1e6)
+                    ms = (now - ev["ts_recv_ns"]) / 1e6
+                    lat_ms.append(ms)
+                    sec = int(elapsed)
+                    worst[sec] = max(worst.get(sec, 0.0), ms)
                     # Where it went: receipt -> our producer's produce() call (the record's
                     # CreateTime, ms), and produce() -> received here.
                     created_ms = m.timestamp()[1]
@@ -234,7 +257,9 @@ def main() -> int:
            # The dedup window (120 s of event time) fills by design, then stays: the RSS
            # trend that counts is after it; over the whole window too, for the record.
            "flow_rss": rss_summary(rss, a.warmup + DEDUP_WINDOW_S),
-           "flow_rss_whole_window": rss_summary(rss, a.warmup), "flow_rss_samples": rss}
+           "flow_rss_whole_window": rss_summary(rss, a.warmup), "flow_rss_samples": rss,
+           "tail": tail_timing(worst, a.snapshot_secs),
+           "worst_ms_by_second": sorted(worst.items())}
     print(f"offered {a.rate:,.0f} events/s, measured {res['measured']:,} records "
           f"({res['measured_events_per_s']:,.0f}/s): p50 {res['p50_ms']:.1f} ms, "
           f"p99 {res['p99_ms']:.1f} ms, p99.9 {res['p999_ms']:.1f} ms, max "
@@ -252,6 +277,12 @@ def main() -> int:
           f"{m['start_mb']:,.0f} MB, peak "
           f"{m['peak_mb']:,.0f} MB, end {m['end_mb']:,.0f} MB, trend "
           f"{m['slope_mb_per_min']:+.1f} MB/min (least squares, {m['samples']} samples)")
+    t = res["tail"]
+    if "share_in_one_phase" in t:
+        print(f"  the {t['worst_seconds']:.0f} worst seconds: {t['share_in_one_phase']:.0%} in "
+              f"one phase of the {a.snapshot_secs} s snapshot period (by chance "
+              f"{t['by_chance']:.0%}); a median second's worst record "
+              f"{t['median_second_worst_ms']:.0f} ms")
     print(f"  pipeline p99 / broker-alone p99 (produce -> consumed): "
           f"{res['p99_ms'] / floor['produce_to_consumer_p99_ms']:.1f}x")
     a.out.write_text(json.dumps(res, indent=2))
