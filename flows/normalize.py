@@ -23,11 +23,13 @@ bounded run that stops at the end of the raw topics.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
+import pyarrow as pa
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.operators import KeyedStream
 
@@ -51,6 +53,7 @@ DLQ_KEY = "\x00deadletter"
 GC_GEN0_THRESHOLD = 200_000
 
 _encoders: dict[str, AvroEncoder] = {}
+log = logging.getLogger(__name__)
 
 
 def _encoder(settings: Settings, type_name: str) -> AvroEncoder:
@@ -222,6 +225,16 @@ def normalize_steps(raw: Stream[RawPoll], parts: tuple[str, ...], drift_threshol
     return per_symbol, split.trues
 
 
+def check_arrow_pool() -> str:
+    """Arrow's allocator in this process; warns if it is not the one ``flows`` chose."""
+    pool = pa.default_memory_pool().backend_name
+    if pool != os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):  # see flows/__init__.py
+        log.warning("Arrow allocates with another pool than the flow chose (pyarrow was "
+                    "imported first): open lake rows may keep pages the flow freed",
+                    extra={"pool": pool})
+    return pool
+
+
 def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = None,
                tail: bool | None = None) -> Dataflow:
     """The dataflow, configured from ``settings`` (default: the environment)."""
@@ -238,6 +251,7 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     # default thresholds the cyclic collector re-scans them all every few thousand
     # allocations, a large share of the run time. Collect young objects rarely instead.
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 1000)
+    check_arrow_pool()
     port = int(os.environ.get("TICKFLOW_METRICS_PORT", "0"))
     if port:  # one endpoint per process: give each process of a cluster its own port
         metrics.serve(port, os.environ.get("TICKFLOW_METRICS_ADDR", "127.0.0.1"))

@@ -180,3 +180,25 @@ def test_steady_rate_keeps_rss_flat_and_lag_bounded(settings: Settings, tmp_path
     within("recovery store + journal (MB)", slope(ts, [x[4] for x in warm]), window,
            STORE_DRIFT_MB, STORE_MB_PER_MIN)
     assert max(x[7] for x in samples) <= WAL_MAX_MB, samples
+
+
+def _pool_in_fresh_process(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={k: v for k, v in os.environ.items()
+                                           if k != "ARROW_DEFAULT_MEMORY_POOL"})
+
+
+def test_the_flow_allocates_arrow_memory_with_the_system_allocator() -> None:
+    """Arrow's default pool kept the pages of freed lake chunks (flows/__init__.py)."""
+    done = _pool_in_fresh_process(
+        "import flows.normalize as n, pyarrow as pa; "
+        "print(pa.default_memory_pool().backend_name, n.check_arrow_pool())")
+    assert done.stdout.split() == ["system", "system"]
+    assert "another pool" not in done.stderr
+
+
+def test_a_flow_loaded_after_pyarrow_says_its_pool_is_not_the_chosen_one() -> None:
+    done = _pool_in_fresh_process(
+        "import pyarrow as pa; import flows.normalize as n; print(n.check_arrow_pool())")
+    assert done.stdout.split() != ["system"]  # the fault this test is about did happen
+    assert "another pool than the flow chose" in done.stderr
