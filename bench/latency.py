@@ -31,7 +31,9 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.e2e import tree_rss
 from connectors.kafka_sink import producer_config
@@ -137,6 +139,35 @@ def tail_timing(worst: dict[int, float], snapshot_secs: int) -> dict[str, float]
     return out
 
 
+def snapshot_parts(metrics_text: str) -> dict[str, dict[str, float]]:
+    """Per part of the flow's recovery snapshots (``tickflow_snapshot_seconds``): how many,
+    the mean and the largest bucket bound reached (an upper bound of the worst)."""
+    out: dict[str, dict[str, float]] = {}
+    for fam in text_string_to_metric_families(metrics_text):
+        if fam.name != "tickflow_snapshot_seconds":
+            continue
+        parts: dict[str, dict[str, float]] = {}
+        below: dict[str, list[tuple[float, float]]] = {}
+        for smp in fam.samples:
+            part = smp.labels.get("part", "")
+            d = parts.setdefault(part, {})
+            if smp.name.endswith("_count"):
+                d["count"] = smp.value
+            elif smp.name.endswith("_sum"):
+                d["sum_s"] = smp.value
+            elif smp.name.endswith("_bucket"):
+                below.setdefault(part, []).append((float(smp.labels["le"]), smp.value))
+        for part, d in parts.items():
+            n = d.get("count", 0.0)
+            if not n:
+                continue
+            bounds = sorted(below.get(part, []))
+            worst = next((le for le, c in bounds if c >= n), float("inf"))
+            out[part] = {"count": n, "mean_ms": 1e3 * d["sum_s"] / n,
+                         "worst_below_ms": 1e3 * worst}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,7 +201,8 @@ def main() -> int:
                "MASSIVE_API_KEY": "bench", "MASSIVE_WS_HOST": f"{HOST}:{sport}",
                "MASSIVE_WS_SECURE": "false", "TICKFLOW_LAKE_ROOT": str(work / "lake"),
                "TICKFLOW_STATE_DIR": str(work / "state"), "TICKFLOW_TAIL": "1",
-               "TICKFLOW_RAW_TOPICS": "raw.massive.stocks"}
+               "TICKFLOW_RAW_TOPICS": "raw.massive.stocks",
+               "TICKFLOW_METRICS_PORT": str(mport := free_port())}
         logs = (work / "procs.log").open("w")
         recovery = work / "recovery" if a.snapshot_secs else None
         flow = subprocess.Popen(flow_argv(1, recovery, snapshot_secs=a.snapshot_secs),
@@ -228,6 +260,7 @@ def main() -> int:
                     created_ms = m.timestamp()[1]
                     to_produce_ms.append(created_ms - ev["ts_recv_ns"] / 1e6)
                     to_consumer_ms.append(now / 1e6 - created_ms)
+            scraped = httpx.get(f"http://{HOST}:{mport}/metrics", timeout=10).text
         finally:
             stop.set()
             sampler.join()
@@ -259,6 +292,7 @@ def main() -> int:
            "flow_rss": rss_summary(rss, a.warmup + DEDUP_WINDOW_S),
            "flow_rss_whole_window": rss_summary(rss, a.warmup), "flow_rss_samples": rss,
            "tail": tail_timing(worst, a.snapshot_secs),
+           "snapshot_parts": snapshot_parts(scraped),
            "worst_ms_by_second": sorted(worst.items())}
     print(f"offered {a.rate:,.0f} events/s, measured {res['measured']:,} records "
           f"({res['measured_events_per_s']:,.0f}/s): p50 {res['p50_ms']:.1f} ms, "
@@ -283,6 +317,9 @@ def main() -> int:
               f"one phase of the {a.snapshot_secs} s snapshot period (by chance "
               f"{t['by_chance']:.0%}); a median second's worst record "
               f"{t['median_second_worst_ms']:.0f} ms")
+    for part, d in res["snapshot_parts"].items():
+        print(f"  snapshot part {part}: {d['count']:.0f} times, mean {d['mean_ms']:.1f} ms, "
+              f"worst under {d['worst_below_ms']:.0f} ms")
     print(f"  pipeline p99 / broker-alone p99 (produce -> consumed): "
           f"{res['p99_ms'] / floor['produce_to_consumer_p99_ms']:.1f}x")
     a.out.write_text(json.dumps(res, indent=2))

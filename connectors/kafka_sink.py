@@ -17,6 +17,7 @@ from confluent_kafka import KafkaException, Producer
 
 from connectors.broker_profile import producer_overrides
 from connectors.failpoints import failpoint
+from connectors.snapshot_timing import PRODUCER_FLUSH
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,8 @@ class _KafkaPartition(StatefulSinkPartition[list[OutRecord], None]):
             raise self._errors.error
 
     def snapshot(self) -> None:
-        remaining = self._p.flush(60)
+        with PRODUCER_FLUSH.time():
+            remaining = self._p.flush(60)
         if remaining:
             raise KafkaException(f"{remaining} records not acknowledged within 60 s")
         self._check()

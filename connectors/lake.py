@@ -59,6 +59,7 @@ import tickflow
 from connectors.failpoints import failpoint
 from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
 from connectors.lake_journal import LakeJournal
+from connectors.snapshot_timing import LAKE_JOURNAL
 from schemas.arrow import LEVELS, flatten_levels, lake_schema, level_columns, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
 
@@ -707,6 +708,10 @@ class _LakePartition(StatefulSinkPartition[list[LakeRows], _Resume]):
                 self._buf.add_rows(item)
 
     def snapshot(self) -> _Resume:
+        with LAKE_JOURNAL.time():
+            return self._snapshot()
+
+    def _snapshot(self) -> _Resume:
         # Rows that arrived since the last snapshot go to the journal, one file per event
         # type; the snapshot names segments, never carries rows (see lake_journal).
         buf = self._buf

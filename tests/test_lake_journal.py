@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from connectors.lake import LakeBuffer, LakeRows, LakeSink, OpenFile, read_partition
 from connectors.lake_journal import KEEP_SNAPSHOTS
@@ -193,3 +194,21 @@ def test_a_journal_batch_of_another_key_is_refused(tmp_path: Path) -> None:
     resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", wrong)
     with pytest.raises(ValueError, match=r"is not key .*cannot resume"):
         resumed.close()
+
+
+def test_each_snapshot_is_timed_for_the_metrics_endpoint(tmp_path: Path) -> None:
+    """``tickflow_snapshot_seconds{part="lake_journal"}``: one observation per snapshot."""
+    def seen() -> tuple[float, float]:
+        labels = {"part": "lake_journal"}
+        return (REGISTRY.get_sample_value("tickflow_snapshot_seconds_count", labels) or 0.0,
+                REGISTRY.get_sample_value("tickflow_snapshot_seconds_sum", labels) or 0.0)
+
+    recs = records(9)
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    before = seen()
+    for i in range(0, 9, 3):
+        part.write_batch([recs[i:i + 3]])
+        part.snapshot()
+    after = seen()
+    assert after[0] - before[0] == 3
+    assert after[1] > before[1]
