@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) -m bench.e2e
 	$(PY) -m bench.dbn_parquet
 	$(PY) -m bench.latency
+	$(PY) -m bench.snapshot_profile
 	$(PY) -m bench.scaling
 	$(PY) -m bench.dbn_memory --gb 2
 	$(PY) -m bench.state_size

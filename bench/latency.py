@@ -183,6 +183,9 @@ def main() -> int:
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
     a = ap.parse_args()
+    if a.seconds < DEDUP_WINDOW_S + 10:  # judged before minutes are spent, not after
+        ap.error(f"--seconds must be at least {DEDUP_WINDOW_S + 10:.0f}: the flow's RSS is "
+                 "judged once the dedup window has filled")
     work = Path(tempfile.mkdtemp(prefix="tickflow-latency-"))
     repo = str(Path(__file__).resolve().parent.parent)
     broker = make_broker(a.broker, free_port(), work / "kafka", work / "broker.log")
@@ -201,12 +204,13 @@ def main() -> int:
                "MASSIVE_API_KEY": "bench", "MASSIVE_WS_HOST": f"{HOST}:{sport}",
                "MASSIVE_WS_SECURE": "false", "TICKFLOW_LAKE_ROOT": str(work / "lake"),
                "TICKFLOW_STATE_DIR": str(work / "state"), "TICKFLOW_TAIL": "1",
-               "TICKFLOW_RAW_TOPICS": "raw.massive.stocks",
-               "TICKFLOW_METRICS_PORT": str(mport := free_port())}
+               "TICKFLOW_RAW_TOPICS": "raw.massive.stocks"}
         logs = (work / "procs.log").open("w")
         recovery = work / "recovery" if a.snapshot_secs else None
+        mport = free_port()  # the flow's metrics (the connector serves its own on another)
         flow = subprocess.Popen(flow_argv(1, recovery, snapshot_secs=a.snapshot_secs),
-                                env=env, stdout=logs, stderr=logs)
+                                env={**env, "TICKFLOW_METRICS_PORT": str(mport)},
+                                stdout=logs, stderr=logs)
         time.sleep(3)  # the flow is up and following the raw topic
         subs = ",".join(f"{c}.{s}" for s in SYMBOLS for c in ("Q", "T"))
         conn = subprocess.Popen([sys.executable, "-m", "app.cli", "connect", "massive-ws",
