@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
+import random
+from array import array
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tickflow.dedup import CONFLICT, DUPLICATE, NEW, OLDER, SequenceWindow
 from tickflow.health import ALLOWED, Health, HealthTracker, open_gap_windows
@@ -298,3 +303,49 @@ def test_option_trade_takes_the_quote_at_or_before_its_own_event_time() -> None:
                                  events=[ot(7, 60 * S, 300, "MASSIVE_REST")]))
     [(_, t)] = [o for o in out if o[0] == "option_trade"]
     assert (t["opt_bid_px_e9"], t["nbbo_ts_ns"]) == (None, None)
+
+
+def _entries(w: SequenceWindow) -> tuple[object, ...]:
+    return (w.seqs, w.times, w.fps, w.max_ts, w.window_ns, w.max_entries)
+
+
+@given(st.lists(st.tuples(st.integers(-2**63, 2**63 - 1), st.integers(-2**63, 2**63 - 1),
+                          st.integers(-2**63, 2**63 - 1)), max_size=50))
+def test_a_pickled_window_comes_back_exactly_whatever_its_values(
+        rows: list[tuple[int, int, int]]) -> None:
+    """Deltas wrap around in 64 bits: any values survive, not only rising ones."""
+    w = SequenceWindow()
+    w.seqs, w.times, w.fps = (array("q", col) for col in zip(*rows, strict=True)) \
+        if rows else (array("q"), array("q"), array("q"))
+    assert _entries(pickle.loads(pickle.dumps(w))) == _entries(w)
+    c = copy.deepcopy(w)
+    assert _entries(c) == _entries(w) and c.seqs is not w.seqs
+
+
+def test_a_live_window_pickles_to_under_half_its_raw_size() -> None:
+    """A recovery snapshot pickles every window whole each time (tickflow.dedup)."""
+    rng = random.Random(7)
+    w = SequenceWindow(window_ns=10**18)
+    t, seq = 1_796_000_000 * S, 1_000_000
+    for _ in range(100_000):
+        t += rng.randint(1, 400_000)  # a busy symbol's quotes
+        seq += rng.randint(1, 2)
+        assert w.seen(seq, t, rng.getrandbits(63)) == NEW
+    raw = 24 * len(w)
+    size = len(pickle.dumps(w))
+    assert len(w) == 100_000 and size < raw / 2, (size, raw)
+    back = pickle.loads(pickle.dumps(w))
+    assert _entries(back) == _entries(w)
+    assert back.seen(w.seqs[5], w.times[5], w.fps[5]) == DUPLICATE
+
+
+def test_a_window_pickled_before_packing_still_resumes() -> None:
+    w = SequenceWindow(window_ns=10 * S)
+    for s in (1, 5, 9):
+        w.seen(s, s * S, s)
+    old = SequenceWindow.__new__(SequenceWindow)
+    old.__setstate__((None, {"window_ns": w.window_ns, "max_entries": w.max_entries,
+                             "max_ts": w.max_ts, "seqs": w.seqs[:], "times": w.times[:],
+                             "fps": w.fps[:]}))
+    assert _entries(old) == _entries(w)
+    assert old.seen(5, 5 * S, 5) == DUPLICATE
