@@ -126,11 +126,13 @@ def test_in_memory_checkpoints_and_the_ingest_result_of_overlapping_requests(
     both fetched, exactly."""
     s = _sim()
     try:
-        time.sleep(3.0)
-        # The window ends half a second ago: REST serves history up to the simulator's
-        # clock, which advances in ticks, so a window ending at "now" can hold a few more
-        # trades when fetched again later (the duplicate count came out 2 short, once in CI).
-        now = time.time_ns() - 500_000_000
+        # REST serves history up to the simulator's clock: a window ending at its "now" can
+        # hold a few more trades when fetched again later (the duplicate count came out 2
+        # short, once in CI). Wait on that clock until the window is half a second behind it.
+        end_ms = s.anchor_ms + 2_500
+        while s.now_ms() < end_ms + 500:
+            time.sleep(0.05)
+        now = end_ms * 1_000_000
         whole = BackfillRequest("SPY", "trades", now - 2 * 10**9, now)
         first = backfill([whole], KEY, f"http://127.0.0.1:{s.port}", settings.kafka_config(),
                          InMemoryCheckpoint())
