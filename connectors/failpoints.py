@@ -33,6 +33,7 @@ POINTS = (
     "lake.before_rename",   # a lake Parquet file written to its temporary name
     "lake.after_rename",    # ... renamed into place, its superseded files not yet removed
     "journal.before_rename",  # a lake journal segment written, not yet named
+    "window_journal.before_rename",  # a dedup window journal file written, not yet named
     "sink.produced",        # normalized records handed to the producer, not yet flushed
     "sink.flushed",         # an epoch's records acknowledged, its snapshot not yet durable
     "source.committed",     # a raw partition's durable offset committed to the group

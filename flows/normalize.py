@@ -37,6 +37,7 @@ from connectors.kafka_sink import KafkaOutSink, OutRecord
 from connectors.kafka_source import RawKafkaSource, RawPoll
 from connectors.lake import LakeRows, LakeSink
 from connectors.offsets import record_recovery_dir, start_points
+from connectors.window_journal import WindowJournal
 from flows import metrics
 from flows.runner import recovery_dir_of_run
 from schemas.model import CLOCK_ALERT, DEAD_LETTER, Event
@@ -139,14 +140,22 @@ def make_merge_step(parts: tuple[str, ...]) -> Callable[
     return step
 
 
-def make_symbol_step(window_ns: int = DEFAULT_WINDOW_NS) -> Callable[
-        [SymbolState | None, list[SymbolBatch]], tuple[SymbolState | None, list[LakeRows]]]:
-    """The per-symbol step, with the dedup window of new symbols' states."""
-    def step(state: SymbolState | None, batches: list[SymbolBatch]
-             ) -> tuple[SymbolState | None, list[LakeRows]]:
-        return symbol_step(state, batches, window_ns)
+def make_symbol_step(window_ns: int = DEFAULT_WINDOW_NS,
+                     journal: WindowJournal | None = None) -> Callable[
+        [Any, list[SymbolBatch]], tuple[Any, list[LakeRows]]]:
+    """The per-symbol step, with the dedup window of new symbols' states; with a
+    ``journal``, the state Bytewax holds is a ``Held`` whose snapshots journal the large
+    windows (``connectors.window_journal``)."""
+    if journal is None:
+        def step(state: Any, batches: list[SymbolBatch]) -> tuple[Any, list[LakeRows]]:
+            return symbol_step(state, batches, window_ns)
+        return step
 
-    return step
+    def journaled(state: Any, batches: list[SymbolBatch]) -> tuple[Any, list[LakeRows]]:
+        held = journal.held(state)
+        new, out = symbol_step(None if held is None else held.state, batches, window_ns)
+        return (None if new is None else journal.wrap(held, new)), out
+    return journaled
 
 
 def symbol_step(state: SymbolState | None, batches: list[SymbolBatch],
@@ -209,11 +218,12 @@ def make_encode(settings: Settings) -> Any:
 
 def normalize_steps(raw: Stream[RawPoll], parts: tuple[str, ...], drift_threshold_ns: int,
                     expired_state_days: int = DEFAULT_EXPIRED_STATE_DAYS,
-                    window_ns: int = DEFAULT_WINDOW_NS, floors: dict[str, int] | None = None
+                    window_ns: int = DEFAULT_WINDOW_NS, floors: dict[str, int] | None = None,
+                    journal: WindowJournal | None = None
                     ) -> tuple[KeyedStream[list[LakeRows]], KeyedStream[Any]]:
     """From the raw source's polls (of the raw partitions ``parts``) to each symbol's
     ``LakeRows`` and the side items (dead letters and clock alerts of the feed step);
-    ``floors``: see ``make_feed_step``."""
+    ``floors``: see ``make_feed_step``; ``journal``: see ``make_symbol_step``."""
     by_feed = op.key_on("by_raw_partition", raw, lambda p: f"{p.topic}:{p.partition}")
     per_feed = op.stateful_map("feed_state", by_feed,
                                make_feed_step(drift_threshold_ns, expired_state_days, floors))
@@ -221,7 +231,7 @@ def normalize_steps(raw: Stream[RawPoll], parts: tuple[str, ...], drift_threshol
     split = op.branch("is_dead_letter", items, lambda kv: kv[0] == DLQ_KEY)
     ordered = op.stateful_map("log_order", split.falses, make_merge_step(parts))
     by_symbol = op.flat_map("by_symbol", ordered, lambda kv: kv[1])
-    per_symbol = op.stateful_map("symbol_state", by_symbol, make_symbol_step(window_ns))
+    per_symbol = op.stateful_map("symbol_state", by_symbol, make_symbol_step(window_ns, journal))
     return per_symbol, split.trues
 
 
@@ -272,7 +282,11 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     raw = op.input("raw", flow, source)
     per_symbol, side = normalize_steps(raw, parts, s.clock_drift_ms * 1_000_000,
                                        s.expired_state_days, round(s.dedup_window_s * 1e9),
-                                       {k: p.floor for k, p in points.items()})
+                                       {k: p.floor for k, p in points.items()},
+                                       # Beside Bytewax's store: a reset removes both.
+                                       None if recovery_dir is None else WindowJournal(
+                                           recovery_dir / "windows",
+                                           s.window_journal_min_entries))
     out = op.merge("outputs", per_symbol, side)
     encoded = op.map("encode", out, make_encode(s))
     op.output("kafka", encoded, KafkaOutSink(s.kafka_config()))

@@ -92,6 +92,11 @@ def produce(settings: Settings, frames: list[tuple[int, bytes]], first_seq: int 
 def faulty_feed(symbols: tuple[str, ...], seed: int) -> list[tuple[int, bytes]]:
     frames = raw_frames(STOCK_FRAMES, symbols, seed)
     frames[200] = frames[199]  # the same frame twice: exact duplicates, dropped
+    # Frames sent again long after (within the dedup window: the feed spans 25 s of event
+    # time), so that kills land between copies: a resumed run drops them by the windows it
+    # read back from their journal.
+    for k in range(297, STOCK_FRAMES, 97):
+        frames[k] = (frames[k][0], frames[k // 2][1])
     recv, value = frames[400]
     frames[400] = (recv, value[:-30])  # malformed: a dead letter, the feed's symbols gap
     return frames
@@ -116,6 +121,9 @@ def env_for(settings: Settings, tmp: Path, name: str) -> dict[str, str]:
             "TICKFLOW_RAW_TOPICS": RAW_TOPICS,
             # Files close every 25 raw records: many writes and renames to land kills in.
             "TICKFLOW_LAKE_BUCKET_RECORDS": "25",
+            # Every dedup window goes to its journal (connectors.window_journal), not only
+            # those of a busy day's symbols: resumed states read theirs back (asserted).
+            "TICKFLOW_WINDOW_JOURNAL_MIN_ENTRIES": "1",
             # The flow says when it resumes open lake files from their journal (asserted).
             "TICKFLOW_LOG_LEVEL": "INFO"}
 
@@ -228,6 +236,10 @@ def test_kill_9_while_working_loses_nothing_and_doubles_nothing(
     resumed = [json.loads(line) for line in (tmp_path / "crash.log").read_text().splitlines()
                if "resumes open files from its journal" in line]
     assert resumed and sum(r["rows"] for r in resumed) > 0, "no run resumed open lake files"
+    # And some resumed dedup windows from theirs: the duplicates after it are judged by them.
+    windows = [json.loads(line) for line in (tmp_path / "crash.log").read_text().splitlines()
+               if "resumes dedup windows from its journal" in line]
+    assert windows and sum(w["entries"] for w in windows) > 0, "no run resumed dedup windows"
     final = subprocess.run(argv, env=env, stdout=log, stderr=log, timeout=300)
     assert final.returncode == 0, (tmp_path / "crash.log").read_text()[-3000:]
 

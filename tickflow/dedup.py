@@ -49,6 +49,8 @@ EDGE_NS = 5 * 1_000_000_000
 NEW, DUPLICATE, CONFLICT, OLDER = 0, 1, 2, 3
 NS_PER_MS = 1_000_000
 _NONE = -(2**62)  # None in a fingerprint (hash(None) is not stable across processes)
+# ``SequenceWindow.changes`` with no entry changed: above every sequence (not an int64).
+NO_SEQ = 2**63
 
 
 def fingerprint(values: tuple[object, ...]) -> int:
@@ -73,7 +75,7 @@ class SequenceWindow:
     """Seen sequences (with payload fingerprints) of one (symbol, event type) within an
     event-time window."""
 
-    __slots__ = ("fps", "max_entries", "max_ts", "seqs", "times", "window_ns")
+    __slots__ = ("clean", "fps", "max_entries", "max_ts", "seqs", "times", "window_ns")
 
     def __init__(self, window_ns: int = DEFAULT_WINDOW_NS,
                  max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
@@ -83,6 +85,9 @@ class SequenceWindow:
         self.times = array("q")
         self.fps = array("q")
         self.max_ts = -(2**63)
+        # Leading entries unchanged since ``mark`` (only head prunes since): what a journal
+        # of the window already holds (``changes``). Free on the common path, an append.
+        self.clean = 0
 
     def __getstate__(self) -> tuple[None, dict[str, object]]:
         # Bytewax pickles every changed state whole at each recovery snapshot, and the
@@ -92,21 +97,48 @@ class SequenceWindow:
         # ~3 bytes an entry instead of 16. Fingerprints are random: kept as they are.
         return (None, {"window_ns": self.window_ns, "max_entries": self.max_entries,
                        "max_ts": self.max_ts, "fps": self.fps,
-                       "packed": (len(self.seqs), _pack(self.seqs), _pack(self.times))})
+                       "packed": (len(self.seqs), pack_rising(self.seqs), pack_rising(self.times))})
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SequenceWindow:
         # Bytewax copies a state before it pickles it: a copy of the arrays, not a packing.
         c = SequenceWindow.__new__(SequenceWindow)
         c.window_ns, c.max_entries, c.max_ts = self.window_ns, self.max_entries, self.max_ts
         c.seqs, c.times, c.fps = self.seqs[:], self.times[:], self.fps[:]
+        c.clean = self.clean
         return c
 
+    @classmethod
+    def of(cls, window_ns: int, max_entries: int, max_ts: int, seqs: array[int],
+           times: array[int], fps: array[int]) -> SequenceWindow:
+        """A window holding these entries (sorted by sequence), all marked clean."""
+        w = cls(window_ns, max_entries)
+        w.max_ts, w.seqs, w.times, w.fps = max_ts, seqs, times, fps
+        w.clean = len(seqs)
+        return w
+
+    def changes(self) -> tuple[int, int, array[int], array[int], array[int]]:
+        """What changed since ``mark``: ``(clean, first, seqs, times, fps)``, the entries
+        from index ``clean`` on. Every entry held before index ``clean`` was held at the
+        mark, unchanged, and the entries before them then are pruned now; so the window is
+        the marked entries with sequences in ``[seqs[0], first)`` followed by these
+        (``first`` is the first changed sequence; none: no entry changed). ``clean`` 0:
+        these entries are the whole window, whatever was marked."""
+        c = self.clean
+        seqs = self.seqs
+        first = seqs[c] if c < len(seqs) else NO_SEQ
+        return c, first, seqs[c:], self.times[c:], self.fps[c:]
+
+    def mark(self) -> None:
+        """Everything held now is in a journal (``changes`` starts from here)."""
+        self.clean = len(self.seqs)
+
     def __setstate__(self, state: tuple[None, dict[str, object]]) -> None:
+        self.clean = 0  # a journal, if any, holds none of it
         for k, v in state[1].items():
             if k == "packed":
                 packed: tuple[int, bytes, bytes] = v  # type: ignore[assignment]
-                self.seqs = _unpack(packed[1], packed[0])
-                self.times = _unpack(packed[2], packed[0])
+                self.seqs = unpack_rising(packed[1], packed[0])
+                self.times = unpack_rising(packed[2], packed[0])
             else:
                 setattr(self, k, v)
         if not hasattr(self, "fps") or len(self.fps) != len(self.seqs):
@@ -139,6 +171,8 @@ class SequenceWindow:
                 return DUPLICATE if self.fps[i] == fp else CONFLICT
             if ts_event_ns < self.max_ts - self.window_ns:
                 return OLDER
+            if i < self.clean:
+                self.clean = i
             seqs.insert(i, seq)
             self.times.insert(i, ts_event_ns)
             self.fps.insert(i, fp)
@@ -163,6 +197,7 @@ class SequenceWindow:
                 array("q", (self.fps[i] for i in keep)))
 
     def _clear(self) -> None:
+        self.clean = 0
         self.seqs = array("q")
         self.times = array("q")
         self.fps = array("q")
@@ -181,9 +216,10 @@ class SequenceWindow:
             del self.seqs[:n]
             del times[:n]
             del self.fps[:n]
+            self.clean = max(0, self.clean - n)
 
 
-def _pack(values: array[int]) -> bytes:
+def pack_rising(values: array[int]) -> bytes:
     """A rising int64 array as LZ4 of its byte-shuffled deltas (the first delta is the
     first value; wrap-around arithmetic makes the round trip exact for any values)."""
     deltas = np.diff(np.frombuffer(values, dtype=np.int64), prepend=np.int64(0))
@@ -192,7 +228,7 @@ def _pack(values: array[int]) -> bytes:
     return blob
 
 
-def _unpack(blob: bytes, n: int) -> array[int]:
+def unpack_rising(blob: bytes, n: int) -> array[int]:
     planes = np.frombuffer(pa.decompress(blob, decompressed_size=8 * n, codec="lz4",
                                          asbytes=True), dtype=np.uint8)
     deltas = np.ascontiguousarray(planes.reshape(8, n).T).view(np.int64).reshape(n)

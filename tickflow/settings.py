@@ -68,6 +68,11 @@ class Settings(BaseSettings):
         default=120.0, ge=1.0, alias="TICKFLOW_DEDUP_WINDOW_S",
         description="Event time a symbol's recent-duplicate window covers (payloads "
                     "compared); older repeats are judged by the published sequence spans")
+    window_journal_min_entries: int = Field(
+        default=4096, ge=1, alias="TICKFLOW_WINDOW_JOURNAL_MIN_ENTRIES",
+        description="Entries from which a dedup window goes to its journal at recovery "
+                    "snapshots (only its changes written each time; connectors.window_journal)"
+                    " instead of into the snapshot whole")
     fetch_wait_ms: int = Field(
         default=10, ge=1, le=500, alias="TICKFLOW_FETCH_WAIT_MS",
         description="How long the dataflow's raw consumers let the broker hold an empty "

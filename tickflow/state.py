@@ -1,18 +1,14 @@
-"""Per-symbol state of the dataflow: dedup, DataHealth and option-quote enrichment.
-
-``SymbolBatch`` is what the stateless normalization step hands to the keyed step: all the
-events, rejects and loss windows of one raw record for one symbol. Carrying batches, not
-single events, keeps the engine's per-item overhead off the hot path.
-"""
+"""Per-symbol state of the dataflow: dedup, DataHealth and option-quote enrichment, applied
+to the ``SymbolBatch`` items the normalization step hands to the keyed step."""
 
 from __future__ import annotations
 
 import json
 from array import array
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass, field
 
 from schemas.model import DATA_HEALTH, DEAD_LETTER, OPTION_QUOTE, OPTION_TRADE, Event
+from tickflow.batch import SymbolBatch
 from tickflow.dedup import (
     CONFLICT,
     DEFAULT_WINDOW_NS,
@@ -32,9 +28,6 @@ from tickflow.normalize.base import (
     CORRUPT_CHUNK,
     SCHEMA,
     UNDECODABLE,
-    Fill,
-    Loss,
-    Reject,
 )
 from tickflow.price_band import PriceReference
 
@@ -77,28 +70,6 @@ def payload_fingerprint(type_name: str, ev: Event) -> int:
     """The payload an exact duplicate repeats (see PAYLOAD_FIELDS), as 64 bits."""
     fields = PAYLOAD_FIELDS.get(type_name, ())
     return fingerprint((ev["ts_event_ns"] // NS_PER_MS, *(ev.get(f) for f in fields)))
-
-
-@dataclass(slots=True)
-class SymbolBatch:
-    """One raw record's contribution to one symbol."""
-
-    symbol: str
-    source: str  # Avro Source symbol
-    ts_recv_ns: int
-    # Coordinates of the raw record this batch came from (lake file naming, lineage).
-    raw_topic: str = ""
-    raw_partition: int = 0
-    raw_offset: int = 0
-    events: list[tuple[str, Event, int]] = field(default_factory=list)  # (type, event, key)
-    rejects: list[Reject] = field(default_factory=list)
-    losses: list[Loss] = field(default_factory=list)
-    fills: list[Fill] = field(default_factory=list)
-    # The symbol is an option contract past its expiry: its state goes after this batch.
-    expired: bool = False
-    # False: the raw record lies below its partition's replay floor (``FeedState``): the
-    # batch rebuilds state and the lake, and its output goes to no topic.
-    publish: bool = True
 
 
 class SymbolState:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import msgspec
 
 from schemas.model import Event
+from tickflow.batch import SymbolBatch
 from tickflow.normalize.base import (
     BAD_VALUE,
     MISSING_HEADER,
@@ -23,7 +24,6 @@ from tickflow.normalize.databento import META_DECODER, normalize_dbn_chunk
 from tickflow.normalize.massive import normalize_ws_frame
 from tickflow.normalize.massive_rest import PROVENANCE_DECODER, normalize_rest_page
 from tickflow.raw import H_DBN, H_PROVENANCE, LossWindow, RawRecord, RawSource, RecordKind
-from tickflow.state import SymbolBatch
 from tickflow.symbols import symbol_problem
 
 # Raw ``source`` header -> Avro Source symbol.
