@@ -47,6 +47,7 @@ from urllib.parse import quote
 
 from connectors.failpoints import failpoint
 from connectors.lake_journal import KEEP_SNAPSHOTS
+from connectors.snapshot_timing import SYMBOL_STATE, WINDOW_JOURNAL_WAIT
 from tickflow.dedup import NO_SEQ, SequenceWindow, pack_rising, unpack_rising
 from tickflow.state import SymbolState
 
@@ -92,7 +93,8 @@ class SymbolSnapshot:
 
     def __getstate__(self) -> tuple[str, SymbolState]:
         if self.pending is not None:
-            self.pending.result()  # durable, or the error that kept it from being so
+            with WINDOW_JOURNAL_WAIT.time():
+                self.pending.result()  # durable, or the error that kept it from being so
         return self.symbol, self.state
 
     def __setstate__(self, state: tuple[str, SymbolState]) -> None:
@@ -118,7 +120,8 @@ class Held:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SymbolSnapshot:
         # Bytewax's snapshot of a stateful_map state is a deep copy of it: the hook.
-        return self.journal.snapshot(self)
+        with SYMBOL_STATE.time():
+            return self.journal.snapshot(self)
 
 
 class WindowJournal:
