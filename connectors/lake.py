@@ -58,7 +58,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 import tickflow
 from connectors.failpoints import failpoint
 from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
-from connectors.lake_journal import LakeJournal
+from connectors.lake_journal import LakeJournal, LakeSnapshot
 from connectors.snapshot_timing import LAKE_JOURNAL
 from schemas.arrow import LEVELS, flatten_levels, lake_schema, level_columns, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
@@ -713,7 +713,8 @@ class _LakePartition(StatefulSinkPartition[list[LakeRows], _Resume]):
 
     def _snapshot(self) -> _Resume:
         # Rows that arrived since the last snapshot go to the journal, one file per event
-        # type; the snapshot names segments, never carries rows (see lake_journal).
+        # type, written on its thread; the snapshot names segments, never carries rows, and
+        # its pickle waits for those files (see lake_journal).
         buf = self._buf
         buf._to_arrow()
         keys = list(buf.pending)
@@ -741,10 +742,13 @@ class _LakePartition(StatefulSinkPartition[list[LakeRows], _Resume]):
             state[k] = ResumeFile(f.first_offset, f.last_offset, f.count, f.first_ts_ns,
                                   f.part, list(f.segments))
         self._journal.named({seg[0] for f in buf.pending.values() for seg in f.segments})
-        return state
+        return LakeSnapshot(state, self._journal)
 
     def close(self) -> None:
-        self._buf.flush_all()
+        try:
+            self._buf.flush_all()
+        finally:
+            self._journal.close()
 
 
 class LakeSink(FixedPartitionedSink[list[LakeRows], _Resume]):
@@ -778,6 +782,7 @@ class LakeSink(FixedPartitionedSink[list[LakeRows], _Resume]):
                 "rows": sum(f.count for f in pending.values())})
         # Files of snapshots after this one (never committed) are deleted here.
         journal.named({seg[0] for f in (pending or {}).values() for seg in f.segments})
+        journal.wait()
         return _LakePartition(LakeBuffer(self._root, self._max_rows, self._max_span_ns,
                                          pending, self._bucket_records,
                                          max_buffered_rows=self._max_buffered_rows,

@@ -8,8 +8,12 @@ that set the flow's p99 latency to ~600 ms as deployed (bench.latency). Now each
 appends only the rows that arrived since the previous one, as one Arrow IPC file per event
 type, and the snapshot holds ``(file, key index)`` segments: a few hundred bytes.
 
-Files are written to a temporary name, synced and renamed before the snapshot that names
-them is returned, so a snapshot never names a file that is not whole. A snapshot that
+The worker thread only gathers the rows; compressing, writing, ``fsync`` and rename run on
+the journal's writer thread (pyarrow and ``fsync`` release the GIL), while Bytewax goes on
+with the rest of the snapshot. Files are written to a temporary name, synced and renamed
+before the snapshot that names them is pickled (``LakeSnapshot``: Bytewax pickles a snapshot
+before it commits it to its store), so a stored snapshot never names a file that is not
+whole; reading a file back waits for the writer too. A snapshot that
 Bytewax did not commit (a crash in the middle of an epoch) leaves files no snapshot names;
 they and the files of written lake files are deleted once the last ``KEEP_SNAPSHOTS``
 snapshots no longer name them (Bytewax resumes from the newest committed one, never older).
@@ -19,17 +23,22 @@ from __future__ import annotations
 
 import os
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from connectors.failpoints import failpoint
+from connectors.snapshot_timing import LAKE_JOURNAL_WAIT
 
 KEY_COLUMN = "_lake_key"  # which open file of the snapshot a row belongs to
 KEEP_SNAPSHOTS = 3
 _SUFFIX = ".arrow"
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class LakeJournal:
@@ -42,12 +51,20 @@ class LakeJournal:
                    if p.name.split("-", 1)[0].isdigit()]
         self._next = max(numbers, default=-1) + 1
         self._named: deque[set[str]] = deque(maxlen=KEEP_SNAPSHOTS)
+        # One thread: files are written and deleted in the order of the snapshots.
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="lake-journal")
+        self._pending: deque[Future[None]] = deque()
 
     def append(self, event_type: str, parts: list[tuple[int, pa.Table]]) -> str:
-        """Write ``(key index, rows)`` of one event type as one file, part ``i`` as its
-        record batch ``i`` (read back alone by ``read``); returns the file's name."""
+        """Hand ``(key index, rows)`` of one event type to the writer, to be one file with
+        part ``i`` as its record batch ``i`` (read back alone by ``read``); returns the
+        file's name at once (``wait`` for it to be durable)."""
         name = f"{self._next:012d}-{event_type}{_SUFFIX}"
         self._next += 1
+        self._pending.append(self._writer.submit(self._write, name, parts))
+        return name
+
+    def _write(self, name: str, parts: list[tuple[int, pa.Table]]) -> None:
         schema = parts[0][1].schema.append(pa.field(KEY_COLUMN, pa.int32(), nullable=False))
         tmp = self.dir / f".{name}.tmp"
         opts = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -60,10 +77,24 @@ class LakeJournal:
             os.fsync(f.fileno())
         failpoint("journal.before_rename")
         os.replace(tmp, self.dir / name)
-        return name
+
+    def wait(self) -> None:
+        """Return once every file handed to the writer is durable and every deletion done;
+        raise the error of one that failed (the snapshot naming it must not be stored)."""
+        while self._pending:
+            self._pending[0].result()
+            self._pending.popleft()
+
+    def close(self) -> None:
+        """Wait for the writer (``wait``), then stop its thread."""
+        try:
+            self.wait()
+        finally:
+            self._writer.shutdown(wait=True)
 
     def check(self, name: str) -> None:
         """Raise if journal file ``name``, named by a snapshot, is missing."""
+        self.wait()
         path = self.dir / name
         if not path.exists():
             raise FileNotFoundError(f"lake journal file {path} named by the recovery "
@@ -87,10 +118,26 @@ class LakeJournal:
         return table.filter(keys == idx).drop_columns([KEY_COLUMN])
 
     def named(self, names: set[str]) -> None:
-        """The files the snapshot being returned names; deletes the files that neither it
-        nor the previous snapshots name."""
+        """The files the snapshot being returned names; the files that neither it nor the
+        previous snapshots name are deleted (on the writer, after the files before)."""
         self._named.append(names)
-        keep = set().union(*self._named)
+        self._pending.append(self._writer.submit(self._collect, set().union(*self._named)))
+
+    def _collect(self, keep: set[str]) -> None:
         for p in self.dir.iterdir():
             if p.name not in keep and (p.suffix == _SUFFIX or p.name.endswith(".tmp")):
                 p.unlink(missing_ok=True)
+
+
+class LakeSnapshot(dict[_K, _V]):
+    """A lake sink partition's snapshot: a dict whose pickle (which Bytewax takes before it
+    stores the snapshot) waits for the journal files it names, and is a plain dict."""
+
+    def __init__(self, files: dict[_K, _V], journal: LakeJournal) -> None:
+        super().__init__(files)
+        self._journal = journal
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        with LAKE_JOURNAL_WAIT.time():
+            self._journal.wait()
+        return dict, (dict(self),)

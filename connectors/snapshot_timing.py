@@ -1,10 +1,11 @@
 """``tickflow_snapshot_seconds{part}``: how long each sink's part of a recovery snapshot takes.
 
 Bytewax runs a snapshot's parts one after another on the worker thread (the producer's flush,
-the lake journal's append and sync, the states' copies and pickles, the recovery store's
+the lake journal's gathering of rows, the states' copies, the pickles, the recovery store's
 commit), and no record moves meanwhile: the pause is their sum, and it is the flow's latency
-tail. The sinks and the symbol states time their own parts here; the rest is the pause minus
-these.
+tail. The journals write on their own threads meanwhile; a pickle that waits for them is a
+part too (``*_wait``). The sinks and the symbol states time their own parts here; the rest is
+the pause minus these.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ SNAPSHOT_SECONDS = Histogram(
     buckets=SNAPSHOT_BUCKETS_S)
 PRODUCER_FLUSH = SNAPSHOT_SECONDS.labels("producer_flush")
 LAKE_JOURNAL = SNAPSHOT_SECONDS.labels("lake_journal")
+# The wait of the lake snapshot's pickle for the journal's writer (connectors.lake_journal).
+LAKE_JOURNAL_WAIT = SNAPSHOT_SECONDS.labels("lake_journal_wait")
 # A symbol's state: copying it and the changes of its journaled dedup windows (worker thread),
 # and the wait of its pickle for the journal's writer (connectors.window_journal).
 SYMBOL_STATE = SNAPSHOT_SECONDS.labels("symbol_state")

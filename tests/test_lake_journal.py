@@ -3,13 +3,17 @@ a sink resumed from any kept snapshot writes the lake a crash-free run writes.""
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
 
+import connectors.lake_journal as lake_journal
 from connectors.lake import LakeBuffer, LakeRows, LakeSink, OpenFile, read_partition
 from connectors.lake_journal import KEEP_SNAPSHOTS
 from tests.test_lake import DAY, RAW, T0, trade
@@ -29,6 +33,12 @@ def records(n: int, per: int = 50) -> list[LakeRows]:
             evs.append(("stock_trade", trade(sym, seq, T0 + seq * 1000)))
         out.append(LakeRows(RAW, 0, off, evs))
     return out
+
+
+def stored(part: object) -> Any:
+    """A snapshot of sink partition ``part`` as Bytewax stores it: pickled (which waits for
+    the journal's writer) and read back."""
+    return pickle.loads(pickle.dumps(part.snapshot()))  # type: ignore[attr-defined]
 
 
 def lake_rows(root: Path) -> dict[str, list[int]]:
@@ -76,8 +86,8 @@ def test_journal_keeps_only_what_recent_snapshots_name(tmp_path: Path) -> None:
     named: list[set[str]] = []
     for i in range(0, 80, 5):
         part.write_batch([recs[i:i + 5]])
-        state = part.snapshot()
-        named.append({seg[0] for r in state.values() for seg in r.segments})  # type: ignore[union-attr]
+        state = stored(part)
+        named.append({seg[0] for r in state.values() for seg in r.segments})
     journal = {p.name for p in (tmp_path / "_journal" / STEP / "lake-0").iterdir()}
     assert journal == set().union(*named[-KEEP_SNAPSHOTS:])
     assert len(journal) < 16  # files of closed lake files went
@@ -87,9 +97,9 @@ def test_a_snapshot_after_resume_drops_files_of_the_uncommitted_epoch(tmp_path: 
     recs = records(20)
     part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
     part.write_batch([recs[:10]])
-    committed = pickle.loads(pickle.dumps(part.snapshot()))
+    committed = stored(part)
     part.write_batch([recs[10:]])
-    part.snapshot()  # Bytewax never committed this epoch: the process died
+    stored(part)  # Bytewax never committed this epoch: the process died
     jdir = tmp_path / "_journal" / STEP / "lake-0"
     assert len(list(jdir.iterdir())) == 2
     resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", committed)
@@ -102,7 +112,7 @@ def test_a_snapshot_after_resume_drops_files_of_the_uncommitted_epoch(tmp_path: 
 def test_a_missing_journal_file_stops_the_resume_with_a_clear_error(tmp_path: Path) -> None:
     part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
     part.write_batch([records(3)])
-    state = part.snapshot()
+    state = stored(part)
     for p in (tmp_path / "_journal").rglob("*.arrow"):
         p.unlink()
     with pytest.raises(FileNotFoundError, match="cannot resume"):
@@ -144,7 +154,7 @@ def test_open_rows_leave_memory_at_each_snapshot_and_come_back_when_files_close(
         held_after.append(held_rows(part))
     assert held_before == [6 * 50] * 10  # what arrived since the last snapshot, every time
     assert held_after == [0] * 10
-    buf = part._buf  # type: ignore[attr-defined]
+    buf = part._buf
     assert sum(f.count for f in buf.pending.values()) == 60 * 50  # still open, all of them
     assert all(f.spilled == len(f.segments) == 10 for f in buf.pending.values())
     part.close()
@@ -160,7 +170,7 @@ def test_a_resumed_sink_reads_rows_back_only_when_their_file_closes(tmp_path: Pa
     recs = records(30)
     part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
     part.write_batch([recs[:20]])
-    state = pickle.loads(pickle.dumps(part.snapshot()))
+    state = stored(part)
     resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", state)
     assert held_rows(resumed) == 0  # a restart holds no more rows than the run did
     resumed.write_batch([recs[20:]])
@@ -174,10 +184,10 @@ def test_segments_of_the_earlier_journal_format_resume(tmp_path: Path) -> None:
     recs = records(10)
     part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
     part.write_batch([recs])
-    state = part.snapshot()
-    old = {k: r._replace(segments=[s[:2] for s in r.segments])  # type: ignore[union-attr]
+    state = stored(part)
+    old = {k: r._replace(segments=[s[:2] for s in r.segments])
            for k, r in state.items()}
-    assert all(len(s) == 2 for r in old.values() for s in r.segments)  # type: ignore[union-attr]
+    assert all(len(s) == 2 for r in old.values() for s in r.segments)
     resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", old)
     resumed.close()
     assert sum(map(len, lake_rows(tmp_path).values())) == 10 * 50
@@ -186,10 +196,10 @@ def test_segments_of_the_earlier_journal_format_resume(tmp_path: Path) -> None:
 def test_a_journal_batch_of_another_key_is_refused(tmp_path: Path) -> None:
     part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
     part.write_batch([records(3)])
-    state = part.snapshot()
+    state = stored(part)
     # Three symbols: three open files, one segment each, batches 0, 1, 2 of one file.
-    assert sorted(s[2] for r in state.values() for s in r.segments) == [0, 1, 2]  # type: ignore[union-attr]
-    wrong = {k: r._replace(segments=[(s[0], s[1], (s[2] + 1) % 3)  # type: ignore[union-attr]
+    assert sorted(s[2] for r in state.values() for s in r.segments) == [0, 1, 2]
+    wrong = {k: r._replace(segments=[(s[0], s[1], (s[2] + 1) % 3)
                                      for s in r.segments]) for k, r in state.items()}
     resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", wrong)
     with pytest.raises(ValueError, match=r"is not key .*cannot resume"):
@@ -198,17 +208,88 @@ def test_a_journal_batch_of_another_key_is_refused(tmp_path: Path) -> None:
 
 def test_each_snapshot_is_timed_for_the_metrics_endpoint(tmp_path: Path) -> None:
     """``tickflow_snapshot_seconds{part="lake_journal"}``: one observation per snapshot."""
-    def seen() -> tuple[float, float]:
-        labels = {"part": "lake_journal"}
+    def seen(part: str = "lake_journal") -> tuple[float, float]:
+        labels = {"part": part}
         return (REGISTRY.get_sample_value("tickflow_snapshot_seconds_count", labels) or 0.0,
                 REGISTRY.get_sample_value("tickflow_snapshot_seconds_sum", labels) or 0.0)
 
     recs = records(9)
     part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
-    before = seen()
+    before, waits = seen(), seen("lake_journal_wait")
     for i in range(0, 9, 3):
         part.write_batch([recs[i:i + 3]])
-        part.snapshot()
+        stored(part)
     after = seen()
     assert after[0] - before[0] == 3
     assert after[1] > before[1]
+    assert seen("lake_journal_wait")[0] - waits[0] == 3  # each pickle's wait for the writer
+
+
+class HeldWriter:
+    """``os.fsync`` for the journal's writer thread that holds until ``go`` is set (or fails
+    with ``error``): the writer's files are not durable before the test says so."""
+
+    def __init__(self, error: OSError | None = None) -> None:
+        self.go = threading.Event()
+        self.error = error
+        self.calls: list[str] = []
+        self._fsync = os.fsync
+
+    def __call__(self, fd: int) -> None:
+        self.calls.append(threading.current_thread().name)
+        if self.error is not None:
+            raise self.error
+        self.go.wait(10)
+        self._fsync(fd)
+
+
+def journal_names(root: Path) -> set[str]:
+    return {p.name for p in (root / "_journal" / STEP / "lake-0").glob("*.arrow")}
+
+
+def test_the_snapshot_returns_before_its_files_are_durable_and_its_pickle_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    held = HeldWriter()
+    monkeypatch.setattr(lake_journal.os, "fsync", held)
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([records(3)])
+    snap = part.snapshot()  # the worker thread goes on: the write is the writer's
+    named = {seg[0] for r in snap.values() for seg in r.segments}
+    assert len(named) == 1 and journal_names(tmp_path) == set()
+    pickled: list[bytes] = []
+    pickling = threading.Thread(target=lambda: pickled.append(pickle.dumps(snap)))
+    pickling.start()
+    pickling.join(0.3)
+    assert pickling.is_alive() and not pickled  # the pickle waits for the file it names
+    held.go.set()
+    pickling.join(10)
+    assert journal_names(tmp_path) == named  # durable by the time the snapshot is stored
+    assert held.calls and all(n.startswith("lake-journal") for n in held.calls)
+    state = pickle.loads(pickled[0])
+    assert type(state) is dict and state == dict(snap)  # stored as the plain dict it was
+    part.close()
+
+
+def test_a_file_closing_while_its_rows_are_being_written_waits_for_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    held = HeldWriter()
+    monkeypatch.setattr(lake_journal.os, "fsync", held)
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([records(3)])
+    part.snapshot()  # the rows leave memory: only the journal file being written has them
+    threading.Timer(0.2, held.go.set).start()
+    part.close()  # every file closes: its rows are read back from that file
+    assert held.calls
+    assert sum(map(len, lake_rows(tmp_path).values())) == 3 * 50
+
+
+def test_a_failed_journal_write_fails_the_snapshot_that_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    held = HeldWriter(OSError(28, "No space left on device"))
+    monkeypatch.setattr(lake_journal.os, "fsync", held)
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([records(3)])
+    snap = part.snapshot()
+    with pytest.raises(OSError, match="No space left"):
+        pickle.dumps(snap)  # never stored naming a file that is not there
+    assert held.calls and journal_names(tmp_path) == set()
