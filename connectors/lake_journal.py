@@ -9,8 +9,10 @@ appends only the rows that arrived since the previous one, as one Arrow IPC file
 type, and the snapshot holds ``(file, key index)`` segments: a few hundred bytes.
 
 The worker thread only gathers the rows; compressing, writing, ``fsync`` and rename run on
-the journal's writer thread (pyarrow and ``fsync`` release the GIL), while Bytewax goes on
-with the rest of the snapshot. Files are written to a temporary name, synced and renamed
+the journal's writer thread (pyarrow and ``fsync`` release the GIL). Bytewax pickles a
+sink's snapshot soon after taking it, so the pickle's wait takes most of that back
+(``bench/results-latency-lake-thread-ab.json``); the thread is where chunks handed over as
+they form would go. Files are written to a temporary name, synced and renamed
 before the snapshot that names them is pickled (``LakeSnapshot``: Bytewax pickles a snapshot
 before it commits it to its store), so a stored snapshot never names a file that is not
 whole; reading a file back waits for the writer too. A snapshot that
