@@ -247,12 +247,19 @@ def journal_names(root: Path) -> set[str]:
     return {p.name for p in (root / "_journal" / STEP / "lake-0").glob("*.arrow")}
 
 
+def held_sink(root: Path, monkeypatch: pytest.MonkeyPatch, error: OSError | None = None
+              ) -> tuple[HeldWriter, Any]:
+    """A sink partition with three records written, whose journal writer is ``HeldWriter``."""
+    held = HeldWriter(error)
+    monkeypatch.setattr(lake_journal.os, "fsync", held)
+    part = LakeSink(root, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([records(3)])
+    return held, part
+
+
 def test_the_snapshot_returns_before_its_files_are_durable_and_its_pickle_after(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    held = HeldWriter()
-    monkeypatch.setattr(lake_journal.os, "fsync", held)
-    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
-    part.write_batch([records(3)])
+    held, part = held_sink(tmp_path, monkeypatch)
     snap = part.snapshot()  # the worker thread goes on: the write is the writer's
     named = {seg[0] for r in snap.values() for seg in r.segments}
     assert len(named) == 1 and journal_names(tmp_path) == set()
@@ -272,10 +279,7 @@ def test_the_snapshot_returns_before_its_files_are_durable_and_its_pickle_after(
 
 def test_a_file_closing_while_its_rows_are_being_written_waits_for_them(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    held = HeldWriter()
-    monkeypatch.setattr(lake_journal.os, "fsync", held)
-    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
-    part.write_batch([records(3)])
+    held, part = held_sink(tmp_path, monkeypatch)
     part.snapshot()  # the rows leave memory: only the journal file being written has them
     threading.Timer(0.2, held.go.set).start()
     part.close()  # every file closes: its rows are read back from that file
@@ -285,10 +289,7 @@ def test_a_file_closing_while_its_rows_are_being_written_waits_for_them(
 
 def test_a_failed_journal_write_fails_the_snapshot_that_names_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    held = HeldWriter(OSError(28, "No space left on device"))
-    monkeypatch.setattr(lake_journal.os, "fsync", held)
-    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
-    part.write_batch([records(3)])
+    held, part = held_sink(tmp_path, monkeypatch, OSError(28, "No space left on device"))
     snap = part.snapshot()
     with pytest.raises(OSError, match="No space left"):
         pickle.dumps(snap)  # never stored naming a file that is not there
