@@ -56,6 +56,7 @@ import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 import tickflow
+from connectors.durable import make_dirs, replace, write_bytes
 from connectors.failpoints import failpoint
 from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
 from connectors.lake_journal import LakeJournal, LakeSnapshot
@@ -241,11 +242,10 @@ def check_layout(root: Path, create: bool = False) -> None:
     if layout is not None and layout != LAKE_LAYOUT:
         raise _old_layout(root, layout)
     if create:
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
         # Unique per writer: the workers of one process (same pid) mark a new lake at once.
         tmp = root / f".{LAYOUT_MARKER}.tmp-{os.getpid()}-{uuid.uuid4().hex}"
-        tmp.write_text(json.dumps({"layout": LAKE_LAYOUT}) + "\n")
-        os.replace(tmp, marker)
+        write_bytes(marker, (json.dumps({"layout": LAKE_LAYOUT}) + "\n").encode(), tmp)
 
 
 def symbol_of(path: Path) -> str:
@@ -441,7 +441,7 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
     """Write one sorted Parquet file for the rows of ``f``, atomically."""
     et = BY_NAME[key.event_type]
     d = _file_dir(root, key)
-    d.mkdir(parents=True, exist_ok=True)
+    make_dirs(d)
     name = file_name(key, f.first_offset, f.part)
     # Arrow's sort is stable, like sorted(): rows with equal keys keep their arrival order.
     table = f.table(key.event_type)
@@ -469,8 +469,8 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
     final = d / name
     tmp = d / f".{name}.tmp-{os.getpid()}"
     write_parquet(table, tmp)
-    failpoint("lake.before_rename")
-    os.replace(tmp, final)
+    # Durable before the rename and after: the journal rows behind it are deleted once it is.
+    replace(tmp, final, "lake.before_rename")
     failpoint("lake.after_rename")
     return final
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from connectors.durable import replace
 from connectors.lake import check_layout, event_id_checksum, sort_keys, write_parquet
 
 DEFAULT_BUCKET_RECORDS = 1_000_000
@@ -101,7 +102,7 @@ def merge(m: Merge) -> int:
     table = table.replace_schema_metadata(schema_meta)
     tmp = first.with_name(f".{first.name}.compact-{os.getpid()}")
     write_parquet(table, tmp)
-    os.replace(tmp, first)
+    replace(tmp, first)
     for f in m.files[1:]:
         f.unlink(missing_ok=True)
     m.rows = table.num_rows

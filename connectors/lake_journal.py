@@ -23,7 +23,6 @@ snapshots no longer name them (Bytewax resumes from the newest committed one, ne
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from connectors.failpoints import failpoint
+from connectors.durable import make_dirs, replace
 from connectors.snapshot_timing import LAKE_JOURNAL_WAIT
 
 KEY_COLUMN = "_lake_key"  # which open file of the snapshot a row belongs to
@@ -48,7 +47,7 @@ class LakeJournal:
 
     def __init__(self, root: Path, step_id: str, part: str) -> None:
         self.dir = root / "_journal" / step_id / part
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.dir)
         numbers = [int(p.name.split("-", 1)[0]) for p in self.dir.glob(f"*{_SUFFIX}")
                    if p.name.split("-", 1)[0].isdigit()]
         self._next = max(numbers, default=-1) + 1
@@ -75,10 +74,7 @@ class LakeJournal:
                 keys = pa.array(np.full(rows.num_rows, idx, np.int32))
                 w.write_batch(pa.RecordBatch.from_arrays(
                     [*(c.combine_chunks() for c in rows.columns), keys], schema=schema))
-        with open(tmp, "rb+") as f:  # durable before a snapshot names it
-            os.fsync(f.fileno())
-        failpoint("journal.before_rename")
-        os.replace(tmp, self.dir / name)
+        replace(tmp, self.dir / name, "journal.before_rename")  # durable before it is named
 
     def wait(self) -> None:
         """Return once every file handed to the writer is durable and every deletion done;

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from connectors.durable import replace
 from connectors.lake import (
     LAKE_LAYOUT,
     LAYOUT_MARKER,
@@ -71,7 +72,7 @@ def migrate_file(path: Path) -> str | None:
         table = flatten_levels(BY_NAME[event_type], table)
     tmp = path.with_name(f".{path.name}.migrate-{os.getpid()}")
     write_parquet(table.replace_schema_metadata(meta), tmp)
-    os.replace(tmp, path)
+    replace(tmp, path)
     return None
 
 

@@ -34,6 +34,7 @@ from urllib3.exceptions import MaxRetryError
 
 import tickflow
 from connectors.broker_profile import producer_overrides
+from connectors.durable import write_bytes
 from schemas.topics import MAX_MESSAGE_BYTES, RAW_MASSIVE_REST
 from tickflow.dedup import SequenceSet
 from tickflow.identity import trading_date
@@ -111,12 +112,8 @@ class Checkpoints:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            json.dump({k: asdict(v) for k, v in self.items.items()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_bytes(self.path, json.dumps({k: asdict(v) for k, v in self.items.items()}
+                                          ).encode(), self.path.with_suffix(".tmp"))
 
 
 class _Ts(msgspec.Struct):

@@ -33,6 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connectors.broker_profile import consumer_overrides, profile_of
+from connectors.durable import write_bytes
 
 
 class ResetError(RuntimeError):
@@ -256,9 +257,8 @@ def record_recovery_dir(state_dir: Path, group: str, recovery_dir: Path) -> None
     """Called by the flow when it runs with a recovery store: where the store is."""
     f = _recovery_record(state_dir, group)
     f.parent.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"recovery_dir": str(recovery_dir.resolve())}))
-    tmp.replace(f)
+    write_bytes(f, json.dumps({"recovery_dir": str(recovery_dir.resolve())}).encode(),
+                f.with_suffix(".tmp"))
 
 
 def recorded_recovery_dir(state_dir: Path, group: str) -> Path | None:

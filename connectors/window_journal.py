@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import pickle
 import zlib
 from array import array
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from connectors.failpoints import failpoint
+from connectors.durable import make_dirs, write_bytes
 from connectors.lake_journal import KEEP_SNAPSHOTS
 from connectors.snapshot_timing import SYMBOL_STATE, WINDOW_JOURNAL_WAIT
 from tickflow.dedup import NO_SEQ, SequenceWindow, pack_rising, unpack_rising
@@ -208,22 +207,12 @@ class WindowJournal:
                keep: frozenset[str]) -> None:
         """On the writer thread: one file of the snapshot's changed entries, durable before
         the snapshot's pickle returns; then the files no recent snapshot names go."""
-        d.mkdir(parents=True, exist_ok=True)
+        make_dirs(d)
         if records and name is not None:
             body = pickle.dumps({t: (len(s), pack_rising(s), pack_rising(ts), f.tobytes())
                                  for t, (s, ts, f) in records.items()}, protocol=5)
-            tmp = d / f".{name}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(_MAGIC + zlib.crc32(body).to_bytes(4, "little") + body)
-                f.flush()
-                os.fsync(f.fileno())
-            failpoint("window_journal.before_rename")
-            os.replace(tmp, d / name)
-            fd = os.open(d, os.O_RDONLY)  # the rename itself durable
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_bytes(d / name, _MAGIC + zlib.crc32(body).to_bytes(4, "little") + body,
+                        d / f".{name}.tmp", "window_journal.before_rename")
         for p in d.iterdir():
             if p.name not in keep and (p.suffix == _SUFFIX or p.name.endswith(".tmp")):
                 p.unlink(missing_ok=True)

@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import avro.errors
 import avro.schema
 
+from connectors.durable import write_bytes
 from infra.procs import ManagedProcess, python_module_argv
 from schemas.compat import reader_problems
 
@@ -162,18 +163,8 @@ class Registry:
                    else State())
 
     def _save(self) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as f:
-            json.dump(self.st.to_json(), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        # fsync the directory too, or the rename itself may not survive a power cut.
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_bytes(self.path, json.dumps(self.st.to_json()).encode(),
+                    self.path.with_suffix(".tmp"))
 
     def _versions(self, subject: str, deleted: bool = False) -> list[Version]:
         vs = [v for v in self.st.subjects.get(subject, []) if deleted or not v.deleted]

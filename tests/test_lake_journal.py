@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import stat
 import threading
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,6 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-import connectors.lake_journal as lake_journal
 from connectors.lake import LakeBuffer, LakeRows, LakeSink, OpenFile, read_partition
 from connectors.lake_journal import KEEP_SNAPSHOTS
 from tests.test_lake import DAY, RAW, T0, trade
@@ -226,8 +226,9 @@ def test_each_snapshot_is_timed_for_the_metrics_endpoint(tmp_path: Path) -> None
 
 
 class HeldWriter:
-    """``os.fsync`` for the journal's writer thread that holds until ``go`` is set (or fails
-    with ``error``): the writer's files are not durable before the test says so."""
+    """``os.fsync`` that holds a file's sync until ``go`` is set (or fails with ``error``):
+    the writer's files are not durable before the test says so. Directory syncs (a new
+    directory's entry, a rename) pass through: they follow a file's sync or make a directory."""
 
     def __init__(self, error: OSError | None = None) -> None:
         self.go = threading.Event()
@@ -236,6 +237,9 @@ class HeldWriter:
         self._fsync = os.fsync
 
     def __call__(self, fd: int) -> None:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            self._fsync(fd)
+            return
         self.calls.append(threading.current_thread().name)
         if self.error is not None:
             raise self.error
@@ -251,8 +255,8 @@ def held_sink(root: Path, monkeypatch: pytest.MonkeyPatch, error: OSError | None
               ) -> tuple[HeldWriter, Any]:
     """A sink partition with three records written, whose journal writer is ``HeldWriter``."""
     held = HeldWriter(error)
-    monkeypatch.setattr(lake_journal.os, "fsync", held)
-    part = LakeSink(root, parts=1).build_part(STEP, "lake-0", None)
+    part = LakeSink(root, parts=1).build_part(STEP, "lake-0", None)  # writes the lake marker
+    monkeypatch.setattr(os, "fsync", held)
     part.write_batch([records(3)])
     return held, part
 

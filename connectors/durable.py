@@ -1,0 +1,66 @@
+"""Files put in place atomically and durably: the one way tickflow writes a file it keeps.
+
+A file is written under a temporary name, then renamed over its final name, so a reader
+finds the old file or the new one, whole. For the new one to survive a power cut as well,
+two syncs are needed: the file's bytes before the rename (else the rename can reach the disk
+before the data, and the name holds zeros or nothing), and the directory after it (else the
+rename itself can be lost, and a recovery snapshot, a consumer's commit or a deleted journal
+that relied on the file finds nothing there). Every caller (the lake's Parquet files, the
+lake and dedup-window journals, the registry, the backfill checkpoints, the lake marker)
+goes through ``replace``, in directories made by ``make_dirs``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from connectors.failpoints import failpoint
+
+
+def sync_dir(d: Path) -> None:
+    """Make the entries of directory ``d`` (a rename into it) durable."""
+    fd = os.open(d, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(d: Path) -> None:
+    """Create directory ``d`` and its missing parents, each new entry durable (a file synced
+    into a directory whose own entry was lost is lost with it)."""
+    missing = []
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for m in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # another worker made it meanwhile
+            m.mkdir()
+        sync_dir(m.parent)
+
+
+def replace(tmp: Path, final: Path, point: str | None = None) -> None:
+    """Put the written file ``tmp`` in place as ``final`` (same directory), durably: its bytes
+    synced, renamed, the directory synced. ``point`` names the failpoint between the sync and
+    the rename (connectors.failpoints)."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if point is not None:
+        failpoint(point)
+    os.replace(tmp, final)
+    sync_dir(final.parent)
+
+
+def write_bytes(final: Path, data: bytes, tmp: Path | None = None,
+                point: str | None = None) -> None:
+    """Write ``data`` as file ``final`` through ``tmp`` (default: ``final`` + ``.tmp``),
+    atomically and durably (``replace``)."""
+    tmp = tmp if tmp is not None else final.with_name(final.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+    replace(tmp, final, point)

@@ -1,0 +1,130 @@
+"""Files tickflow keeps survive a power cut (connectors/durable.py): each is synced before
+its rename and its directory after, and new directories' entries are synced too. A power
+cut cannot be staged here; the order of the syscalls is what decides, so it is recorded."""
+
+from __future__ import annotations
+
+import copy
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from connectors.durable import make_dirs, replace
+from connectors.lake import LakeSink, check_layout
+from connectors.massive_rest import Checkpoints
+from connectors.offsets import record_recovery_dir
+from connectors.window_journal import WindowJournal
+from infra.registry import Registry
+from tests.test_lake_journal import STEP, records
+from tests.test_window_journal import _state
+
+Op = tuple[str, str]  # ("fsync", path) or ("rename", destination)
+
+
+@pytest.fixture
+def ops(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Op]]:
+    """Every ``os.fsync`` (by the path of its descriptor) and ``os.replace``, in order."""
+    seen: list[Op] = []
+    fsync, rename = os.fsync, os.replace
+
+    def traced_fsync(fd: int) -> None:
+        seen.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def traced_replace(src: str | Path, dst: str | Path) -> None:
+        rename(src, dst)
+        seen.append(("rename", os.path.realpath(dst)))
+
+    monkeypatch.setattr(os, "fsync", traced_fsync)
+    monkeypatch.setattr(os, "replace", traced_replace)
+    yield seen
+
+
+def durable(seen: list[Op], final: Path) -> bool:
+    """Whether ``final`` was renamed into place with its bytes synced before (the file then
+    had a temporary name in the same directory) and its directory synced after."""
+    final = Path(os.path.realpath(final))
+    for i, (op, path) in enumerate(seen):
+        if op == "rename" and path == str(final):
+            before = {Path(p).parent for o, p in seen[:i] if o == "fsync"}
+            after = {p for o, p in seen[i + 1:] if o == "fsync"}
+            return final.parent in before and str(final.parent) in after
+    return False
+
+
+def test_replace_syncs_the_file_before_the_rename_and_the_directory_after(
+        tmp_path: Path, ops: list[Op]) -> None:
+    tmp, final = tmp_path / ".x.tmp", tmp_path / "x"
+    tmp.write_bytes(b"rows")
+    replace(tmp, final)
+    assert ops == [("fsync", str(tmp.resolve())), ("rename", str(final.resolve())),
+                   ("fsync", str(tmp_path.resolve()))]
+    assert final.read_bytes() == b"rows" and durable(ops, final)
+
+
+def test_new_directories_are_synced_into_their_parents(tmp_path: Path, ops: list[Op]) -> None:
+    (tmp_path / "a").mkdir()
+    make_dirs(tmp_path / "a" / "b" / "c")
+    make_dirs(tmp_path / "a" / "b" / "c")  # there already: nothing to do
+    assert (tmp_path / "a" / "b" / "c").is_dir()
+    assert ops == [("fsync", str((tmp_path / "a").resolve())),
+                   ("fsync", str((tmp_path / "a" / "b").resolve()))]
+
+
+def _lake_file(root: Path) -> Path:
+    part = LakeSink(root, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([records(3)])
+    part.close()
+    return next(root.rglob("part-*.parquet"))
+
+
+def _lake_journal(root: Path) -> Path:
+    part = LakeSink(root, parts=1).build_part(STEP, "lake-0", None)
+    part.write_batch([records(3)])
+    pickle.dumps(part.snapshot())  # as Bytewax stores it: waits for the journal file
+    return next((root / "_journal").rglob("*.arrow"))
+
+
+def _window_journal(root: Path) -> Path:
+    journal = WindowJournal(root, min_entries=1)
+    held = journal.held(_state())
+    assert held is not None
+    win = held.state.windows["stock_trade"]
+    for seq in range(1, 6):
+        win.seen(seq, seq, seq)
+    pickle.dumps(copy.deepcopy(held))  # Bytewax's snapshot: a deep copy, then its pickle
+    return next(root.rglob("*.win"))
+
+
+def _registry(root: Path) -> Path:
+    Registry(root).register("t-value", '{"type": "string"}', False)
+    return root / "registry.json"
+
+
+def _checkpoints(root: Path) -> Path:
+    cp = Checkpoints(root / "checkpoints.json")
+    cp.get("stocks")
+    cp.save()
+    return cp.path
+
+
+def _recovery_record(root: Path) -> Path:
+    record_recovery_dir(root, "g", root / "store")
+    return next(root.rglob("g.json"))
+
+
+def _lake_marker(root: Path) -> Path:
+    check_layout(root / "lake", create=True)
+    return next((root / "lake").glob("_tickflow_lake.json"))
+
+
+@pytest.mark.parametrize("write", [_lake_file, _lake_journal, _window_journal, _registry,
+                                   _checkpoints, _recovery_record, _lake_marker],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_every_file_kept_is_put_in_place_durably(
+        tmp_path: Path, ops: list[Op], write: Callable[[Path], Path]) -> None:
+    final = write(tmp_path)
+    assert final.exists() and durable(ops, final), ops
