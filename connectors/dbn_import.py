@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from connectors.databento_dbn import DEFAULT_CHUNK_RECORDS, iter_chunks
+from connectors.durable import make_dirs, write_bytes
 from connectors.lake import LakeBuffer
 from tickflow.normalize.databento import decode_dbn_chunk
 
@@ -71,8 +72,8 @@ def import_file(path: Path, buf: LakeBuffer, stats: ImportStats,
     stats.files += 1
     if rejects_out:
         d = buf.root / "_rejects"
-        d.mkdir(parents=True, exist_ok=True)
-        (d / f"{path.name}.jsonl").write_text("\n".join(rejects_out) + "\n")
+        make_dirs(d)
+        write_bytes(d / f"{path.name}.jsonl", ("\n".join(rejects_out) + "\n").encode())
 
 
 def import_files(paths: list[Path], lake_root: Path,

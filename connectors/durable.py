@@ -6,8 +6,9 @@ two syncs are needed: the file's bytes before the rename (else the rename can re
 before the data, and the name holds zeros or nothing), and the directory after it (else the
 rename itself can be lost, and a recovery snapshot, a consumer's commit or a deleted journal
 that relied on the file finds nothing there). Every caller (the lake's Parquet files, the
-lake and dedup-window journals, the registry, the backfill checkpoints, the lake marker)
-goes through ``replace``, in directories made by ``make_dirs``.
+lake and dedup-window journals, the registry, the backfill checkpoints, the recovery record,
+a reset's replay floor, the lake marker, the DBN import's rejects) goes through ``replace``,
+in directories made by ``make_dirs``.
 """
 
 from __future__ import annotations

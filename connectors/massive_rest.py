@@ -34,7 +34,7 @@ from urllib3.exceptions import MaxRetryError
 
 import tickflow
 from connectors.broker_profile import producer_overrides
-from connectors.durable import write_bytes
+from connectors.durable import make_dirs, write_bytes
 from schemas.topics import MAX_MESSAGE_BYTES, RAW_MASSIVE_REST
 from tickflow.dedup import SequenceSet
 from tickflow.identity import trading_date
@@ -111,7 +111,7 @@ class Checkpoints:
         return self.items.setdefault(key, Checkpoint())
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         write_bytes(self.path, json.dumps({k: asdict(v) for k, v in self.items.items()}
                                           ).encode(), self.path.with_suffix(".tmp"))
 

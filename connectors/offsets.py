@@ -33,7 +33,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from connectors.broker_profile import consumer_overrides, profile_of
-from connectors.durable import write_bytes
+from connectors.durable import make_dirs, write_bytes
 
 
 class ResetError(RuntimeError):
@@ -193,6 +193,15 @@ def floor_file(state_dir: Path, group: str) -> Path:
     return state_dir / "replay-floor" / f"{group}.json"
 
 
+def record_floor(state_dir: Path, group: str, rows: list[PlanRow]) -> None:
+    """Record the replay floor of a reset's ``rows`` (``read_floor`` reads it back)."""
+    f = floor_file(state_dir, group)
+    make_dirs(f.parent)
+    write_bytes(f, json.dumps({f"{r.topic}:{r.partition}": {"start": r.start,
+                                                            "floor": r.requested}
+                               for r in rows}).encode())
+
+
 def read_floor(state_dir: Path, group: str) -> dict[str, tuple[int | None, int]]:
     """``{"topic:partition": (start, floor)}`` that ``tickflow replay reset`` recorded: the
     start it committed (None in files of older versions) and the requested offset, below
@@ -256,7 +265,7 @@ def _recovery_record(state_dir: Path, group: str) -> Path:
 def record_recovery_dir(state_dir: Path, group: str, recovery_dir: Path) -> None:
     """Called by the flow when it runs with a recovery store: where the store is."""
     f = _recovery_record(state_dir, group)
-    f.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(f.parent)
     write_bytes(f, json.dumps({"recovery_dir": str(recovery_dir.resolve())}).encode(),
                 f.with_suffix(".tmp"))
 
@@ -339,10 +348,6 @@ def _execute_reset(conf: dict[str, Any], group: str, rows: list[PlanRow], state_
                  asynchronous=False)
     finally:
         c.close()
-    f = floor_file(state_dir, group)
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps({f"{r.topic}:{r.partition}": {"start": r.start,
-                                                          "floor": r.requested}
-                             for r in rows}))
+    record_floor(state_dir, group, rows)
     if recovery_dir is not None and recovery_dir.exists():
         shutil.rmtree(recovery_dir)

@@ -10,14 +10,17 @@ import pickle
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import databento_dbn as dbn
 import pytest
 
+from connectors.dbn_import import import_files
 from connectors.durable import make_dirs, replace
 from connectors.lake import LakeSink, check_layout
 from connectors.massive_rest import Checkpoints
-from connectors.offsets import record_recovery_dir
+from connectors.offsets import PlanRow, read_floor, record_floor, record_recovery_dir
 from connectors.window_journal import WindowJournal
 from infra.registry import Registry
+from tests.test_dbn_import import T0, _trade, _write_dbn
 from tests.test_lake_journal import STEP, records
 from tests.test_window_journal import _state
 
@@ -121,8 +124,22 @@ def _lake_marker(root: Path) -> Path:
     return next((root / "lake").glob("_tickflow_lake.json"))
 
 
+def _replay_floor(root: Path) -> Path:
+    record_floor(root, "g", [PlanRow("raw", 0, None, 7, 5, 9)])
+    assert read_floor(root, "g") == {"raw:0": (5, 7)}
+    return next(root.rglob("g.json"))
+
+
+def _dbn_rejects(root: Path) -> Path:
+    path = _write_dbn(root / "x.trades.dbn", dbn.Schema.TRADES,
+                      [_trade(4916, T0 + 1, 1), _trade(999, T0 + 2, 2)])  # 999: unknown
+    assert import_files([path], root / "lake").rejected["UNKNOWN_INSTRUMENT"] == 1
+    return next((root / "lake" / "_rejects").glob("*.jsonl"))
+
+
 @pytest.mark.parametrize("write", [_lake_file, _lake_journal, _window_journal, _registry,
-                                   _checkpoints, _recovery_record, _lake_marker],
+                                   _checkpoints, _recovery_record, _lake_marker,
+                                   _replay_floor, _dbn_rejects],
                          ids=lambda f: f.__name__.strip("_"))
 def test_every_file_kept_is_put_in_place_durably(
         tmp_path: Path, ops: list[Op], write: Callable[[Path], Path]) -> None:
