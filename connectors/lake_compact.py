@@ -8,9 +8,10 @@ names again, the first one overwriting the merged file with its own rows, and th
 again exactly the rows (tests/test_lake.py).
 
 Order of work per group: write the merged file to a temporary name, rename it over the first
-file (atomic), then delete the others. A crash between the rename and the deletes leaves rows
-twice (``lake verify`` reports them); compacting again merges them once more, dropping
-repeated event ids, and the partition is whole again. Rows are never missing at any point.
+file (atomic, durable), then delete the others and sync the folder. A crash or power cut
+between the rename and that sync leaves rows twice (``lake verify`` reports them);
+compacting again merges them once more, dropping repeated event ids, and the partition is
+whole again. Rows are never missing at any point.
 
 The newest bucket of each raw partition is left alone unless asked: the flow may still be
 writing it, and a flow resuming from a snapshot rewrites that bucket's recent files by name,
@@ -27,7 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from connectors.durable import replace
+from connectors.durable import replace, sync_dir
 from connectors.lake import check_layout, event_id_checksum, sort_keys, write_parquet
 
 DEFAULT_BUCKET_RECORDS = 1_000_000
@@ -105,6 +106,7 @@ def merge(m: Merge) -> int:
     replace(tmp, first)
     for f in m.files[1:]:
         f.unlink(missing_ok=True)
+    sync_dir(first.parent)  # else after a power cut the merged files' rows are there twice
     m.rows = table.num_rows
     return table.num_rows
 

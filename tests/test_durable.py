@@ -24,14 +24,15 @@ from tests.test_dbn_import import T0, _trade, _write_dbn
 from tests.test_lake_journal import STEP, records
 from tests.test_window_journal import _state
 
-Op = tuple[str, str]  # ("fsync", path) or ("rename", destination)
+Op = tuple[str, str]  # ("fsync", path), ("rename", destination) or ("unlink", path)
 
 
 @pytest.fixture
 def ops(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Op]]:
-    """Every ``os.fsync`` (by the path of its descriptor) and ``os.replace``, in order."""
+    """Every ``os.fsync`` (by the path of its descriptor), ``os.replace`` and ``os.unlink``,
+    in order."""
     seen: list[Op] = []
-    fsync, rename = os.fsync, os.replace
+    fsync, rename, unlink = os.fsync, os.replace, os.unlink
 
     def traced_fsync(fd: int) -> None:
         seen.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
@@ -41,8 +42,13 @@ def ops(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Op]]:
         rename(src, dst)
         seen.append(("rename", os.path.realpath(dst)))
 
+    def traced_unlink(path: str | Path, *, dir_fd: int | None = None) -> None:
+        unlink(path, dir_fd=dir_fd)
+        seen.append(("unlink", os.path.realpath(path)))
+
     monkeypatch.setattr(os, "fsync", traced_fsync)
     monkeypatch.setattr(os, "replace", traced_replace)
+    monkeypatch.setattr(os, "unlink", traced_unlink)
     yield seen
 
 
@@ -145,3 +151,23 @@ def test_every_file_kept_is_put_in_place_durably(
         tmp_path: Path, ops: list[Op], write: Callable[[Path], Path]) -> None:
     final = write(tmp_path)
     assert final.exists() and durable(ops, final), ops
+
+
+def test_a_compaction_is_durable_once_it_returns(tmp_path: Path, ops: list[Op]) -> None:
+    """The merged file in place durably, and the deletion of the files it merged synced
+    after: else a power cut brings them back beside it, their rows twice."""
+    from connectors.lake import LakeBuffer, partition_dir
+    from connectors.lake_compact import compact
+    from tests.test_lake import DAY, RAW, trade
+    from tests.test_lake import T0 as T0_LAKE
+
+    buf = LakeBuffer(tmp_path, max_rows=3, bucket_records=10)
+    for off in range(9):
+        buf.add("stock_trade", trade("SPY", off + 1, T0_LAKE + off), RAW, 0, off)
+    buf.flush_all()
+    ops.clear()
+    [m] = compact(tmp_path, 10, include_newest=True)
+    folder = os.path.realpath(partition_dir(tmp_path, "stock_trade", "SPY", DAY))
+    gone = [i for i, (op, p) in enumerate(ops) if op == "unlink"]
+    assert len(gone) == len(m.files) - 1 == 2 and durable(ops, m.files[0])
+    assert ("fsync", folder) in ops[gone[-1] + 1:], ops
