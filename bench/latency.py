@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -183,6 +184,9 @@ def main() -> int:
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
     a = ap.parse_args()
+    # A SIGTERM (a pkill, a CI timeout) unwinds like Ctrl-C: the broker, registry, simulator,
+    # connector and flow stop with it instead of loading the machine's next benchmark.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if a.seconds < DEDUP_WINDOW_S + 10:  # judged before minutes are spent, not after
         ap.error(f"--seconds must be at least {DEDUP_WINDOW_S + 10:.0f}: the flow's RSS is "
                  "judged once the dedup window has filled")

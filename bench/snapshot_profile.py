@@ -14,8 +14,10 @@ py-spy stops the process for each sample; the figures are shares of samples, not
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -26,7 +28,8 @@ from typing import Any
 import psutil
 
 RATE_HZ = 100
-PARTS = ("producer_flush", "lake_journal", "state_copy_and_pickle", "recovery_store")
+PARTS = ("producer_flush", "lake_journal", "journal_wait", "state_copy_and_pickle",
+         "recovery_store")
 _PICKLE = re.compile(r"pickle|Pickler|__reduce|reduce_ex|deepcopy|_reconstruct")
 
 
@@ -34,6 +37,11 @@ def classify(names: list[str], files: list[str]) -> str:
     """The class of one sample of the worker thread, from its stack (outermost first)."""
     joined = " ".join(names)
     in_file = " ".join(files)
+    frames = list(zip(names, files, strict=True))
+    if any(n == "wait" and f.endswith("lake_journal.py") for n, f in frames) or (
+            any(n == "__getstate__" and f.endswith("window_journal.py") for n, f in frames)
+            and "result" in joined):
+        return "journal_wait"  # the pickle waits for the files its snapshot names
     if "snapshot" in joined and "kafka_sink" in in_file:
         return "producer_flush"
     if "snapshot" in joined and "lake" in in_file:
@@ -140,9 +148,14 @@ def main() -> int:
         bench.wait(600)
     res["latency_run"] = json.loads((work / "latency.json").read_text()) \
         if (work / "latency.json").exists() else None
+    shutil.rmtree(work, ignore_errors=True)
     if res["latency_run"]:
         res["latency_run"].pop("flow_rss_samples", None)
         res["latency_run"].pop("worst_ms_by_second", None)
+    res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                   capture_output=True, cwd=Path(__file__).parent
+                                   ).stdout.strip()
+    res["when"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
     a.out.write_text(json.dumps(res, indent=2))
     per = res["per_snapshot_ms"]
     print(f"{res['snapshots']} snapshots in {a.record:.0f} s; per snapshot: "
