@@ -132,7 +132,7 @@ def main() -> int:
     a = ap.parse_args()
     work = Path("/tmp") / f"tickflow-snapshot-profile-{time.time_ns()}"
     work.mkdir()
-    bench = subprocess.Popen([sys.executable, "-m", "bench.latency", "--seconds", "130",
+    bench = subprocess.Popen([sys.executable, "-m", "bench.latency", "--seconds", "140",
                               "--out", str(work / "latency.json")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
