@@ -37,7 +37,8 @@ def classify(names: list[str], files: list[str]) -> str:
     """The class of one sample of the worker thread, from its stack (outermost first)."""
     joined = " ".join(names)
     in_file = " ".join(files)
-    frames = list(zip(names, files, strict=True))
+    # py-spy names a method "Class.method".
+    frames = [(n.rsplit(".", 1)[-1], f) for n, f in zip(names, files, strict=True)]
     if any(n == "wait" and f.endswith("lake_journal.py") for n, f in frames) or (
             any(n == "__getstate__" and f.endswith("window_journal.py") for n, f in frames)
             and "result" in joined):
