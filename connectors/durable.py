@@ -20,13 +20,17 @@ from pathlib import Path
 from connectors.failpoints import failpoint
 
 
-def sync_dir(d: Path) -> None:
-    """Make the entries of directory ``d`` (a rename into it) durable."""
-    fd = os.open(d, os.O_RDONLY)
+def _sync(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sync_dir(d: Path) -> None:
+    """Make the entries of directory ``d`` (a rename into it) durable."""
+    _sync(d)
 
 
 def make_dirs(d: Path) -> None:
@@ -46,11 +50,7 @@ def replace(tmp: Path, final: Path, point: str | None = None) -> None:
     """Put the written file ``tmp`` in place as ``final`` (same directory), durably: its bytes
     synced, renamed, the directory synced. ``point`` names the failpoint between the sync and
     the rename (connectors.failpoints)."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _sync(tmp)
     if point is not None:
         failpoint(point)
     os.replace(tmp, final)
