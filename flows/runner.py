@@ -12,6 +12,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from connectors.durable import make_dirs
+
 RECOVERY_PARTITIONS = 4
 
 
@@ -19,7 +21,7 @@ def init_recovery(recovery_dir: Path, partitions: int = RECOVERY_PARTITIONS) -> 
     """Create empty Bytewax recovery partitions, once."""
     if recovery_dir.exists() and any(recovery_dir.glob("part-*.sqlite3")):
         return
-    recovery_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(recovery_dir)  # the store's SQLite files sync themselves, not its folder
     subprocess.run([sys.executable, "-m", "bytewax.recovery", str(recovery_dir),
                     str(partitions)], check=True, capture_output=True)
 

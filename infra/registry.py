@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import avro.errors
 import avro.schema
 
-from connectors.durable import write_bytes
+from connectors.durable import make_dirs, write_bytes
 from infra.procs import ManagedProcess, python_module_argv
 from schemas.compat import reader_problems
 
@@ -156,7 +156,7 @@ class Registry:
     registry is tiny and a global order keeps id and version allocation race-free."""
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(data_dir)
         self.path = data_dir / "registry.json"
         self.lock = threading.RLock()
         self.st = (State.from_json(json.loads(self.path.read_text())) if self.path.exists()

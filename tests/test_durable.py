@@ -109,8 +109,8 @@ def _window_journal(root: Path) -> Path:
 
 
 def _registry(root: Path) -> Path:
-    Registry(root).register("t-value", '{"type": "string"}', False)
-    return root / "registry.json"
+    Registry(root / "registry").register("t-value", '{"type": "string"}', False)
+    return root / "registry" / "registry.json"
 
 
 def _checkpoints(root: Path) -> Path:
@@ -151,6 +151,13 @@ def test_every_file_kept_is_put_in_place_durably(
         tmp_path: Path, ops: list[Op], write: Callable[[Path], Path]) -> None:
     final = write(tmp_path)
     assert final.exists() and durable(ops, final), ops
+    # tmp_path was empty: every folder between it and the file is new, and its entry must
+    # be synced into its parent, or the file goes with it.
+    root, made = Path(os.path.realpath(tmp_path)), Path(os.path.realpath(final)).parent
+    new = [made, *made.parents[:len(made.relative_to(root).parts) - 1]] if made != root else []
+    assert new or final.parent == tmp_path
+    synced = {p for o, p in ops if o == "fsync"}
+    assert [d for d in new if str(d.parent) not in synced] == [], ops
 
 
 def test_a_compaction_is_durable_once_it_returns(tmp_path: Path, ops: list[Op]) -> None:
