@@ -14,7 +14,7 @@ import hashlib
 import json
 import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -25,9 +25,9 @@ import zstandard
 
 from tickflow.normalize.databento import (
     META_ENCODER,
+    SEQUENCE_AT,
     DbnChunkMeta,
     dataset_problem,
-    record_sequence,
     record_starts,
     record_ts_recv,
 )
@@ -133,56 +133,236 @@ class Chunk:
     index: int
 
 
+TS_EVENT_AT = 8  # byte offset of ts_event in every DBN record header
+# A file's trailing partial record sorts after every record of its file (and of the others).
+TRAILING = 2**63 - 1
+_EMPTY_I64 = np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRun:
+    """Consecutive whole records of one file as columns over the bytes that hold them (a
+    read block's worth, or part of one), or a file's trailing partial record alone
+    (``whole`` False): what file publishing, import and replay cut into chunks, with no
+    Python object per record."""
+
+    input_index: int
+    meta: DbnChunkMeta  # offset 0; a chunk's offset comes from ``offsets``
+    data: bytes
+    starts: np.ndarray  # int64 (n + 1): record i is data[starts[i]:starts[i + 1]]
+    offsets: np.ndarray  # int64 (n): each record's byte offset in the decompressed file
+    ts_event: np.ndarray  # uint64 (n)
+    sequence: np.ndarray  # uint32 (n)
+    position: np.ndarray  # int64 (n): record number in the file, from 1
+    key: np.ndarray  # uint64 (n): ts_event's running maximum over the file (merge order)
+    # bool (n): the record's sequence differs from the file's record before it (a packet
+    # starts: a chunk may end before it); ``later``: ... and its ts_event is later too.
+    new_packet: np.ndarray
+    later: np.ndarray
+    whole: bool = True
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+    def part(self, a: int, b: int) -> RecordRun:
+        """Records ``a`` to ``b`` (exclusive), sharing this run's bytes."""
+        return RecordRun(self.input_index, self.meta, self.data, self.starts[a:b + 1],
+                         self.offsets[a:b], self.ts_event[a:b], self.sequence[a:b],
+                         self.position[a:b], self.key[a:b], self.new_packet[a:b],
+                         self.later[a:b], self.whole)
+
+    def bytes_of(self, a: int, b: int) -> bytes:
+        return self.data[int(self.starts[a]):int(self.starts[b])]
+
+
+def _field(u8: np.ndarray, starts: np.ndarray, at: int, dtype: str) -> np.ndarray:
+    """One little-endian header field of every record: a strided view when the records
+    are of one size (the usual run), else gathered; a record too short for the field reads
+    clipped garbage rather than past the buffer."""
+    width = np.dtype(dtype).itemsize
+    n = len(starts) - 1
+    size = int(starts[1] - starts[0]) if n else 0
+    if n and size >= at + width and int(starts[-1] - starts[0]) == n * size \
+            and bool((np.diff(starts) == size).all()):
+        return np.ndarray((n,), dtype, u8, int(starts[0]) + at, (size,))
+    idx = np.minimum((starts[:-1] + at)[:, None] + np.arange(width), len(u8) - 1)
+    return u8[idx].view(dtype).ravel()
+
+
+def file_runs(path: Path, input_index: int = 0, start_ns: int | None = None,
+              end_ns: int | None = None) -> Iterator[RecordRun]:
+    """The whole records of one file in file order, one run per read block, keeping those
+    with ``start_ns <= ts_event``, and stopping at the first with ``ts_event >= end_ns``.
+    Bytes that do not form a whole record at the end (truncation) come last as a run of
+    their own, unless ``end_ns`` stopped the file first. Memory: one read block."""
+    with open_stream(path) as stream:
+        md, offset = read_metadata(stream, path)
+        check_dataset(md, path)
+        meta = DbnChunkMeta(version=int(md.version), schema=str(md.schema),
+                            dataset=str(md.dataset), symbols=symbol_map(md, path),
+                            file=path.name)
+        buf = b""
+        position = 0
+        prev: RecordRun | None = None  # the last run, for what carries across blocks
+        while True:
+            block = stream.read(READ_BLOCK)
+            # One copy (none when no partial record was left over); a run's records are
+            # the whole ones at the front, and the partial one after them is carried.
+            buf += block
+            starts = record_starts(buf)
+            end = int(starts[-1])
+            n = len(starts) - 1
+            if n:
+                data, buf = buf, buf[end:]
+                run, stop = _block_run(input_index, meta, data, starts, offset, position,
+                                       prev, start_ns, end_ns)
+                offset += end
+                position += n
+                if run is not None:
+                    prev = run
+                    yield run
+                if stop:
+                    return
+            if not block:
+                break
+        if buf:
+            high = 0 if prev is None else int(prev.key[-1])
+            one = np.ones(1, bool)
+            yield RecordRun(input_index, meta, bytes(buf), np.array([0, len(buf)], np.int64),
+                            np.array([offset], np.int64), np.array([TRAILING], np.uint64),
+                            np.zeros(1, np.uint32), np.array([position + 1], np.int64),
+                            np.array([max(high, TRAILING)], np.uint64), one, ~one,
+                            whole=False)
+
+
+def _block_run(input_index: int, meta: DbnChunkMeta, data: bytes, starts: np.ndarray,
+               offset: int, position: int, prev: RecordRun | None, start_ns: int | None,
+               end_ns: int | None) -> tuple[RecordRun | None, bool]:
+    """One block's records as a run (None if the time range keeps none of them), and
+    whether ``end_ns`` ends the file here."""
+    u8 = np.frombuffer(data, np.uint8)
+    first = starts[:-1]
+    ts = _field(u8, starts, TS_EVENT_AT, "<u8")
+    n = len(ts)
+    stop = False
+    if end_ns is not None:
+        late_mask = ts >= np.uint64(max(end_ns, 0))
+        if start_ns is not None:  # a record before the range is skipped, never the end
+            late_mask &= ts >= np.uint64(max(start_ns, 0))
+        late = np.flatnonzero(late_mask)
+        if len(late):
+            n, stop = int(late[0]), True
+    keep = None if start_ns is None else ts[:n] >= np.uint64(max(start_ns, 0))
+    positions = position + 1 + np.arange(n, dtype=np.int64)
+    offsets = offset + first[:n]
+    if keep is not None and not keep.all():
+        # Drop the records before the range: copy the kept ones together.
+        sizes = np.diff(starts[:n + 1])
+        data = u8[:int(starts[n])][np.repeat(keep, sizes)].tobytes()
+        u8 = np.frombuffer(data, np.uint8)
+        kept_sizes = sizes[keep]
+        starts = np.concatenate([np.zeros(1, np.int64), np.cumsum(kept_sizes)])
+        ts, positions, offsets = ts[:n][keep], positions[keep], offsets[keep]
+        n = len(ts)
+    else:
+        starts, ts = starts[:n + 1], ts[:n]
+    if n == 0:
+        return None, stop
+    seq = _field(u8, starts, SEQUENCE_AT, "<u4")
+    high = np.uint64(0 if prev is None else prev.key[-1])
+    key = np.maximum.accumulate(np.maximum(ts, high))
+    new = np.empty(n, bool)
+    new[1:] = seq[1:] != seq[:-1]
+    later = np.empty(n, bool)
+    later[1:] = ts[1:] > ts[:-1]
+    if prev is None:
+        new[0], later[0] = True, False
+    else:
+        new[0] = seq[0] != prev.sequence[-1]
+        later[0] = ts[0] > prev.ts_event[-1]
+    return RecordRun(input_index, meta, data, starts, offsets, ts, seq, positions, key,
+                     new, new & later), stop
+
+
+Piece = tuple[RecordRun, int, int]  # records a..b of a run
+
+
+def cut_chunks(runs: Iterable[RecordRun], max_records: int = DEFAULT_CHUNK_RECORDS,
+               at_new_time: bool = False) -> Iterator[list[Piece]]:
+    """Cut the records of ``runs`` (in the order given) into chunks, each a list of pieces.
+
+    A chunk holds consecutive records of one file and ends at the first packet start
+    (a record whose sequence differs from the one before: a packet is never split) at
+    least ``max_records`` records in; where the next run is of another file; before and
+    after a trailing partial record (a chunk of its own); and, with ``at_new_time`` (a
+    paced replay, sent as event time passes), at every packet start later in ts_event
+    than the record before it. The one chunking rule of file publishing, import and
+    replay.
+    """
+    pending: list[Piece] = []
+    count = 0  # records in pending
+    for run in runs:
+        n = len(run)
+        if not n:
+            continue
+        if pending and (not run.whole
+                        or pending[-1][0].input_index != run.input_index):
+            yield pending
+            pending, count = [], 0
+        if not run.whole:
+            yield [(run, 0, n)]
+            continue
+        if not at_new_time and count + n <= max_records:
+            pending.append((run, 0, n))  # no cut can fall in this run
+            count += n
+            continue
+        # A run's flags compare each record with the file's one before it: when a chunk
+        # starts at the run's first record (nothing pending) they do not matter there.
+        packets = np.flatnonzero(run.new_packet)
+        timed = np.flatnonzero(run.later) if at_new_time else _EMPTY_I64
+        i = -count  # the open chunk starts here (before this run when pending)
+        while True:
+            k = int(packets.searchsorted(i + max_records))
+            j = int(packets[k]) if k < len(packets) else n
+            if len(timed):
+                t = int(timed.searchsorted(i, side="right"))
+                if t < len(timed):
+                    j = min(j, int(timed[t]))
+            if j >= n:
+                break
+            yield [*pending, (run, max(i, 0), j)] if j > 0 else pending
+            pending, count = [], 0
+            i = j
+        a = max(i, 0)
+        if a < n:
+            pending.append((run, a, n))
+        count = n - i
+    if pending:
+        yield pending
+
+
+def chunk_bytes(pieces: list[Piece]) -> bytes:
+    """The record bytes of a chunk, as stored."""
+    if len(pieces) == 1:
+        run, a, b = pieces[0]
+        return run.bytes_of(a, b)
+    return b"".join(run.bytes_of(a, b) for run, a, b in pieces)
+
+
 def iter_chunks(path: Path, max_records: int = DEFAULT_CHUNK_RECORDS) -> Iterator[Chunk]:
-    """Stream the file as chunks of about ``max_records`` records.
+    """Stream the file as chunks of about ``max_records`` records (``cut_chunks``).
 
     Memory is bounded by the read block and one chunk. A partial record at the end of the
     file (truncation) is yielded as a last chunk of its own, so the damage is reported
     downstream with its byte offset while every record before it is kept.
     """
-    with open_stream(path) as stream:
-        md, offset = read_metadata(stream, path)
-        check_dataset(md, path)
-        schema = str(md.schema)
-        base = DbnChunkMeta(version=int(md.version), schema=schema, dataset=str(md.dataset),
-                            symbols=symbol_map(md, path), file=path.name)
-        # A bytearray grows in place and drops consumed bytes with one move of the rest;
-        # record starts are scanned once, from the last whole record on (rescanning and
-        # re-copying the buffer per block was ~0.3 s per million MBP-10 records).
-        buf = bytearray()
-        starts = [0]  # record starts in buf, then the end of the last whole record
-        index = 0
-        chunk_start = offset  # file offset of buf[0]
-        eof = False
-        while not eof:
-            block = stream.read(READ_BLOCK)
-            eof = not block
-            buf += block
-            starts += record_starts(buf, starts[-1]).tolist()[1:]
-            n = len(starts) - 1
-            # Emit whole chunks; a chunk ends only where the next record starts a new packet.
-            i = 0
-            while n - i > max_records or (eof and i < n):
-                j = min(i + max_records, n)
-                while j < n and (record_sequence(buf, starts[j])
-                                 == record_sequence(buf, starts[j - 1])):
-                    j += 1
-                if j == n and not eof:
-                    break  # the packet may continue in the next block
-                a, b = starts[i], starts[j]
-                with memoryview(buf) as view:
-                    data = bytes(view[a:b])
-                yield Chunk(msgspec_replace(base, chunk_start + a), data, j - i,
-                            record_ts_recv(data, 0), index)
-                index += 1
-                i = j
-            consumed = starts[i]
-            if consumed:
-                del buf[:consumed]
-                starts = [s - consumed for s in starts[i:]]
-                chunk_start += consumed
-        if buf:  # bytes that do not form a whole record: truncation
-            yield Chunk(msgspec_replace(base, chunk_start), bytes(buf), 0, 0, index)
+    for index, pieces in enumerate(cut_chunks(file_runs(path), max_records)):
+        run, a, _ = pieces[0]
+        data = chunk_bytes(pieces)
+        whole = run.whole
+        yield Chunk(msgspec_replace(run.meta, int(run.offsets[a])), data,
+                    sum(b - a for _, a, b in pieces) if whole else 0,
+                    record_ts_recv(data, 0) if whole else 0, index)
 
 
 def msgspec_replace(meta: DbnChunkMeta, offset: int) -> DbnChunkMeta:
@@ -216,7 +396,6 @@ def iter_records(path: Path, start_ns: int | None = None, end_ns: int | None = N
 
 # Where the prototype's reader looked when given no directory.
 DEFAULT_DBN_ROOT = Path("data/databento")
-TS_EVENT_AT = 8  # byte offset of ts_event in every DBN record header
 
 
 def as_date(day: dt.date | str) -> dt.date:
@@ -297,12 +476,10 @@ class DbnReader:
         path = self.file_for(date, schema)
         lo: int | None = None
         hi: int | None = None
-        for chunk in iter_chunks(path):
-            starts = record_starts(chunk.data)[:-1]
-            if not len(starts):
+        for run in file_runs(path):
+            if not run.whole:
                 continue
-            raw = np.frombuffer(chunk.data, np.uint8)
-            ts = raw[(starts + TS_EVENT_AT)[:, None] + np.arange(8)].copy().view("<u8").ravel()
+            ts = run.ts_event
             lo = int(ts.min()) if lo is None else min(lo, int(ts.min()))
             hi = int(ts.max()) if hi is None else max(hi, int(ts.max()))
         if lo is None or hi is None:
