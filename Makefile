@@ -24,12 +24,12 @@ kafka-jars: $(STAMP)
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
 test: $(STAMP) kafka-jars
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy tickflow flows schemas connectors infra app
+	$(VENV)/bin/mypy tickflow flows schemas connectors infra app bench
 	$(PY) -m pytest -q --durations=20; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy tickflow flows schemas connectors infra app
+	$(VENV)/bin/mypy tickflow flows schemas connectors infra app bench
 
 # Speed and memory targets live here, never in `make test`: core path, end to end against
 # the peers (Quix Streams, plain Bytewax, a broker passthrough), DBN -> Parquet, latency,

@@ -181,6 +181,8 @@ def main() -> int:
                     help="recovery snapshots every N s, as deployed (0: no recovery)")
     ap.add_argument("--out", type=Path,
                     default=Path(__file__).with_name("results-latency.json"))
+    ap.add_argument("--memtrace", type=Path, help="trace the flow's Python allocations "
+                    "after the dedup window into this file (bench.memtrace; slows the flow)")
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
     a = ap.parse_args()
@@ -212,7 +214,12 @@ def main() -> int:
         logs = (work / "procs.log").open("w")
         recovery = work / "recovery" if a.snapshot_secs else None
         mport = free_port()  # the flow's metrics (the connector serves its own on another)
-        flow = subprocess.Popen(flow_argv(1, recovery, snapshot_secs=a.snapshot_secs),
+        argv = flow_argv(1, recovery, snapshot_secs=a.snapshot_secs)
+        if a.memtrace:
+            assert argv[1:3] == ["-m", "bytewax.run"]
+            argv[1:3] = ["-m", "bench.memtrace", "--after", str(a.warmup + DEDUP_WINDOW_S + 3),
+                         "--out", str(a.memtrace.resolve()), "--"]
+        flow = subprocess.Popen(argv,
                                 env={**env, "TICKFLOW_METRICS_PORT": str(mport)},
                                 stdout=logs, stderr=logs)
         time.sleep(3)  # the flow is up and following the raw topic
