@@ -56,7 +56,7 @@ import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 import tickflow
-from connectors.durable import make_dirs, replace, write_bytes
+from connectors.durable import make_dirs, replace, sync_dir, write_bytes
 from connectors.failpoints import failpoint
 from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
 from connectors.lake_journal import LakeJournal, LakeSnapshot
@@ -434,6 +434,8 @@ def drop_stale(root: Path, key: PartitionKey, f: OpenFile) -> list[Path]:
                 f.first_offset < first <= f.last_offset):
             os.unlink(e.path)
             gone.append(Path(e.path))
+    if gone:
+        sync_dir(d)  # else a power cut brings them back beside the file that holds their rows
     return gone
 
 

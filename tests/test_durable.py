@@ -178,3 +178,25 @@ def test_a_compaction_is_durable_once_it_returns(tmp_path: Path, ops: list[Op]) 
     gone = [i for i, (op, p) in enumerate(ops) if op == "unlink"]
     assert len(gone) == len(m.files) - 1 == 2 and durable(ops, m.files[0])
     assert ("fsync", folder) in ops[gone[-1] + 1:], ops
+
+
+def test_the_flow_s_deletion_of_superseded_lake_files_is_synced(tmp_path: Path,
+                                                               ops: list[Op]) -> None:
+    """A file an earlier run wrote for rows a new file now holds (a replay, a resumed
+    crash) is deleted durably: else a power cut brings it back beside the new one."""
+    from connectors.lake import OpenFile, PartitionKey, _file_dir, drop_stale, file_name
+
+    key = PartitionKey("stock_trade", "SPY", 20_405, "raw.massive.stocks", 0, 0)
+    folder = _file_dir(tmp_path, key)
+    make_dirs(folder)
+    stale = folder / file_name(key, 5)  # starts inside the new file's offsets
+    torn = folder / f".{file_name(key, 0)}.tmp-123"  # a write a crash cut short
+    kept = folder / file_name(key, 11)  # after them: not this file's rows
+    for p in (stale, torn, kept):
+        p.write_bytes(b"x")
+    ops.clear()
+    gone = drop_stale(tmp_path, key, OpenFile(first_offset=0, last_offset=10))
+    assert sorted(gone) == sorted([stale, torn]) and kept.exists()
+    unlinks = [i for i, (op, _) in enumerate(ops) if op == "unlink"]
+    assert len(unlinks) == 2
+    assert ("fsync", os.path.realpath(folder)) in ops[unlinks[-1] + 1:], ops
