@@ -217,7 +217,7 @@ def main() -> int:
         argv = flow_argv(1, recovery, snapshot_secs=a.snapshot_secs)
         if a.memtrace:
             assert argv[1:3] == ["-m", "bytewax.run"]
-            argv[1:3] = ["-m", "bench.memtrace", "--after", str(a.warmup + DEDUP_WINDOW_S + 3),
+            argv[1:3] = ["-m", "bench.memtrace", "--after", str(a.warmup + DEDUP_WINDOW_S),
                          "--out", str(a.memtrace.resolve()), "--"]
         flow = subprocess.Popen(argv,
                                 env={**env, "TICKFLOW_METRICS_PORT": str(mport)},
