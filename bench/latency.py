@@ -21,6 +21,7 @@ trend once the dedup window (120 s of event time) has filled, peak and end besid
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import shutil
@@ -194,6 +195,7 @@ def main() -> int:
                  "judged once the dedup window has filled")
     work = Path(tempfile.mkdtemp(prefix="tickflow-latency-"))
     repo = str(Path(__file__).resolve().parent.parent)
+    started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     broker = make_broker(a.broker, free_port(), work / "kafka", work / "broker.log")
     rport, sport = free_port(), free_port()
     registry = registry_process(HOST, rport, work / "registry", work / "registry.log")
@@ -292,7 +294,10 @@ def main() -> int:
     lat_ms.sort()
     to_produce_ms.sort()
     to_consumer_ms.sort()
-    res = {"offered_events_per_s": a.rate, "snapshot_secs": a.snapshot_secs,
+    res = {"commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                    capture_output=True, cwd=repo).stdout.strip(),
+           "date": started_at,
+           "offered_events_per_s": a.rate, "snapshot_secs": a.snapshot_secs,
            "measured": len(lat_ms),
            "measured_events_per_s": len(lat_ms) / a.seconds,
            "p50_ms": percentile(lat_ms, 0.5), "p99_ms": percentile(lat_ms, 0.99),
