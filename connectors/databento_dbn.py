@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import databento_dbn as dbn
+import msgspec
 import numpy as np
 import zstandard
 
@@ -212,6 +213,10 @@ def file_runs(path: Path, input_index: int = 0, start_ns: int | None = None,
             starts = record_starts(buf)
             end = int(starts[-1])
             n = len(starts) - 1
+            if not n and buf[:1] == b"\x00":
+                yield from _damaged_tail(stream, input_index, meta, buf, offset, position,
+                                         prev)
+                return
             if n:
                 data, buf = buf, buf[end:]
                 run, stop = _block_run(input_index, meta, data, starts, offset, position,
@@ -233,6 +238,23 @@ def file_runs(path: Path, input_index: int = 0, start_ns: int | None = None,
                             np.zeros(1, np.uint32), np.array([position + 1], np.int64),
                             np.array([max(high, TRAILING)], np.uint64), one, ~one,
                             whole=False)
+
+
+def _damaged_tail(stream: IO[bytes], input_index: int, meta: DbnChunkMeta, buf: bytes,
+                  offset: int, position: int, prev: RecordRun | None) -> Iterator[RecordRun]:
+    """The rest of a file after a record length of 0 (no record boundary can be found from
+    there), as partial runs of at most a read block and a record: kept byte for byte,
+    marked never to be decoded, and never all in memory at once."""
+    damaged = msgspec.structs.replace(meta, damaged_from=offset)
+    key = np.array([max(0 if prev is None else int(prev.key[-1]), TRAILING)], np.uint64)
+    while buf:
+        position += 1
+        yield RecordRun(input_index, damaged, buf, np.array([0, len(buf)], np.int64),
+                        np.array([offset], np.int64), np.array([TRAILING], np.uint64),
+                        np.zeros(1, np.uint32), np.array([position], np.int64), key,
+                        np.ones(1, bool), np.zeros(1, bool), whole=False)
+        offset += len(buf)
+        buf = stream.read(READ_BLOCK)
 
 
 def _block_run(input_index: int, meta: DbnChunkMeta, data: bytes, starts: np.ndarray,
@@ -366,7 +388,7 @@ def iter_chunks(path: Path, max_records: int = DEFAULT_CHUNK_RECORDS) -> Iterato
 
 
 def msgspec_replace(meta: DbnChunkMeta, offset: int) -> DbnChunkMeta:
-    return DbnChunkMeta(meta.version, meta.schema, meta.dataset, meta.symbols, meta.file, offset)
+    return msgspec.structs.replace(meta, offset=offset)
 
 
 def iter_records(path: Path, start_ns: int | None = None, end_ns: int | None = None

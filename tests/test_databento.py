@@ -213,6 +213,45 @@ def test_truncated_file_keeps_records_and_marks_corrupted(settings: Settings,
     assert len(list(lenient.read_trades(DAY))) == 299 and lenient.skipped == 1
 
 
+def test_a_zero_record_length_sends_the_rest_to_dead_letters_in_pieces(
+        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record length of 0 (a damaged byte) leaves no record boundary after it. The records
+    before are published; the rest goes out as it is, a read block at a time (never the
+    rest of a big file in memory, nor one message over the size limit), each piece a dead
+    letter with its bytes and never parsed from an arbitrary offset."""
+    import zstandard
+
+    import connectors.databento_dbn as dbn_files
+
+    g = generate_day(tmp_path / "dbn", DAY, seed=6, n_trades=300, n_mbp10=10)
+    raw = bytearray(zstandard.ZstdDecompressor().stream_reader(g.trades.open("rb")).read())
+    size = 48
+    body = len(raw) - 300 * size  # the metadata's length
+    at = body + 150 * size  # record 151's length byte
+    raw[at] = 0
+    bad = tmp_path / "glbx-mdp3-20251113.trades.dbn"
+    bad.write_bytes(bytes(raw))
+    monkeypatch.setattr(dbn_files, "READ_BLOCK", 1000)
+    chunks = list(iter_chunks(bad, 64))
+    damaged = [c for c in chunks if c.meta.damaged_from >= 0]
+    assert sum(c.records for c in chunks) == 150 and len(damaged) >= 7
+    assert all(c.meta.damaged_from == at and c.records == 0 for c in damaged)
+    assert max(len(c.data) for c in damaged) <= 1000 + 1020  # a block and a record at most
+    assert b"".join(c.data for c in chunks) == bytes(raw[body:])  # nothing lost or reordered
+
+    publish_file(bad, settings.kafka_config(), RAW_DATABENTO, 64)
+    run_main(build_flow(settings, [RAW_DATABENTO], tail=False))
+    assert len(list(read_all(settings.kafka_config(), FUTURES_TRADES))) == 150
+    dead = [decode(BY_TOPIC[DEAD_LETTER], m.value()) for m in
+            read_all(settings.kafka_config(), DEAD_LETTER)]
+    assert len(dead) == len(damaged)
+    assert {d["reason_code"] for d in dead} == {"UNDECODABLE"}
+    assert all(f"record length of 0 at byte {at}" in d["reason"] for d in dead)
+    # (The dead-letter topic has several partitions: in raw order by raw offset.)
+    dead.sort(key=lambda d: d["raw_offset"])
+    assert b"".join(d["raw_value"] for d in dead) == bytes(raw[at:])
+
+
 def test_a_dataset_the_product_does_not_cover_is_refused_never_mislabelled(
         settings: Settings, tmp_path: Path) -> None:
     """A Databento XNAS.ITCH file (Nasdaq equities) is not CME futures: publish, import and

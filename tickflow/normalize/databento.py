@@ -111,6 +111,9 @@ class DbnChunkMeta(msgspec.Struct, frozen=True):
     symbols: dict[str, str]  # instrument id (as text) -> symbol
     file: str = ""
     offset: int = 0  # byte offset of the chunk in the decompressed file
+    # >= 0: the chunk is bytes of a damaged file after this byte offset, where a record
+    # length of 0 leaves no record boundary to find: kept as they are, never decoded.
+    damaged_from: int = -1
 
 
 META_ENCODER = msgspec.json.Encoder()
@@ -354,6 +357,12 @@ def decode_dbn_chunk(value: bytes, meta: DbnChunkMeta, source: str) -> DecodedCh
     layout = LAYOUTS.get(meta.schema)
     if layout is None:
         return DecodedChunk(None, [Reject(UNDECODABLE, f"unsupported DBN schema {meta.schema!r}")])
+    if meta.damaged_from >= 0:
+        # Parsing from here would read records at arbitrary offsets.
+        return DecodedChunk(None, [Reject(
+            UNDECODABLE, f"damaged DBN file {meta.file}: a record length of 0 at byte "
+            f"{meta.damaged_from} leaves no record boundary after it; bytes "
+            f"{meta.offset}-{meta.offset + len(value)} kept as they are")])
     problem = dataset_problem(meta.dataset)
     if problem is not None:
         return DecodedChunk(None, [Reject(UNSUPPORTED_DATASET, problem)])
