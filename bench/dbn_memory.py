@@ -19,13 +19,14 @@ import contextlib
 import datetime as dt
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench.common import git_commit, spread
 
 RECORD = 368  # bytes of one MBP-10 record
 
@@ -65,11 +66,8 @@ def child(target: Path, *extra: str) -> dict[str, float]:
 
 
 def summary(runs: list[dict[str, float]]) -> dict[str, Any]:
-    def ms(key: str) -> dict[str, float]:
-        xs = [r[key] for r in runs]
-        return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
-    return {"records_per_s": ms("records_per_s"), "peak_rss_mb": ms("peak_rss_mb"),
-            "runs": runs}
+    return {"records_per_s": spread([r["records_per_s"] for r in runs]),
+            "peak_rss_mb": spread([r["peak_rss_mb"] for r in runs]), "runs": runs}
 
 
 def show(name: str, s: dict[str, Any]) -> str:
@@ -136,7 +134,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "gb": a.gb, "records": n, "rounds": a.rounds,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": _commit(), "counting_sink": summary(sink_runs)}
+        "commit": git_commit(), "counting_sink": summary(sink_runs)}
     print(show("into a counting sink", result["counting_sink"]))
     if kafka_runs:
         result["into_kafka"] = summary(kafka_runs)
@@ -155,12 +153,6 @@ def raw_topic(bootstrap: str, k: int) -> str:
     name = f"{RAW_DATABENTO}.bench-{k}"
     create_topics({"bootstrap.servers": bootstrap}, [TopicSpec(name, 1, spec.config)])
     return name
-
-
-def _commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                         text=True, cwd=Path(__file__).parent)
-    return out.stdout.strip()
 
 
 if __name__ == "__main__":

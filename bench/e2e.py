@@ -29,7 +29,6 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import busy_open_frames
+from bench.common import spread
 from flows.runner import flow_argv
 from infra.procs import free_port
 from infra.registry import registry_process
@@ -358,10 +358,6 @@ def main() -> int:
     return 0
 
 
-def _spread(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
-
-
 def summarize(runs: list[Run]) -> dict[str, dict[str, Any]]:
     """Per contender: rate and RSS (median, min, max) and tickflow's ratio to it, taken
     within each round (the machine's speed drifts between rounds)."""
@@ -371,13 +367,13 @@ def summarize(runs: list[Run]) -> dict[str, dict[str, Any]]:
     ours = {r.round: r for r in by.get("tickflow", [])}
     out: dict[str, dict[str, Any]] = {}
     for name, rs in by.items():
-        entry: dict[str, Any] = {"events_per_s": _spread([r.rate for r in rs]),
-                                 "peak_rss_mb": _spread([r.peak_rss_mb for r in rs]),
+        entry: dict[str, Any] = {"events_per_s": spread([r.rate for r in rs]),
+                                 "peak_rss_mb": spread([r.peak_rss_mb for r in rs]),
                                  "events_out": sorted({r.events for r in rs})}
         ratios = [ours[r.round].rate / r.rate for r in rs
                   if name != "tickflow" and r.round in ours and r.rate]
         if ratios:
-            entry["tickflow_ratio"] = _spread(ratios)
+            entry["tickflow_ratio"] = spread(ratios)
         if name == "tickflow":
             entry["lake_files"] = sorted({r.lake_files for r in rs})
             entry["first_lake_file_s"] = [r.first_lake_file_s for r in rs]

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench.common import git_commit, spread
 
 DAY = dt.date(2025, 11, 13)
 MODES = {"full_speed": 0.0, "paced_capacity": 1e7}
@@ -70,15 +71,12 @@ def main() -> int:
                   f"{r['records_per_s']:,.0f} records/s")
     result: dict[str, object] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                 capture_output=True, cwd=Path(__file__).parent).stdout.strip(),
+        "commit": git_commit(),
         "rounds": a.rounds}
     for mode, rs in runs.items():
-        xs = [r["records_per_s"] for r in rs]
-        result[mode] = {"median": statistics.median(xs), "min": min(xs), "max": max(xs),
-                        "runs": rs}
-        print(f"{mode}: {statistics.median(xs):,.0f} records/s median "
-              f"({min(xs):,.0f}-{max(xs):,.0f})")
+        s = spread([r["records_per_s"] for r in rs])
+        result[mode] = {**s, "runs": rs}
+        print(f"{mode}: {s['median']:,.0f} records/s median ({s['min']:,.0f}-{s['max']:,.0f})")
     a.out.write_text(json.dumps(result, indent=2))
     return 0
 

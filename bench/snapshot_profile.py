@@ -27,6 +27,8 @@ from typing import Any
 
 import psutil
 
+from bench.common import git_commit
+
 RATE_HZ = 100
 PARTS = ("producer_flush", "lake_journal", "journal_wait", "state_copy_and_pickle",
          "recovery_store")
@@ -153,9 +155,7 @@ def main() -> int:
     if res["latency_run"]:
         res["latency_run"].pop("flow_rss_samples", None)
         res["latency_run"].pop("worst_ms_by_second", None)
-    res["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                   capture_output=True, cwd=Path(__file__).parent
-                                   ).stdout.strip()
+    res["commit"] = git_commit()
     res["when"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%MZ")
     a.out.write_text(json.dumps(res, indent=2))
     per = res["per_snapshot_ms"]
