@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint bench soak clean install kafka-jars
 
-$(STAMP): pyproject.toml setup.py schemas/_avro_writer.c
+$(STAMP): pyproject.toml setup.py schemas/_avro_writer.c tickflow/_ids.c
 	@test -x $(PY) || { command -v $(PYTHON) >/dev/null && $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"

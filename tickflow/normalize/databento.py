@@ -38,6 +38,11 @@ from tickflow.normalize.base import (
 )
 from tickflow.prices import UNDEF_PRICE
 
+try:  # the compiled id builder (setup.py); without it, Arrow compute builds the same ids
+    from tickflow._ids import join_ids
+except ImportError:  # pragma: no cover - an install without a C compiler
+    join_ids = None  # type: ignore[assignment]
+
 UNKNOWN_INSTRUMENT = "UNKNOWN_INSTRUMENT"
 
 # DBN record layout (little endian): every record starts with its length in 4-byte words.
@@ -229,13 +234,12 @@ class DbnColumns:
         """(symbol, event_id) as Arrow string columns. An event id is
         ``symbol|ts_event|sequence|index in packet``: records of one packet share (instrument,
         sequence), the index makes the identity unique, and chunks never split a packet (see
-        the connector). Built by Arrow compute, without a Python string per record (that
-        was a third of a DBN import's reading time)."""
+        the connector). Built without a Python string per record (that was a third of a DBN
+        import's reading time)."""
         sym = pa.array(self.names, pa.string()).take(pa.array(self.name_index))
-        parts = [pa.array(a, pa.int64()).cast(pa.string()) for a in (
-            self.recs["ts_event"].astype(np.int64), self.recs["sequence"].astype(np.int64),
-            self.n_in_packet)]
-        return sym, pc.binary_join_element_wise(sym, *parts, "|")
+        parts = (self.recs["ts_event"].astype(np.int64), self.recs["sequence"].astype(np.int64),
+                 self.n_in_packet)
+        return sym, id_column(self.names, self.name_index, sym, parts)
 
     def dedup_keys(self) -> list[int]:
         return ((self.recs["sequence"].astype(np.int64) << 16) | self.n_in_packet).tolist()
@@ -330,6 +334,21 @@ class DbnColumns:
                     m = None if empty is None or not empty[i].any() else empty[i]
                     arrays[col] = pa.array(by_level[i], schema.field(col).type, mask=m)
         return pa.Table.from_arrays([arrays[n] for n in schema.names], schema=schema)
+
+
+def id_column(names: list[str], name_index: np.ndarray, sym: pa.Array,
+              parts: tuple[np.ndarray, ...], compiled: bool = True) -> pa.Array:
+    """``names[name_index[i]]|parts[0][i]|...`` per row (``sym``: the first part, taken
+    already) as an Arrow string column."""
+    if compiled and join_ids is not None:
+        # One pass in C (tickflow/_ids.c): Arrow's cast of each column to text and its
+        # join took most of the ids' time.
+        offsets, data = join_ids(tuple(s.encode() for s in names),
+                                 np.ascontiguousarray(name_index, np.int64),
+                                 *(np.ascontiguousarray(p, np.int64) for p in parts))
+        return pa.StringArray.from_buffers(len(sym), pa.py_buffer(offsets), pa.py_buffer(data))
+    texts = [pa.array(p, pa.int64()).cast(pa.string()) for p in parts]
+    return pc.binary_join_element_wise(sym, *texts, "|")
 
 
 def _as_list(values: np.ndarray | _Coded, mask: np.ndarray | None) -> list[Any]:

@@ -1,0 +1,3 @@
+from typing import Any
+
+def join_ids(names: tuple[bytes, ...], index: Any, *cols: Any) -> tuple[bytes, bytes]: ...
