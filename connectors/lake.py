@@ -375,7 +375,9 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS,
                    write_page_checksum=True,
                    write_statistics=stats_columns(table.schema),
-                   use_dictionary=[p for p in leaves if p not in delta],
+                   # Event ids are unique: a dictionary of them only fails over to plain
+                   # after a page of work, and leaves the file ~4 % larger.
+                   use_dictionary=[p for p in leaves if p not in delta and p != "event_id"],
                    column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"))
 
 

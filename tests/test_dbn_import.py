@@ -182,7 +182,7 @@ def test_cli_import_then_verify(day: SimpleNamespace, tmp_path: Path,
     assert again.exit_code == 0 and sum(r.rows for r in verify(lake)) == 1900
 
 
-def test_lake_files_delta_encode_times_and_dictionary_encode_the_book(
+def test_lake_files_delta_encode_times_and_dictionary_encode_the_book_not_the_ids(
         day: SimpleNamespace, tmp_path: Path) -> None:
     import_files([day.mbp10], tmp_path)
     f = next(tmp_path.rglob("part-*.parquet"))
@@ -193,6 +193,9 @@ def test_lake_files_delta_encode_times_and_dictionary_encode_the_book(
     assert "symbol" not in enc  # in the path only (lake layouts 2 and up)
     for col in ("action", "bid_px_00", "ask_ct_09"):
         assert "RLE_DICTIONARY" in enc[col], (col, enc[col])
+    # Unique ids: a dictionary would only fail over to plain after a page.
+    assert "PLAIN" in enc["event_id"] and not {"RLE_DICTIONARY", "PLAIN_DICTIONARY"} & set(
+        enc["event_id"]), enc["event_id"]
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:databento")
