@@ -22,6 +22,8 @@ import time
 import warnings
 from pathlib import Path
 
+from bench.common import git_commit
+
 
 def ours(path: Path, lake: Path) -> int:
     from connectors.dbn_import import import_files
@@ -93,7 +95,8 @@ def main() -> int:
     print(f"tickflow / DBNStore.to_parquet: {ratio:.2f}x median "
           f"({min(ratios):.2f}-{max(ratios):.2f}x over {a.rounds} rounds; target >= 3x)")
     a.out.write_text(json.dumps({
-        "date": dt.datetime.now(dt.UTC).date().isoformat(), "records": a.records,
+        "date": dt.datetime.now(dt.UTC).date().isoformat(), "commit": git_commit(),
+        "records": a.records,
         "rounds": a.rounds, "results": results, "ratios": ratios, "ratio_median": ratio,
         "ratio_min": min(ratios), "ratio_max": max(ratios)}, indent=2))
     return 0
