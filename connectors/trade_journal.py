@@ -20,6 +20,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from connectors.broker_profile import producer_overrides
+from connectors.durable import sync_dir
 from connectors.lake import NS_PER_DAY, OpenFile, PartitionKey, write_file
 from connectors.lake_query import query as lake_query
 from connectors.topicstats import read_all
@@ -119,9 +120,10 @@ class TradeJournal:
         final = self.lake_root / TRADE_RECORD.name
         old = self.lake_root / f".old-{TRADE_RECORD.name}-{os.getpid()}"
         if final.exists():
-            final.rename(old)
+            os.replace(final, old)
         if (staging / TRADE_RECORD.name).exists():
-            (staging / TRADE_RECORD.name).rename(final)
+            os.replace(staging / TRADE_RECORD.name, final)
+        sync_dir(self.lake_root)  # the swap itself durable, before the old tree goes
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
         return len(groups)

@@ -200,3 +200,26 @@ def test_the_flow_s_deletion_of_superseded_lake_files_is_synced(tmp_path: Path,
     unlinks = [i for i, (op, _) in enumerate(ops) if op == "unlink"]
     assert len(unlinks) == 2
     assert ("fsync", os.path.realpath(folder)) in ops[unlinks[-1] + 1:], ops
+
+
+def test_a_rebuilt_trade_lake_is_swapped_in_durably(tmp_path: Path, ops: list[Op],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``trade_journal.rebuild_lake`` renames the new tree over the old one: the lake's
+    folder is synced after that swap, before the old tree is deleted (else a power cut can
+    undo the rename after the old files are gone)."""
+    from connectors.trade_journal import TradeJournal
+    from tickflow.journal import trade_record
+
+    t0 = 1_763_049_600 * 1_000_000_000
+    rec = trade_record({"event_id": "t1", "strategy": "mm", "symbol": "SPY", "side": "BUY",
+                        "quantity": 100, "price_e9": 676_250_000_000, "ts_event_ns": t0,
+                        "order_id": "o-t1", "venue": "XNAS"}, t0)
+    j = TradeJournal({}, {}, tmp_path)
+    monkeypatch.setattr(j, "_topic_records", lambda: [(0, 0, rec)])
+    assert j.rebuild_lake() == 1
+    ops.clear()
+    assert j.rebuild_lake() == 1  # over an existing tree: old moved aside, new moved in
+    final = os.path.realpath(tmp_path / "trade_record")
+    swaps = [i for i, (op, path) in enumerate(ops) if op == "rename" and path == final]
+    assert swaps, ops
+    assert ("fsync", os.path.realpath(tmp_path)) in ops[swaps[-1] + 1:], ops
