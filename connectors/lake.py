@@ -43,7 +43,7 @@ import uuid
 import zlib
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -60,7 +60,7 @@ from connectors.durable import make_dirs, replace, sync_dir, write_bytes
 from connectors.failpoints import failpoint
 from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
 from connectors.lake_journal import LakeJournal, LakeSnapshot
-from connectors.snapshot_timing import LAKE_FILES_WAIT, LAKE_JOURNAL
+from connectors.snapshot_timing import LAKE_JOURNAL
 from schemas.arrow import LEVELS, flatten_levels, lake_schema, level_columns, to_table
 from schemas.model import BY_NAME, MARKET_EVENTS, Event
 
@@ -479,13 +479,6 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
     return final
 
 
-def write_in_place(root: Path, key: PartitionKey, f: OpenFile) -> Path:
-    """``write_file``, then ``drop_stale``: never a moment without these rows in the lake."""
-    path = write_file(root, key, f)
-    drop_stale(root, key, f)
-    return path
-
-
 class LakeBuffer:
     """Open files per (event type, symbol, date, raw partition, offset bucket)."""
 
@@ -495,19 +488,14 @@ class LakeBuffer:
                  bucket_records: int = DEFAULT_BUCKET_RECORDS,
                  writer: Executor | None = None,
                  max_buffered_rows: int = DEFAULT_MAX_BUFFERED_ROWS,
-                 journal: SegmentReader | None = None, writer_in_order: bool = False) -> None:
+                 journal: SegmentReader | None = None) -> None:
         self.root = root
         self.journal = journal  # reads spilled rows back (the sink's journal)
         check_layout(root, create=True)
-        # With a writer, closed files are written on its threads while rows keep coming
-        # (pyarrow's Parquet writer releases the GIL): a bulk import's two cores, the
-        # dataflow's worker never stalled by a file's encoding and fsync. The dataflow's
-        # snapshot first waits for the writes in flight (``wait_writes``): it never names a
-        # state without the rows of a file that is not durable yet.
+        # With a writer (bulk imports), closed files are written on its threads while rows
+        # keep coming: pyarrow's Parquet writer releases the GIL. The dataflow writes inline,
+        # so a snapshot never races a write of rows it no longer holds.
         self.writer = writer
-        # A writer of one thread writes files in the order they closed: each file's
-        # superseded files can then go after it lands (``write_in_place``), as inline.
-        self.writer_in_order = writer_in_order
         self._writes: deque[Future[Path]] = deque()
         self.max_rows = max_rows
         self.max_span_ns = max_span_ns
@@ -648,15 +636,13 @@ class LakeBuffer:
         # (add_rows counts a record's rows after its loop: this may dip below 0 meanwhile)
         self.buffered -= f.count
         if self.writer is None:
-            self.files_written.append(write_in_place(self.root, key, f))
+            self.files_written.append(write_file(self.root, key, f))
+            drop_stale(self.root, key, f)  # after: never a moment without these rows
             return
-        if self.writer_in_order:
-            self._writes.append(self.writer.submit(write_in_place, self.root, key, f))
-        else:
-            # On several writer threads files of one key could land out of order: leftovers
-            # go first, here, in order.
-            drop_stale(self.root, key, f)
-            self._writes.append(self.writer.submit(write_file, self.root, key, f))
+        # On the writer threads files of one key could land out of order: leftovers go
+        # first, here, in order.
+        drop_stale(self.root, key, f)
+        self._writes.append(self.writer.submit(write_file, self.root, key, f))
         if len(self._writes) > MAX_WRITES_IN_FLIGHT:  # bounded memory: wait for the oldest
             self.files_written.append(self._writes.popleft().result())
 
@@ -678,11 +664,6 @@ class LakeBuffer:
         """Write every open file; on return all are on disk (a failed write raises here)."""
         for key in list(self.pending):
             self.flush(key)
-        self.wait_writes()
-
-    def wait_writes(self) -> None:
-        """Return once every closed file handed to the writer is in place (a failed write
-        raises here)."""
         while self._writes:
             self.files_written.append(self._writes.popleft().result())
 
@@ -731,10 +712,6 @@ class _LakePartition(StatefulSinkPartition[list[LakeRows], _Resume]):
                 self._buf.add_rows(item)
 
     def snapshot(self) -> _Resume:
-        # Files closed since the last snapshot were taken out of the open files: their rows
-        # are named by no snapshot from now on, so they must be durable first.
-        with LAKE_FILES_WAIT.time():
-            self._buf.wait_writes()
         with LAKE_JOURNAL.time():
             return self._snapshot()
 
@@ -776,8 +753,6 @@ class _LakePartition(StatefulSinkPartition[list[LakeRows], _Resume]):
             self._buf.flush_all()
         finally:
             self._journal.close()
-            if self._buf.writer is not None:
-                self._buf.writer.shutdown(wait=True)
 
 
 class LakeSink(FixedPartitionedSink[list[LakeRows], _Resume]):
@@ -812,13 +787,10 @@ class LakeSink(FixedPartitionedSink[list[LakeRows], _Resume]):
         # Files of snapshots after this one (never committed) are deleted here.
         journal.named({seg[0] for f in (pending or {}).values() for seg in f.segments})
         journal.wait()
-        # One writer thread per partition: its files land in the order they closed.
-        writer = ThreadPoolExecutor(1, thread_name_prefix=f"lake-files-{for_part}")
         return _LakePartition(LakeBuffer(self._root, self._max_rows, self._max_span_ns,
-                                         pending, self._bucket_records, writer=writer,
+                                         pending, self._bucket_records,
                                          max_buffered_rows=self._max_buffered_rows,
-                                         journal=journal.read, writer_in_order=True),
-                              journal)
+                                         journal=journal.read), journal)
 
 
 def read_partition(root: Path, event_type: str, symbol: str, day: dt.date) -> pa.Table:

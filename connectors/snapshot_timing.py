@@ -20,8 +20,6 @@ SNAPSHOT_SECONDS = Histogram(
     buckets=SNAPSHOT_BUCKETS_S)
 PRODUCER_FLUSH = SNAPSHOT_SECONDS.labels("producer_flush")
 LAKE_JOURNAL = SNAPSHOT_SECONDS.labels("lake_journal")
-# The wait for lake files closed since the last snapshot, written on the sink's writer thread.
-LAKE_FILES_WAIT = SNAPSHOT_SECONDS.labels("lake_files_wait")
 # The wait of the lake snapshot's pickle for the journal's writer (connectors.lake_journal).
 LAKE_JOURNAL_WAIT = SNAPSHOT_SECONDS.labels("lake_journal_wait")
 # A symbol's state: copying it and the changes of its journaled dedup windows (worker thread),
