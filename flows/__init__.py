@@ -15,8 +15,8 @@ user set it already:
   keeps freed heap memory up to twice it: the flow's large, short-lived buffers (a
   snapshot's pickles and Arrow batches, a closing lake file's rows) then stay in the heap
   as free space the process keeps. A fixed threshold (MALLOC_MMAP_THRESHOLD_, in bytes)
-  stops that: peak RSS 333 -> 301 MB over 420 s at 10k events/s
-  (``bench/results-latency-mmap-ab.json``).
+  stops that: over 420 s at 10k events/s, mean RSS 301 and 305 -> 280 and 270 MB, peaks
+  333 and 329 -> 310 and 299 MB (``bench/results-latency-mmap-ab.json``).
 """
 
 import ctypes
