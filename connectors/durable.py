@@ -59,9 +59,10 @@ def replace(tmp: Path, final: Path, point: str | None = None) -> None:
 
 def write_bytes(final: Path, data: bytes, tmp: Path | None = None,
                 point: str | None = None) -> None:
-    """Write ``data`` as file ``final`` through ``tmp`` (default: ``final`` + ``.tmp``),
-    atomically and durably (``replace``)."""
-    tmp = tmp if tmp is not None else final.with_name(final.name + ".tmp")
+    """Write ``data`` as file ``final`` through ``tmp`` (default: a name of this process
+    beside it, so that processes writing the same file never share a temporary one: each
+    rename finds its own), atomically and durably (``replace``)."""
+    tmp = tmp if tmp is not None else final.with_name(f".{final.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
     replace(tmp, final, point)

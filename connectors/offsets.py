@@ -263,11 +263,12 @@ def _recovery_record(state_dir: Path, group: str) -> Path:
 
 
 def record_recovery_dir(state_dir: Path, group: str, recovery_dir: Path) -> None:
-    """Called by the flow when it runs with a recovery store: where the store is."""
+    """Called by the flow when it runs with a recovery store: where the store is. Every
+    process of the flow writes it (the same record), at once: each through a temporary file
+    of its own (``write_bytes``)."""
     f = _recovery_record(state_dir, group)
     make_dirs(f.parent)
-    write_bytes(f, json.dumps({"recovery_dir": str(recovery_dir.resolve())}).encode(),
-                f.with_suffix(".tmp"))
+    write_bytes(f, json.dumps({"recovery_dir": str(recovery_dir.resolve())}).encode())
 
 
 def recorded_recovery_dir(state_dir: Path, group: str) -> Path | None:

@@ -223,3 +223,26 @@ def test_a_rebuilt_trade_lake_is_swapped_in_durably(tmp_path: Path, ops: list[Op
     swaps = [i for i, (op, path) in enumerate(ops) if op == "rename" and path == final]
     assert swaps, ops
     assert ("fsync", os.path.realpath(tmp_path)) in ops[swaps[-1] + 1:], ops
+
+
+def _record_often(root: str, n: int) -> None:
+    for _ in range(n):
+        record_recovery_dir(Path(root), "g", Path(root) / "store")
+
+
+def test_processes_of_one_flow_record_the_recovery_dir_at_once(tmp_path: Path) -> None:
+    """Every process of a flow records its recovery store at start, the same file in the same
+    state directory: with one shared temporary name, one process's rename took the file the
+    other was about to rename, and that process died before its first record (found by
+    bench.e2e: the flow's other process then waited for it forever)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_record_often, args=(str(tmp_path), 300)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    files = sorted(p.name for p in (tmp_path / "recovery-dirs").iterdir())
+    assert files == ["g.json"], files  # no temporary file left behind
