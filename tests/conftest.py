@@ -67,6 +67,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _private_state_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A process a test starts without naming a state dir gets one of the test's own, not
+    the checkout's ``.tickflow`` that every such test of the run would share (flow locks,
+    replay floors, recovery records)."""
+    monkeypatch.setenv("TICKFLOW_STATE_DIR", str(tmp_path / "default-state"))
+
+
 @pytest.fixture(scope="session")
 def _shared_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     d = tmp_path_factory.mktemp("kafka")

@@ -349,3 +349,46 @@ def test_a_window_pickled_before_packing_still_resumes() -> None:
                              "fps": w.fps[:]}))
     assert _entries(old) == _entries(w)
     assert old.seen(5, 5 * S, 5) == DUPLICATE
+
+
+def test_health_snapshot_read_from_another_thread_is_of_one_instant() -> None:
+    """The status server reads a tracker while the worker changes it: a snapshot must never
+    pair a state of before with counts of after (seen once in CI as HEALTHY with every event
+    of a run that had a gap counted)."""
+    import sys
+    import threading
+    import time
+
+    h = HealthTracker("SPY")
+    stop = threading.Event()
+
+    def worker() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            h.gap("FRAME_GAP", "lost", "MASSIVE_WS", i * 10, i * 10 + 5, i * 10 + 5, i * 10 + 5)
+            h.valid("MASSIVE_WS", i * 10 + 6, i * 10 + 6)
+            h.backfilled(i * 10, i * 10 + 5, "MASSIVE_REST", i * 10 + 7, i * 10 + 7)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: torn reads show up
+    t = threading.Thread(target=worker)
+    t.start()
+    seen: set[int] = set()
+    try:
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and len(seen) < 2000:
+            s = h.snapshot()
+            k, tr, ev = s["gaps_total"], s["transitions"], s["events_total"]
+            assert isinstance(k, int) and isinstance(tr, int) and isinstance(ev, int)
+            # At every instant of the worker's loop: each gap adds a gap and a transition,
+            # its event one count, its fill one transition.
+            assert 2 * k - 2 <= tr <= 2 * k and k - 1 <= ev <= k, s
+            # A gap's state change comes before its transition is counted; a fill's too.
+            assert s["state"] == Health.HEALTHY.value or tr <= 2 * k - 1, s
+            seen.add(k)
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(old)
+    assert len(seen) >= 100, f"the worker moved during only {len(seen)} snapshots"

@@ -135,7 +135,21 @@ class HealthTracker:
             setattr(self, k, v)
 
     def snapshot(self) -> dict[str, object]:
-        """Current state, counts and open gap windows: what ``health(symbol)`` answers."""
+        """Current state, counts and open gap windows: what ``health(symbol)`` answers.
+
+        Consistent when read from another thread while the worker changes the tracker (the
+        status server): the fields are read twice until both reads agree. Every change moves
+        a counter that only grows (a state change or a filled gap adds a transition), so two
+        equal reads mean nothing changed between the first read's end and the second's
+        start: the snapshot of one instant, never a state of before with counts of after.
+        """
+        while True:
+            first = self._read()
+            second = self._read()
+            if first == second:
+                return second
+
+    def _read(self) -> dict[str, object]:
         return {
             "symbol": self.symbol,
             "state": self.state.value,
