@@ -18,18 +18,26 @@ from typing import Self
 # a port the kernel hands out for outgoing connections can be taken by any Kafka client
 # between the moment we pick it and the moment a service binds it.
 _LISTEN_PORTS = (20000, 32000)
+# Ports this process handed out: a port picked for a service that binds it seconds later
+# (a Kafka controller, a registry still starting) is free until then, and a second pick must
+# not get it (seen in CI: the registry and the broker's controller drew the same port).
+_GIVEN: set[int] = set()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free right now on ``host``, outside the ephemeral range."""
+    """A TCP port that is free right now on ``host``, outside the ephemeral range, and never
+    handed out before by this process."""
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randrange(*_LISTEN_PORTS)
+        if port in _GIVEN:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))
             except OSError:
                 continue
+            _GIVEN.add(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # crowded: any port
         s.bind((host, 0))

@@ -86,3 +86,13 @@ def test_secrets_never_show_in_repr() -> None:
     text = repr(s) + str(s) + str(s.model_dump())
     assert "sekrit-key-123" not in text and "pw-456" not in text and "reg-789" not in text
     assert "sekrit-key-123" not in repr(WsConfig("h", "stocks", [], api_key="sekrit-key-123"))
+
+
+def test_free_port_never_hands_out_a_port_twice() -> None:
+    """Services bind their ports seconds after the pick (a Kafka controller, the registry): a
+    port picked before and not bound yet must not be picked again (CI once gave the
+    registry the broker's controller port)."""
+    from infra.procs import free_port
+
+    ports = [free_port() for _ in range(1000)]  # none bound: each one is free again at once
+    assert len(set(ports)) == len(ports)
