@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import busy_open_frames
-from bench.common import spread
+from bench.common import git_commit, spread
 from flows.runner import flow_argv
 from infra.procs import free_port
 from infra.registry import registry_process
@@ -342,6 +342,7 @@ def main() -> int:
         args.out.write_text(json.dumps({
             "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                         "cpus": os.cpu_count()},
+            "commit": git_commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "versions": _versions(), "frames": n_frames, "events_in": events_in,
             "broker": args.broker, "runs_per_contender": n_runs,
             "tickflow_snapshot_secs": args.snapshot_secs,
