@@ -113,6 +113,7 @@ class TradeJournal:
             if f is None:
                 f = groups[key] = OpenFile(o)
             f.append(TRADE_RECORD.name, r, o)
+        self._drop_leftovers()
         staging = self.lake_root / f".rebuild-{TRADE_RECORD.name}-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
         for key, f in groups.items():
@@ -128,6 +129,27 @@ class TradeJournal:
         shutil.rmtree(old, ignore_errors=True)
         return len(groups)
 
+    def _drop_leftovers(self) -> None:
+        """Trees of rebuilds whose process died (a crash between the renames leaves the old
+        tree, one before them the staging tree): each is named by its pid, so the next
+        rebuild, in another process, would never meet its own. A live process's trees are
+        its rebuild in progress and stay."""
+        for prefix in (f".rebuild-{TRADE_RECORD.name}-", f".old-{TRADE_RECORD.name}-"):
+            for d in self.lake_root.glob(prefix + "*"):
+                pid = d.name[len(prefix):]
+                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                    shutil.rmtree(d, ignore_errors=True)
+
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(60)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True

@@ -246,3 +246,37 @@ def test_processes_of_one_flow_record_the_recovery_dir_at_once(tmp_path: Path) -
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     files = sorted(p.name for p in (tmp_path / "recovery-dirs").iterdir())
     assert files == ["g.json"], files  # no temporary file left behind
+
+
+def test_a_rebuild_removes_what_a_crashed_rebuild_left(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild killed between its renames leaves ``.old-trade_record-<pid>`` (before them,
+    ``.rebuild-...-<pid>``); the next rebuild runs in another process and removes a dead
+    process's trees, never a live one's (a rebuild in progress)."""
+    import subprocess
+
+    from connectors.trade_journal import TradeJournal
+    from tickflow.journal import trade_record
+
+    t0 = 1_763_049_600 * 1_000_000_000
+    rec = trade_record({"event_id": "t1", "strategy": "mm", "symbol": "SPY", "side": "BUY",
+                        "quantity": 100, "price_e9": 676_250_000_000, "ts_event_ns": t0,
+                        "order_id": "o-t1", "venue": "XNAS"}, t0)
+    gone = subprocess.Popen(["true"])  # a process that has ended: its pid is free
+    gone.wait()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        leftovers = [tmp_path / f".old-trade_record-{gone.pid}",
+                     tmp_path / f".rebuild-trade_record-{gone.pid}"]
+        in_progress = tmp_path / f".rebuild-trade_record-{live.pid}"
+        for d in [*leftovers, in_progress]:
+            (d / "x").mkdir(parents=True)
+        j = TradeJournal({}, {}, tmp_path)
+        monkeypatch.setattr(j, "_topic_records", lambda: [(0, 0, rec)])
+        assert j.rebuild_lake() == 1
+        assert not [d for d in leftovers if d.exists()]
+        assert in_progress.exists()
+        assert (tmp_path / "trade_record").is_dir()
+    finally:
+        live.kill()
+        live.wait()
