@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -26,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import baseline_n
+from bench.common import machine
 from infra.simulator.market import MarketConfig, SyntheticMarket
 from schemas.model import ALL_EVENTS
 from schemas.serde import AvroEncoder
@@ -128,8 +127,7 @@ def main() -> int:
                   spread("core_events_per_s"), f"{med('ratio'):.2f}", spread("ratio"))
     Console().print(table)
     result = {
-        "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                    "cpus": os.cpu_count()},
+        "machine": machine(),
         "versions": {p: version(p) for p in ("msgspec", "cavro", "bytewax", "confluent-kafka")},
         "frames": len(frames),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),

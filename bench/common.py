@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -11,6 +14,12 @@ def git_commit() -> str:
     """The short commit the benchmark ran on (the working tree may differ: say so)."""
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True, cwd=Path(__file__).parent).stdout.strip()
+
+
+def machine() -> dict[str, object]:
+    """Python, platform and cores of the machine the benchmark ran on."""
+    return {"python": sys.version.split()[0], "platform": platform.platform(),
+            "cpus": os.cpu_count()}
 
 
 def spread(xs: list[float]) -> dict[str, float]:

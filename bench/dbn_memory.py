@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import git_commit, spread
+from bench.common import git_commit, machine, spread
 
 RECORD = 368  # bytes of one MBP-10 record
 
@@ -134,7 +134,7 @@ def main() -> int:
     result: dict[str, Any] = {
         "gb": a.gb, "records": n, "rounds": a.rounds,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(), "counting_sink": summary(sink_runs)}
+        "commit": git_commit(), "machine": machine(), "counting_sink": summary(sink_runs)}
     print(show("into a counting sink", result["counting_sink"]))
     if kafka_runs:
         result["into_kafka"] = summary(kafka_runs)

@@ -22,7 +22,7 @@ import time
 import warnings
 from pathlib import Path
 
-from bench.common import git_commit
+from bench.common import git_commit, machine
 
 
 def ours(path: Path, lake: Path) -> int:
@@ -96,6 +96,7 @@ def main() -> int:
           f"({min(ratios):.2f}-{max(ratios):.2f}x over {a.rounds} rounds; target >= 3x)")
     a.out.write_text(json.dumps({
         "date": dt.datetime.now(dt.UTC).date().isoformat(), "commit": git_commit(),
+        "machine": machine(),
         "records": a.records,
         "rounds": a.rounds, "results": results, "ratios": ratios, "ratio_median": ratio,
         "ratio_min": min(ratios), "ratio_max": max(ratios)}, indent=2))

@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -45,7 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import busy_open_frames
-from bench.common import git_commit, spread
+from bench.common import git_commit, machine, spread
 from flows.runner import flow_argv
 from infra.procs import free_port
 from infra.registry import registry_process
@@ -340,8 +339,7 @@ def main() -> int:
         summary = summarize(runs)
         print_table(console, summary, events_in, n_frames, n_runs)
         args.out.write_text(json.dumps({
-            "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
-                        "cpus": os.cpu_count()},
+            "machine": machine(),
             "commit": git_commit(), "date": time.strftime("%Y-%m-%d", time.gmtime()),
             "versions": _versions(), "frames": n_frames, "events_in": events_in,
             "broker": args.broker, "runs_per_contender": n_runs,

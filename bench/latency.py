@@ -37,7 +37,7 @@ import httpx
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import git_commit
+from bench.common import git_commit, machine
 from bench.e2e import tree_rss
 from connectors.kafka_sink import producer_config
 from flows.runner import flow_argv
@@ -295,7 +295,7 @@ def main() -> int:
     lat_ms.sort()
     to_produce_ms.sort()
     to_consumer_ms.sort()
-    res = {"commit": git_commit(),
+    res = {"commit": git_commit(), "machine": machine(),
            "date": started_at,
            "offered_events_per_s": a.rate, "snapshot_secs": a.snapshot_secs,
            "measured": len(lat_ms),

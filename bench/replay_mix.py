@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import git_commit, spread
+from bench.common import git_commit, machine, spread
 
 DAY = dt.date(2025, 11, 13)
 MODES = {"full_speed": 0.0, "paced_capacity": 1e7}
@@ -71,7 +71,7 @@ def main() -> int:
                   f"{r['records_per_s']:,.0f} records/s")
     result: dict[str, object] = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+        "commit": git_commit(), "machine": machine(),
         "rounds": a.rounds}
     for mode, rs in runs.items():
         s = spread([r["records_per_s"] for r in rs])
