@@ -66,3 +66,15 @@ def write_bytes(final: Path, data: bytes, tmp: Path | None = None,
     with open(tmp, "wb") as f:
         f.write(data)
     replace(tmp, final, point)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs: what decides if a file or folder named by a pid (a
+    temporary file, a rebuild's tree) is a live process's work or a crash's leftover."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True

@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from connectors.broker_profile import producer_overrides
-from connectors.durable import sync_dir
+from connectors.durable import pid_alive, sync_dir
 from connectors.lake import NS_PER_DAY, OpenFile, PartitionKey, write_file
 from connectors.lake_query import query as lake_query
 from connectors.topicstats import read_all
@@ -137,19 +137,9 @@ class TradeJournal:
         for prefix in (f".rebuild-{TRADE_RECORD.name}-", f".old-{TRADE_RECORD.name}-"):
             for d in self.lake_root.glob(prefix + "*"):
                 pid = d.name[len(prefix):]
-                if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+                if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
                     shutil.rmtree(d, ignore_errors=True)
 
     def close(self) -> None:
         if self._producer is not None:
             self._producer.flush(60)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from connectors.durable import pid_alive
 from infra.broker import TansuBroker
 from infra.kafka import KafkaBroker
 from infra.procs import ManagedProcess, free_port, python_module_argv
@@ -152,16 +153,6 @@ def read_stack_file(state_dir: Path) -> StackInfo | None:
     if not path.exists():
         return None
     return StackInfo(**json.loads(path.read_text()))
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stop_recorded(state_dir: Path) -> list[str]:

@@ -18,11 +18,13 @@ from connectors.durable import make_dirs, replace
 from connectors.lake import LakeSink, check_layout
 from connectors.massive_rest import Checkpoints
 from connectors.offsets import PlanRow, read_floor, record_floor, record_recovery_dir
+from connectors.trade_journal import TradeJournal
 from connectors.window_journal import WindowJournal
 from infra.registry import Registry
 from tests.test_dbn_import import T0, _trade, _write_dbn
 from tests.test_lake_journal import STEP, records
 from tests.test_window_journal import _state
+from tickflow.journal import trade_record
 
 Op = tuple[str, str]  # ("fsync", path), ("rename", destination) or ("unlink", path)
 
@@ -202,20 +204,24 @@ def test_the_flow_s_deletion_of_superseded_lake_files_is_synced(tmp_path: Path,
     assert ("fsync", os.path.realpath(folder)) in ops[unlinks[-1] + 1:], ops
 
 
-def test_a_rebuilt_trade_lake_is_swapped_in_durably(tmp_path: Path, ops: list[Op],
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """``trade_journal.rebuild_lake`` renames the new tree over the old one: the lake's
-    folder is synced after that swap, before the old tree is deleted (else a power cut can
-    undo the rename after the old files are gone)."""
-    from connectors.trade_journal import TradeJournal
-    from tickflow.journal import trade_record
+def _journal_of_one_trade(lake: Path, monkeypatch: pytest.MonkeyPatch) -> TradeJournal:
+    """A trade journal on ``lake`` whose topic holds one trade (no broker: read stubbed)."""
 
     t0 = 1_763_049_600 * 1_000_000_000
     rec = trade_record({"event_id": "t1", "strategy": "mm", "symbol": "SPY", "side": "BUY",
                         "quantity": 100, "price_e9": 676_250_000_000, "ts_event_ns": t0,
                         "order_id": "o-t1", "venue": "XNAS"}, t0)
-    j = TradeJournal({}, {}, tmp_path)
+    j = TradeJournal({}, {}, lake)
     monkeypatch.setattr(j, "_topic_records", lambda: [(0, 0, rec)])
+    return j
+
+
+def test_a_rebuilt_trade_lake_is_swapped_in_durably(tmp_path: Path, ops: list[Op],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``trade_journal.rebuild_lake`` renames the new tree over the old one: the lake's
+    folder is synced after that swap, before the old tree is deleted (else a power cut can
+    undo the rename after the old files are gone)."""
+    j = _journal_of_one_trade(tmp_path, monkeypatch)
     assert j.rebuild_lake() == 1
     ops.clear()
     assert j.rebuild_lake() == 1  # over an existing tree: old moved aside, new moved in
@@ -255,13 +261,6 @@ def test_a_rebuild_removes_what_a_crashed_rebuild_left(tmp_path: Path,
     process's trees, never a live one's (a rebuild in progress)."""
     import subprocess
 
-    from connectors.trade_journal import TradeJournal
-    from tickflow.journal import trade_record
-
-    t0 = 1_763_049_600 * 1_000_000_000
-    rec = trade_record({"event_id": "t1", "strategy": "mm", "symbol": "SPY", "side": "BUY",
-                        "quantity": 100, "price_e9": 676_250_000_000, "ts_event_ns": t0,
-                        "order_id": "o-t1", "venue": "XNAS"}, t0)
     gone = subprocess.Popen(["true"])  # a process that has ended: its pid is free
     gone.wait()
     live = subprocess.Popen(["sleep", "30"])
@@ -271,8 +270,7 @@ def test_a_rebuild_removes_what_a_crashed_rebuild_left(tmp_path: Path,
         in_progress = tmp_path / f".rebuild-trade_record-{live.pid}"
         for d in [*leftovers, in_progress]:
             (d / "x").mkdir(parents=True)
-        j = TradeJournal({}, {}, tmp_path)
-        monkeypatch.setattr(j, "_topic_records", lambda: [(0, 0, rec)])
+        j = _journal_of_one_trade(tmp_path, monkeypatch)
         assert j.rebuild_lake() == 1
         assert not [d for d in leftovers if d.exists()]
         assert in_progress.exists()
