@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) -m bench
 	$(PY) -m bench.e2e
 	$(PY) -m bench.dbn_parquet
+	$(PY) -m bench.dbn_profile
 	$(PY) -m bench.latency
 	$(PY) -m bench.snapshot_profile
 	$(PY) -m bench.scaling
