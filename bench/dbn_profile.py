@@ -87,9 +87,9 @@ def main() -> int:
         orig = lake.write_file
         t_start = 0.0
 
-        def timed(root_: Path, key: Any, f: Any) -> Path:
+        def timed(root_: Path, key: Any, f: Any, *rest: Any) -> Path:
             t = time.perf_counter() - t_start
-            out = orig(root_, key, f)
+            out = orig(root_, key, f, *rest)
             writes.append((t, time.perf_counter() - t_start, f.count))
             return out
 

@@ -42,7 +42,7 @@ import os
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +58,12 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 import tickflow
 from connectors.durable import make_dirs, replace, sync_dir, write_bytes
 from connectors.failpoints import failpoint
-from connectors.lake_checksum import ROW_GROUP_ROWS, checksum_metadata
+from connectors.lake_checksum import (
+    ROW_GROUP_ROWS,
+    checksum_entries,
+    checksum_metadata,
+    table_digest,
+)
 from connectors.lake_journal import LakeJournal, LakeSnapshot
 from connectors.snapshot_timing import LAKE_JOURNAL
 from schemas.arrow import LEVELS, flatten_levels, lake_schema, level_columns, to_table
@@ -125,7 +130,7 @@ class OpenFile:
     segments: list[Segment] = field(default_factory=list)
     # The first ``spilled`` segments' rows are in the journal only, not in ``chunks``: the
     # sink drops journaled rows from memory (see _LakePartition.snapshot) and reads them
-    # back when the file closes (LakeBuffer.flush).
+    # back when the file closes (write_file).
     spilled: int = 0
 
     def append(self, event_type: str, ev: Event, raw_offset: int) -> None:
@@ -150,17 +155,27 @@ class OpenFile:
         self.count += rows.num_rows
         self.last_offset = raw_offset
 
-    def table(self, event_type: str) -> pa.Table:
-        """Every row, in arrival order."""
-        if self.spilled:
-            raise RuntimeError("an open lake file's spilled rows were not read back")
+    def pieces(self, event_type: str, journal: SegmentReader | None = None
+               ) -> Iterator[pa.Table]:
+        """Every row, in arrival order, a piece at a time: the spilled segments read back from
+        ``journal`` one by one, then the chunks, then the dict rows."""
+        if self.spilled and journal is None:
+            raise RuntimeError("an open lake file spilled rows and no journal reads them")
         et = BY_NAME[event_type]
-        tail = to_table(et, self.rows)
         # Chunks resumed from a recovery snapshot or journal of lake layout 2 hold MBP-10
         # levels nested: flattened here, so a flow upgraded mid-run closes those files in
         # the current layout instead of failing on two schemas.
-        return pa.concat_tables([*(flatten_levels(et, c) for c in self.chunks), tail]
-                                ) if self.chunks else tail
+        for seg in self.segments[:self.spilled]:
+            assert journal is not None
+            yield flatten_levels(et, journal(*seg))
+        for c in self.chunks:
+            yield flatten_levels(et, c)
+        if self.rows or not (self.spilled or self.chunks):
+            yield to_table(et, self.rows)
+
+    def table(self, event_type: str, journal: SegmentReader | None = None) -> pa.Table:
+        """Every row, in arrival order (see ``pieces``), as one table."""
+        return pa.concat_tables(list(self.pieces(event_type, journal)))
 
     def __setstate__(self, state: dict[str, object]) -> None:
         # Recovery snapshots written before rows were chunked hold only ``rows``.
@@ -320,7 +335,11 @@ _NEWLINE = pa.scalar("\n", pa.large_string())
 def event_id_checksum(ids: pa.ChunkedArray | pa.Array) -> str:
     """CRC-32 (hex) of a file's event ids in file order, one per line: what ``lake verify``
     recomputes to see that a file's rows are the ones written."""
-    crc = 0
+    return f"{_id_crc(ids):08x}"
+
+
+def _id_crc(ids: pa.ChunkedArray | pa.Array, crc: int = 0) -> int:
+    """``event_id_checksum``'s CRC, continued from ``crc`` (the ids before these)."""
     for chunk in (ids.chunks if isinstance(ids, pa.ChunkedArray) else [ids]):
         if not len(chunk):
             continue
@@ -330,7 +349,7 @@ def event_id_checksum(ids: pa.ChunkedArray | pa.Array) -> str:
         offsets = np.frombuffer(lines.buffers()[1], np.int64, count=len(lines) + 1,
                                 offset=lines.offset * 8)
         crc = zlib.crc32(memoryview(lines.buffers()[2])[offsets[0]:offsets[-1]], crc)
-    return f"{crc:08x}"
+    return crc
 
 
 _LEVEL_COLUMNS = frozenset(c for e in MARKET_EVENTS for c in level_columns(e))
@@ -362,36 +381,56 @@ def _leaf_paths(name: str, t: pa.DataType) -> list[str]:
     return [name]
 
 
+def _write_groups(path: Path, schema: pa.Schema, groups: Iterable[pa.Table]) -> list[int]:
+    """Write ``groups`` as the row groups of one Parquet file with the lake's settings (page
+    checksums; ``schema`` carries the metadata). Returns the groups' row counts."""
+    delta = delta_columns(schema)
+    leaves = [p for f in schema for p in _leaf_paths(f.name, f.type)]
+    sizes = []
+    with pq.ParquetWriter(
+            path, schema, compression="zstd", write_page_checksum=True,
+            write_statistics=stats_columns(schema),
+            # Event ids are unique: a dictionary of them only fails over to plain after a
+            # page of work, and leaves the file ~4 % larger.
+            use_dictionary=[p for p in leaves if p not in delta and p != "event_id"],
+            column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED")) as w:
+        for g in groups:
+            w.write_table(g, row_group_size=ROW_GROUP_ROWS)
+            sizes.append(g.num_rows)
+            del g  # before the next group is gathered: one group in memory, not two
+    return sizes
+
+
+def _file_schema(schema: pa.Schema, meta: dict[bytes, bytes]) -> pa.Schema:
+    return schema.with_metadata({**(schema.metadata or {}), **meta,
+                                 LAYOUT_KEY: str(LAKE_LAYOUT).encode()})
+
+
 def write_parquet(table: pa.Table, path: Path) -> None:
     """The lake's Parquet settings, for every file it writes (the flow, imports, compact):
     page checksums, and a content digest per row group in the metadata (lake_checksum)."""
     if PATH_COLUMN in table.column_names:  # the folder carries it (layout 2)
         table = table.drop_columns([PATH_COLUMN])
-    delta = delta_columns(table.schema)
-    leaves = [p for f in table.schema for p in _leaf_paths(f.name, f.type)]
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                           **checksum_metadata(table),
-                                           LAYOUT_KEY: str(LAKE_LAYOUT).encode()})
-    pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS,
-                   write_page_checksum=True,
-                   write_statistics=stats_columns(table.schema),
-                   # Event ids are unique: a dictionary of them only fails over to plain
-                   # after a page of work, and leaves the file ~4 % larger.
-                   use_dictionary=[p for p in leaves if p not in delta and p != "event_id"],
-                   column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"))
+    schema = _file_schema(table.schema, checksum_metadata(table))
+    _write_groups(path, schema, _row_groups([table]) if table.num_rows else [table])
 
 
-def _sorted(table: pa.Table, keys: list[str]) -> bool:
+def _sorted(table: pa.Table, keys: list[str], before: tuple[int, int] | None = None) -> bool:
     """Whether ``table`` is already in ``keys`` order (files from one DBN file or one feed
-    mostly are): then the sort, a full copy of every column, is skipped."""
+    mostly are): then the sort, a full copy of every column, is skipped. ``before``: the
+    keys of the row before the table's first (the end of the previous row group)."""
     ts = table.column(keys[0]).to_numpy()
+    if before is not None:
+        ts = np.concatenate(([before[0]], ts))
     step = np.diff(ts)
     if (step > 0).all():
         return True
     if (step < 0).any() or table.schema.field(keys[1]).type != pa.int64():
         return False
-    second = np.diff(table.column(keys[1]).to_numpy())
-    return bool((second[step == 0] >= 0).all())
+    second = table.column(keys[1]).to_numpy()
+    if before is not None:
+        second = np.concatenate(([before[1]], second))
+    return bool((np.diff(second)[step == 0] >= 0).all())
 
 
 def _file_dir(root: Path, key: PartitionKey) -> Path:
@@ -441,38 +480,126 @@ def drop_stale(root: Path, key: PartitionKey, f: OpenFile) -> list[Path]:
     return gone
 
 
-def write_file(root: Path, key: PartitionKey, f: OpenFile) -> Path:
-    """Write one sorted Parquet file for the rows of ``f``, atomically."""
+def _row_groups(pieces: Iterable[pa.Table]) -> Iterator[pa.Table]:
+    """The rows of ``pieces``, in order, cut into the row groups of a file."""
+    held: list[pa.Table] = []
+    n = 0
+    for t in pieces:
+        if PATH_COLUMN in t.column_names:  # the folder carries it (layout 1 chunks)
+            t = t.drop_columns([PATH_COLUMN])
+        while t.num_rows:
+            take = min(ROW_GROUP_ROWS - n, t.num_rows)
+            held.append(t.slice(0, take))
+            n += take
+            t = t.slice(take)
+            if n == ROW_GROUP_ROWS:
+                yield pa.concat_tables(held)
+                held, n = [], 0
+    if n:
+        yield pa.concat_tables(held)
+
+
+class _Facts:
+    """What a file's metadata says of its rows, gathered row group by row group."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.schema: pa.Schema | None = None  # of the rows
+        self.rows: list[int] = []  # per row group
+        self.crc = 0  # of the event ids (event_id_checksum)
+        self.first_id = self.last_id = ""
+        self.sources: set[str] = set()
+        self.digests: list[str] = []  # per row group (lake_checksum)
+        self._before: tuple[int, int] | None = None  # the sort keys of the last row
+
+    def add(self, g: pa.Table) -> bool:
+        """Take the next row group; False if it breaks the files' row order."""
+        keys = self.keys
+        if not _sorted(g, keys, self._before):
+            return False
+        last = g.slice(g.num_rows - 1)
+        self._before = (last.column(keys[0])[0].as_py(),
+                        last.column(keys[1])[0].as_py()
+                        if g.schema.field(keys[1]).type == pa.int64() else 0)
+        ids = g.column("event_id")
+        if self.schema is None:
+            self.schema, self.first_id = g.schema, ids[0].as_py()
+        self.last_id = ids[-1].as_py()
+        self.crc = _id_crc(ids, self.crc)
+        if "source" in g.column_names:
+            self.sources.update(pc.unique(g.column("source")).to_pylist())
+        self.digests.append(table_digest(g))
+        self.rows.append(g.num_rows)
+        return True
+
+
+def _scan(groups: Iterable[pa.Table], keys: list[str]) -> _Facts | None:
+    """The facts of a file's row groups, or None if its rows are not in ``keys`` order."""
+    facts = _Facts(keys)
+    for g in groups:
+        if not facts.add(g):
+            return None
+        del g  # before the next group is gathered: one group in memory, not two
+    return facts
+
+
+def write_file(root: Path, key: PartitionKey, f: OpenFile,
+               journal: SegmentReader | None = None) -> Path:
+    """Write one sorted Parquet file for the rows of ``f``, atomically.
+
+    Rows spilled to ``journal`` are read back a segment at a time and written row group by
+    row group, twice over (the metadata, known at the end, goes first in the schema): a
+    closing file never holds all its rows in memory. Only rows out of order are read back
+    whole to be sorted (Arrow's sort is stable, like sorted(): rows with equal keys keep
+    their arrival order)."""
     et = BY_NAME[key.event_type]
     d = _file_dir(root, key)
     make_dirs(d)
     name = file_name(key, f.first_offset, f.part)
-    # Arrow's sort is stable, like sorted(): rows with equal keys keep their arrival order.
-    table = f.table(key.event_type)
     keys = sort_keys(key.event_type)
-    if not _sorted(table, keys):
-        table = table.sort_by([(k, "ascending") for k in keys])
-    ids = table.column("event_id")
+    groups: Callable[[], Iterator[pa.Table]]
+    if f.spilled:
+        def groups() -> Iterator[pa.Table]:
+            return _row_groups(f.pieces(key.event_type, journal))
+        facts = _scan(groups(), keys)
+    else:
+        facts = None
+    if facts is None:
+        table = f.table(key.event_type, journal)
+        if not _sorted(table, keys):
+            table = table.sort_by([(k, "ascending") for k in keys])
+
+        def groups() -> Iterator[pa.Table]:
+            return _row_groups([table])
+        facts = _scan(groups(), keys)
+        assert facts is not None
+    if sum(facts.rows) != f.count:
+        raise ValueError(f"lake journal and memory hold {sum(facts.rows)} rows of "
+                         f"{key.event_type} {key.symbol!r} from offset {f.first_offset}, the "
+                         f"open file {f.count}: the file cannot be written")
     meta = {
         "tickflow.version": tickflow.__version__,
         "tickflow.event_type": key.event_type,
         "tickflow.symbol": key.symbol,
-        "tickflow.rows": str(table.num_rows),
-        "tickflow.checksum": event_id_checksum(ids),
+        "tickflow.rows": str(f.count),
+        "tickflow.checksum": f"{facts.crc:08x}",
         "tickflow.raw_topic": key.raw_topic,
         "tickflow.raw_partition": str(key.raw_partition),
         "tickflow.raw_first_offset": str(f.first_offset),
         "tickflow.raw_last_offset": str(f.last_offset),
-        "tickflow.first_event_id": ids[0].as_py(),
-        "tickflow.last_event_id": ids[-1].as_py(),
-        "tickflow.sources": ",".join(sorted(pc.unique(table.column("source")).to_pylist()))
-        if "source" in table.column_names else "",
+        "tickflow.first_event_id": facts.first_id,
+        "tickflow.last_event_id": facts.last_id,
+        "tickflow.sources": ",".join(sorted(facts.sources)),
         "tickflow.avro_schema": json.dumps(et.schema, separators=(",", ":")),
     }
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+    assert facts.schema is not None  # f.count > 0: some group
+    entries = {k.encode(): v.encode() for k, v in meta.items()}
+    schema = _file_schema(facts.schema, {**entries, **checksum_entries(facts.digests)})
     final = d / name
     tmp = d / f".{name}.tmp-{os.getpid()}"
-    write_parquet(table, tmp)
+    if _write_groups(tmp, schema, groups()) != facts.rows:
+        raise ValueError(f"lake journal rows of {key.event_type} {key.symbol!r} from offset "
+                         f"{f.first_offset} changed while its file was written")
     # Durable before the rename and after: the journal rows behind it are deleted once it is.
     replace(tmp, final, "lake.before_rename")
     failpoint("lake.after_rename")
@@ -631,34 +758,18 @@ class LakeBuffer:
         f = self.pending.pop(key, None)
         if f is None or not f.count:
             return
-        if f.spilled:
-            self._read_back(key, f)
         # (add_rows counts a record's rows after its loop: this may dip below 0 meanwhile)
         self.buffered -= f.count
         if self.writer is None:
-            self.files_written.append(write_file(self.root, key, f))
+            self.files_written.append(write_file(self.root, key, f, self.journal))
             drop_stale(self.root, key, f)  # after: never a moment without these rows
             return
         # On the writer threads files of one key could land out of order: leftovers go
         # first, here, in order.
         drop_stale(self.root, key, f)
-        self._writes.append(self.writer.submit(write_file, self.root, key, f))
+        self._writes.append(self.writer.submit(write_file, self.root, key, f, self.journal))
         if len(self._writes) > MAX_WRITES_IN_FLIGHT:  # bounded memory: wait for the oldest
             self.files_written.append(self._writes.popleft().result())
-
-    def _read_back(self, key: PartitionKey, f: OpenFile) -> None:
-        """Put the rows ``f`` spilled to the journal back in front of its chunks."""
-        if self.journal is None:
-            raise RuntimeError("an open lake file spilled rows and no journal reads them")
-        back = [self.journal(*seg) for seg in f.segments[:f.spilled]]
-        found = sum(c.num_rows for c in back) + sum(c.num_rows for c in f.chunks) + len(f.rows)
-        if found != f.count:
-            raise ValueError(f"lake journal and memory hold {found} rows of {key.event_type} "
-                             f"{key.symbol!r} from offset {f.first_offset}, the open file "
-                             f"{f.count}: the file cannot be written")
-        f.chunks[:0] = back
-        f.journaled += f.spilled
-        f.spilled = 0
 
     def flush_all(self) -> None:
         """Write every open file; on return all are on disk (a failed write raises here)."""

@@ -103,5 +103,9 @@ def row_group_digests(table: pa.Table, rows: int = ROW_GROUP_ROWS,
 
 def checksum_metadata(table: pa.Table) -> dict[bytes, bytes]:
     """The metadata entries a lake file carries for ``table`` (see module doc)."""
-    return {KEY: json.dumps(row_group_digests(table)).encode(),
-            VERSION_KEY: CHECKSUM_VERSION.encode()}
+    return checksum_entries(row_group_digests(table))
+
+
+def checksum_entries(digests: list[str]) -> dict[bytes, bytes]:
+    """The metadata entries of a file whose row groups have ``digests`` (``table_digest``)."""
+    return {KEY: json.dumps(digests).encode(), VERSION_KEY: CHECKSUM_VERSION.encode()}

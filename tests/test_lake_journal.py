@@ -11,11 +11,17 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from connectors.lake import LakeBuffer, LakeRows, LakeSink, OpenFile, read_partition
+from connectors.lake_checksum import ROW_GROUP_ROWS
 from connectors.lake_journal import KEEP_SNAPSHOTS
+from connectors.lake_verify import verify
 from tests.test_lake import DAY, RAW, T0, trade
 
 STEP = "tickflow_normalize.lake"
@@ -298,3 +304,102 @@ def test_a_failed_journal_write_fails_the_snapshot_that_names_it(
     with pytest.raises(OSError, match="No space left"):
         pickle.dumps(snap)  # never stored naming a file that is not there
     assert held.calls and journal_names(tmp_path) == set()
+
+
+def _trades(keys: list[tuple[int, int]], first_offset: int) -> list[LakeRows]:
+    """One raw record per (sequence, event time offset in us) of SPY."""
+    return [LakeRows(RAW, 0, first_offset + i, [("stock_trade", trade("SPY", seq, T0 + t * 1000))])
+            for i, (seq, t) in enumerate(keys)]
+
+
+@st.composite
+def _segments(draw: st.DrawFn) -> list[list[tuple[int, int]]]:
+    """Unique sequences with few distinct event times (ties), cut into segments."""
+    rows = draw(st.lists(st.tuples(st.integers(0, 200), st.integers(0, 8)), min_size=1,
+                         max_size=60, unique_by=lambda r: r[0]))
+    cuts = sorted(draw(st.sets(st.integers(1, len(rows)), max_size=5)) | {len(rows)})
+    return [rows[a:b] for a, b in zip([0, *cuts], cuts, strict=False) if b > a]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_segments())
+def test_a_file_from_spilled_segments_is_the_file_written_from_memory(
+        tmp_path_factory: pytest.TempPathFactory, segments: list[list[tuple[int, int]]]
+        ) -> None:
+    # Rows in order, with ties, or out of order across a segment's edge: the file a closing
+    # sink writes segment by segment is the one written from memory: rows, and metadata
+    # (row count, id checksum, first and last ids, sources, digests per row group).
+    root = tmp_path_factory.mktemp("lake")
+    part = LakeSink(root / "a", parts=1).build_part(STEP, "lake-0", None)
+    plain = LakeBuffer(root / "b")
+    off = 0
+    for seg in segments:
+        recs = _trades(seg, off)
+        off += len(seg)
+        part.write_batch([recs])
+        stored(part)  # the segment's rows leave memory
+        for r in recs:
+            plain.add_rows(r)
+    assert all(f.spilled == len(segments) for f in part._buf.pending.values())
+    part.close()
+    plain.flush_all()
+    files = lake_files(root / "a")
+    assert files and files == lake_files(root / "b")
+    for name in files:
+        a, b = pq.ParquetFile(root / "a" / name), pq.ParquetFile(root / "b" / name)
+        assert a.read().equals(b.read())
+        assert a.metadata.metadata == b.metadata.metadata
+    reports = verify(root / "a")
+    assert reports and all(not r.problems and not r.duplicates for r in reports)
+
+
+def test_a_closing_file_holds_a_row_group_not_all_its_rows(tmp_path: Path) -> None:
+    # A file of 24 segments (196,608 rows in event-time order, the live case; three row
+    # groups) is written from its journal segments a row group at a time: the Arrow memory
+    # in use while it is written stays under a row group and two segments, far under the
+    # file's rows.
+    per, n = 8192, 24
+    part = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", None)
+    for i in range(n):
+        part.write_batch([_trades([(i * per + j, i * per + j) for j in range(per)], i * per)])
+        stored(part)
+    buf = part._buf
+    read, base, peak = buf.journal, pa.total_allocated_bytes(), [0]
+    calls = []
+
+    def reader(*seg: Any) -> pa.Table:
+        t = read(*seg)
+        calls.append(t.num_rows)
+        peak[0] = max(peak[0], pa.total_allocated_bytes() - base)
+        return t
+
+    buf.journal = reader
+    part.close()
+    whole = read_partition(tmp_path, "stock_trade", "SPY", DAY)
+    assert whole.column("sequence").to_pylist() == list(range(n * per))
+    row = whole.nbytes / whole.num_rows
+    assert peak[0] < (ROW_GROUP_ROWS + 2 * per) * row < whole.nbytes / 2, (peak[0], row)
+    assert calls == [per] * (2 * n)  # every segment read, twice (the facts, then the write)
+
+
+def test_rows_out_of_order_across_a_row_group_edge_are_sorted(tmp_path: Path) -> None:
+    # In order inside every row group, but the second group starts before the first ends:
+    # the file is read back whole and sorted, as one written from memory is.
+    per, n = 4096, 17
+    keys = [(i, i) for i in range(per * n)]
+    edge = ROW_GROUP_ROWS
+    keys[edge] = (keys[edge][0], keys[edge - 1][1] - 5)
+    part = LakeSink(tmp_path / "a", parts=1).build_part(STEP, "lake-0", None)
+    plain = LakeBuffer(tmp_path / "b")
+    for i in range(n):
+        recs = _trades(keys[i * per:(i + 1) * per], i * per)
+        part.write_batch([recs])
+        stored(part)
+        for r in recs:
+            plain.add_rows(r)
+    part.close()
+    plain.flush_all()
+    got = read_partition(tmp_path / "a", "stock_trade", "SPY", DAY)
+    ts = got.column("ts_event_ns").to_numpy()
+    assert got.num_rows == per * n and (ts[1:] >= ts[:-1]).all()
+    assert got.equals(read_partition(tmp_path / "b", "stock_trade", "SPY", DAY))
