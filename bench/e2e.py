@@ -33,11 +33,12 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from rich.console import Console
@@ -105,13 +106,26 @@ def tree_rss(pids: list[int]) -> float:
     return total / 2**20
 
 
+class ProcRun(NamedTuple):
+    """What ``run_procs`` measured of a run's processes."""
+
+    wall_s: float
+    peak_rss_mb: float  # all of them and their children together
+    cpu_s: list[float]  # each process's own CPU seconds (user + system), in argv order
+
+
 def run_procs(argvs: list[list[str]], env: dict[str, str], log: Path,
-              timeout: float = 900) -> tuple[float, float]:
-    """Run processes to completion; (wall seconds, peak RSS MB of all of them)."""
+              timeout: float = 900,
+              on_start: Callable[[list[int]], object] | None = None) -> ProcRun:
+    """Run processes to completion: wall seconds, peak RSS and each one's CPU time.
+    ``on_start`` gets their pids once they run (a profiler's hook)."""
     t0 = time.monotonic()
+    cpu = [0.0] * len(argvs)
     with log.open("w") as f:
         procs = [subprocess.Popen(a, env=env, stdout=f, stderr=subprocess.STDOUT)
                  for a in argvs]
+        if on_start is not None:
+            on_start([p.pid for p in procs])
         peak = 0.0
         done = threading.Event()
 
@@ -124,19 +138,30 @@ def run_procs(argvs: list[list[str]], env: dict[str, str], log: Path,
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
-            for p in procs:
-                p.wait(timeout=max(1.0, timeout - (time.monotonic() - t0)))
+            # Reaped here, not by Popen.wait: wait4 also gives each process's rusage.
+            pending = dict(enumerate(procs))
+            while pending:
+                if time.monotonic() - t0 > timeout:
+                    raise subprocess.TimeoutExpired(argvs[0], timeout)
+                for i, p in list(pending.items()):
+                    pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                    if pid:
+                        p.returncode = os.waitstatus_to_exitcode(status)
+                        cpu[i] = ru.ru_utime + ru.ru_stime
+                        del pending[i]
+                time.sleep(0.05)
         finally:
             done.set()
             for p in procs:
-                if p.poll() is None:
+                if p.returncode is None:
                     p.kill()
+                    p.wait()
             sampler.join()
     bad = [p.returncode for p in procs if p.returncode != 0]
     if bad:
         raise RuntimeError(f"{argvs[0][:4]} failed ({bad}); see {log}:\n"
                            + log.read_text(errors="replace")[-3000:])
-    return time.monotonic() - t0, peak
+    return ProcRun(time.monotonic() - t0, peak, cpu)
 
 
 def end_offsets(kafka_conf: dict[str, Any], topics: list[str]) -> dict[tuple[str, int], int]:
@@ -314,7 +339,7 @@ def main() -> int:
                     since = end_offsets(kconf, outs)
                     log = work / f"{name}-r{rnd}.log"
                     try:
-                        wall, rss = run_procs(argvs, run_env, log)
+                        wall, rss, _ = run_procs(argvs, run_env, log)
                     except RuntimeError as e:
                         # A cluster run that dies (Bytewax's workers connect over fresh
                         # ports; a taken port panics them) is run once more, recorded.
@@ -326,7 +351,7 @@ def main() -> int:
                                                          reg_url, outs[0], env,
                                                          args.snapshot_secs)
                         since = end_offsets(kconf, outs)
-                        wall, rss = run_procs(argvs, run_env, log)
+                        wall, rss, _ = run_procs(argvs, run_env, log)
                     lake_root = (Path(run_env["TICKFLOW_LAKE_ROOT"]) if name == "tickflow"
                                  else None)
                     n, secs, lake = durable_window(kconf, since, log, lake_root)

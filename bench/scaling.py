@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,11 @@ OUTPUTS = (STOCK_QUOTES, STOCK_TRADES)
 SIZES = (4, 16, 64)
 
 
-def load(kafka_conf: dict[str, Any], frames: int, per_partition: int) -> int:
+def load(kafka_conf: dict[str, Any], frames: int, per_partition: int,
+         symbols: tuple[str, ...] = SYMBOLS) -> int:
     """``frames`` frames of 20 events, the symbols split into groups of ``per_partition``,
     one raw partition (and connection, and frame_seq) per group."""
-    groups = [SYMBOLS[i:i + per_partition] for i in range(0, len(SYMBOLS), per_partition)]
+    groups = [symbols[i:i + per_partition] for i in range(0, len(symbols), per_partition)]
     p = Producer({**kafka_conf, "linger.ms": 20, "batch.num.messages": 10000})
     events = 0
     for part, group in enumerate(groups):
@@ -73,8 +75,10 @@ def load(kafka_conf: dict[str, Any], frames: int, per_partition: int) -> int:
 
 
 def run(frames: int, per_partition: int, processes: int, work: Path,
-        broker_kind: str = "kafka") -> dict[str, Any]:
-    """One fresh broker and registry, one load, one dataflow run."""
+        broker_kind: str = "kafka", symbols: tuple[str, ...] = SYMBOLS,
+        on_start: Callable[[list[int]], object] | None = None) -> dict[str, Any]:
+    """One fresh broker and registry, one load, one dataflow run (``on_start``: see
+    ``bench.e2e.run_procs``)."""
     # A fresh folder even when a size run repeats a layout run's shape.
     run_dir = Path(tempfile.mkdtemp(prefix=f"f{frames}-p{per_partition}-x{processes}-",
                                     dir=work))
@@ -83,13 +87,13 @@ def run(frames: int, per_partition: int, processes: int, work: Path,
     registry = registry_process(HOST, rport, run_dir / "registry", run_dir / "registry.log")
     with broker, registry:
         kconf = {"bootstrap.servers": broker.bootstrap_servers}
-        specs = topic_specs(raw_partitions=len(SYMBOLS) // per_partition,
+        specs = topic_specs(raw_partitions=len(symbols) // per_partition,
                             normalized_partitions=2)
         for s in specs:
             if s.name in OUTPUTS:
                 s.config.update(APPEND_TIME)
         create_topics(kconf, specs)
-        events_in = load(kconf, frames, per_partition)
+        events_in = load(kconf, frames, per_partition, symbols)
         addrs = ";".join(f"{HOST}:{free_port()}" for _ in range(processes))
         argv = flow_argv(1, run_dir / "recovery", SNAPSHOT_SECS)
         argvs = ([[*argv, "-i", str(i), "-a", addrs] for i in range(processes)]
@@ -101,11 +105,11 @@ def run(frames: int, per_partition: int, processes: int, work: Path,
                "TICKFLOW_LAKE_ROOT": str(run_dir / "lake"),
                "TICKFLOW_STATE_DIR": str(run_dir / "state"),
                "TICKFLOW_RAW_TOPICS": RAW_MASSIVE_STOCKS, "TICKFLOW_LOG_LEVEL": "INFO"}
-        wall, rss = run_procs(argvs, env, run_dir / "flow.log")
+        wall, rss, cpu = run_procs(argvs, env, run_dir / "flow.log", on_start=on_start)
         n, span, lake = durable_window(kconf, since, run_dir / "flow.log", run_dir / "lake")
     return {"frames": frames, "symbols_per_partition": per_partition, "processes": processes,
             "events_in": events_in, "events_out": n, "seconds": span, "wall_s": wall,
-            "events_per_s": n / span if span else 0.0, "peak_rss_mb": rss,
+            "events_per_s": n / span if span else 0.0, "peak_rss_mb": rss, "cpu_s": cpu,
             "us_per_event": span / n * 1e6 if n else 0.0, "lake_files": len(lake),
             "lake_files_before_last_second": sum(1 for t in lake if t < span - 1)}
 
