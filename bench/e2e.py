@@ -124,8 +124,6 @@ def run_procs(argvs: list[list[str]], env: dict[str, str], log: Path,
     with log.open("w") as f:
         procs = [subprocess.Popen(a, env=env, stdout=f, stderr=subprocess.STDOUT)
                  for a in argvs]
-        if on_start is not None:
-            on_start([p.pid for p in procs])
         peak = 0.0
         done = threading.Event()
 
@@ -138,6 +136,8 @@ def run_procs(argvs: list[list[str]], env: dict[str, str], log: Path,
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         try:
+            if on_start is not None:
+                on_start([p.pid for p in procs])
             # Reaped here, not by Popen.wait: wait4 also gives each process's rusage.
             pending = dict(enumerate(procs))
             while pending:
