@@ -3,9 +3,12 @@ of the raw log, the number of processes, and the size of the input.
 
 * layouts: the same four stocks written as 4 raw partitions of 1 symbol, 2 of 2, or 1 of 4
   (one live connection per partition, as the connector writes them), each run with one and
-  with two dataflow processes;
+  with two dataflow processes; one run each;
 * size: 4x, 16x and 64x the frames of 4,000 (320k to 5.1M events), one layout, two
   processes: time per event should stay flat (no state or buffer that grows with the input).
+  ``--rounds`` rounds (3), each of all sizes, in turn forwards and backwards; each size's
+  cost per event is taken against the smallest's within its round, and the median and range
+  over the rounds reported (the target: within 1.25x at 64x).
 
 Each run is timed as ``bench.e2e`` times its contenders: from the flow's first raw read to
 its last output durable (the broker's append time of the last record, the last lake file in
@@ -21,6 +24,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import RECEIPT_LAG_NS
+from bench.common import git_commit, machine, spread
 from bench.e2e import (
     APPEND_TIME,
     HOST,
@@ -114,39 +119,94 @@ def run(frames: int, per_partition: int, processes: int, work: Path,
             "lake_files_before_last_second": sum(1 for t in lake if t < span - 1)}
 
 
+def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per input size, the median and range over the rounds; the cost per event of each
+    size against the smallest, within each round."""
+    out: dict[str, Any] = {}
+    by_round: dict[int, dict[int, float]] = {}
+    for r in sizes:
+        by_round.setdefault(r["round"], {})[r["mult"]] = r["us_per_event"]
+    for mult in SIZES:
+        rs = [r for r in sizes if r["mult"] == mult]
+        out[f"{mult}x"] = {k: spread([r[k] for r in rs])
+                           for k in ("us_per_event", "events_per_s", "peak_rss_mb")}
+        out[f"{mult}x"]["cost_vs_smallest"] = spread(
+            [us[mult] / us[SIZES[0]] for us in by_round.values()])
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=4_000, help="frames of the 1x size")
     ap.add_argument("--layout-frames", type=int, default=16_000, help="frames of each layout run")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the input sizes")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-scaling.json"))
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
     a = ap.parse_args()
     console = Console()
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     work = Path(tempfile.mkdtemp(prefix="tickflow-scaling-"))
-    rows = []
+    layouts: list[dict[str, Any]] = []
+    sizes: list[dict[str, Any]] = []
+    failures: list[str] = []
+
+    def once_more(frames: int, per: int, procs: int) -> dict[str, Any]:
+        # A cluster run can die at start (Bytewax's workers connect over fresh ports; a
+        # port taken meanwhile panics them): run once more, and say so in the results.
+        try:
+            return run(frames, per, procs, work, a.broker)
+        except RuntimeError as e:
+            failures.append(f"{frames} frames, {per}/partition, {procs} processes: "
+                            f"{str(e)[:300]}")
+            console.print(f"[red]failed, once more: {str(e)[:200]}")
+            return run(frames, per, procs, work, a.broker)
+
     try:
         for per in (1, 2, 4):
             for procs in (1, 2):
                 console.print(f"layout {per} symbol(s)/partition, {procs} process(es) ...")
-                rows.append(("layout", run(a.layout_frames, per, procs, work, a.broker)))
-        for mult in SIZES:
-            console.print(f"input {mult}x ...")
-            rows.append((f"size {mult}x", run(a.frames * mult, 2, 2, work, a.broker)))
+                layouts.append(once_more(a.layout_frames, per, procs))
+        for rnd in range(a.rounds):
+            # Interleaved: the machine's drift falls on every size alike.
+            for mult in (SIZES if rnd % 2 == 0 else SIZES[::-1]):
+                console.print(f"round {rnd + 1}: input {mult}x ...")
+                sizes.append({"round": rnd, "mult": mult,
+                              **once_more(a.frames * mult, 2, 2)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    t = Table(title="tickflow dataflow scaling (stock quotes and trades, 4 symbols)")
-    for col in ("run", "frames", "symbols/partition", "processes", "events/s", "us/event",
+    t = Table(title="tickflow dataflow scaling by layout (stock quotes and trades, 4 symbols; "
+                    "one run each)")
+    for col in ("frames", "symbols/partition", "processes", "events/s", "us/event",
                 "peak RSS MB", "lake files (closed early)"):
-        t.add_column(col, justify="left" if col == "run" else "right")
-    for kind, r in rows:
-        t.add_row(kind, f"{r['frames']:,}", str(r["symbols_per_partition"]),
+        t.add_column(col, justify="right")
+    for r in layouts:
+        t.add_row(f"{r['frames']:,}", str(r["symbols_per_partition"]),
                   str(r["processes"]), f"{r['events_per_s']:,.0f}", f"{r['us_per_event']:.1f}",
                   f"{r['peak_rss_mb']:,.0f}",
                   f"{r['lake_files']} ({r['lake_files_before_last_second']})")
     console.print(t)
-    a.out.write_text(json.dumps([{"run": k, **r} for k, r in rows], indent=2))
+    summary = summarize(sizes)
+
+    def fmt(x: dict[str, float], f: str) -> str:
+        return f"{x['median']:{f}} ({x['min']:{f}}-{x['max']:{f}})"
+
+    st = Table(title=f"cost per event by input size (2 symbols/partition, 2 processes; "
+                     f"{a.rounds} rounds, median (min-max))")
+    for col in ("input", "events", "us/event", f"vs {SIZES[0]}x, within a round",
+                "peak RSS MB"):
+        st.add_column(col, justify="right")
+    for mult in SIZES:
+        m = summary[f"{mult}x"]
+        st.add_row(f"{mult}x", f"{next(r['events_in'] for r in sizes if r['mult'] == mult):,}",
+                   fmt(m["us_per_event"], ".1f"), fmt(m["cost_vs_smallest"], ".2f"),
+                   fmt(m["peak_rss_mb"], ",.0f"))
+    console.print(st)
+    a.out.write_text(json.dumps({"commit": git_commit(), "machine": machine(),
+                                 "date": started, "rounds": a.rounds, "layouts": layouts,
+                                 "sizes": sizes, "summary": summary,
+                                 "failures": failures}, indent=2))
     console.print(f"raw figures: {a.out}")
     return 0
 
