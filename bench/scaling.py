@@ -5,7 +5,8 @@ of the raw log, the number of processes, and the size of the input.
   (one live connection per partition, as the connector writes them), each run with one and
   with two dataflow processes; one run each;
 * size: 4x, 16x and 64x the frames of 4,000 (320k to 5.1M events), one layout, two
-  processes: time per event should stay flat (no state or buffer that grows with the input).
+  processes (``--size-processes``): time per event should stay flat (no state or buffer
+  that grows with the input).
   ``--rounds`` rounds (3), each of all sizes, in turn forwards and backwards; each size's
   cost per event is taken against the smallest's within its round, and the median and range
   over the rounds reported (the target: within 1.25x at 64x).
@@ -141,6 +142,9 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=4_000, help="frames of the 1x size")
     ap.add_argument("--layout-frames", type=int, default=16_000, help="frames of each layout run")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of the input sizes")
+    ap.add_argument("--size-processes", type=int, default=2,
+                    help="dataflow processes of the input-size runs")
+    ap.add_argument("--skip-layouts", action="store_true", help="the input sizes only")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-scaling.json"))
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
@@ -164,7 +168,7 @@ def main() -> int:
             return run(frames, per, procs, work, a.broker)
 
     try:
-        for per in (1, 2, 4):
+        for per in () if a.skip_layouts else (1, 2, 4):
             for procs in (1, 2):
                 console.print(f"layout {per} symbol(s)/partition, {procs} process(es) ...")
                 layouts.append(once_more(a.layout_frames, per, procs))
@@ -173,7 +177,7 @@ def main() -> int:
             for mult in (SIZES if rnd % 2 == 0 else SIZES[::-1]):
                 console.print(f"round {rnd + 1}: input {mult}x ...")
                 sizes.append({"round": rnd, "mult": mult,
-                              **once_more(a.frames * mult, 2, 2)})
+                              **once_more(a.frames * mult, 2, a.size_processes)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     t = Table(title="tickflow dataflow scaling by layout (stock quotes and trades, 4 symbols; "
@@ -186,13 +190,15 @@ def main() -> int:
                   str(r["processes"]), f"{r['events_per_s']:,.0f}", f"{r['us_per_event']:.1f}",
                   f"{r['peak_rss_mb']:,.0f}",
                   f"{r['lake_files']} ({r['lake_files_before_last_second']})")
-    console.print(t)
+    if layouts:
+        console.print(t)
     summary = summarize(sizes)
 
     def fmt(x: dict[str, float], f: str) -> str:
         return f"{x['median']:{f}} ({x['min']:{f}}-{x['max']:{f}})"
 
-    st = Table(title=f"cost per event by input size (2 symbols/partition, 2 processes; "
+    st = Table(title=f"cost per event by input size (2 symbols/partition, "
+                     f"{a.size_processes} process(es); "
                      f"{a.rounds} rounds, median (min-max))")
     for col in ("input", "events", "us/event", f"vs {SIZES[0]}x, within a round",
                 "peak RSS MB"):
