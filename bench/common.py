@@ -25,3 +25,8 @@ def machine() -> dict[str, object]:
 def spread(xs: list[float]) -> dict[str, float]:
     """Median and range of a benchmark's rounds."""
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def show_spread(sp: dict[str, float], f: str) -> str:
+    """``spread``'s figures as "median (min-max)", each in format ``f``."""
+    return f"{format(sp['median'], f)} ({format(sp['min'], f)}-{format(sp['max'], f)})"

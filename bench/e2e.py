@@ -45,7 +45,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import busy_open_frames
-from bench.common import git_commit, machine, spread
+from bench.common import git_commit, machine, show_spread, spread
 from flows.runner import flow_argv
 from infra.procs import free_port
 from infra.registry import registry_process
@@ -416,10 +416,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _fmt(sp: dict[str, float], f: str) -> str:
-    return f"{format(sp['median'], f)} ({format(sp['min'], f)}-{format(sp['max'], f)})"
-
-
 def print_table(console: Console, summary: dict[str, dict[str, Any]], events_in: int,
                 frames: int, n_runs: int) -> None:
     t = Table(title=f"end to end: {frames:,} frames, {events_in:,} events, {n_runs} runs "
@@ -431,9 +427,10 @@ def print_table(console: Console, summary: dict[str, dict[str, Any]], events_in:
         if "tickflow_ratio" in e:
             r = e["tickflow_ratio"]
             ratio = (f"{r['median']:.0%} ({r['min']:.0%}-{r['max']:.0%}) of it"
-                     if name == "passthrough" else _fmt(r, ".2f") + "x")
+                     if name == "passthrough" else show_spread(r, ".2f") + "x")
         t.add_row(name, "/".join(f"{n:,}" for n in e["events_out"]),
-                  _fmt(e["events_per_s"], ",.0f"), _fmt(e["peak_rss_mb"], ",.0f"), ratio)
+                  show_spread(e["events_per_s"], ",.0f"), show_spread(e["peak_rss_mb"], ",.0f"),
+                  ratio)
     console.print(t)
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import git_commit, machine, spread
+from bench.common import git_commit, machine, show_spread, spread
 from bench.scaling import run
 
 # One socket's symbols (the simulator prices those it does not know from a default).
@@ -141,19 +141,18 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     s = summarize(runs)
 
-    def fmt(x: dict[str, float], f: str) -> str:
-        return f"{x['median']:{f}} ({x['min']:{f}}-{x['max']:{f}})"
-
     t = Table(title=f"one hot feed: {len(HOT_SYMBOLS)} stocks on one raw partition, "
                     f"{a.frames:,} frames, {a.rounds} rounds")
     for col in ("processes", "events/s, median (min-max)", "CPU us/event", "peak RSS MB"):
         t.add_column(col, justify="right")
     for p in (1, 2):
-        t.add_row(str(p), fmt(s[f"events_per_s_{p}p"], ",.0f"),
-                  fmt(s[f"cpu_us_per_event_{p}p"], ".1f"), fmt(s[f"peak_rss_mb_{p}p"], ",.0f"))
+        t.add_row(str(p), show_spread(s[f"events_per_s_{p}p"], ",.0f"),
+                  show_spread(s[f"cpu_us_per_event_{p}p"], ".1f"),
+                  show_spread(s[f"peak_rss_mb_{p}p"], ",.0f"))
     console.print(t)
-    console.print(f"two processes vs one: {fmt(s['two_over_one'], '.2f')}x; the busiest of "
-                  f"the two does {fmt(s['busiest_cpu_share_2p'], '.0%')} of their CPU time")
+    console.print(f"two processes vs one: {show_spread(s['two_over_one'], '.2f')}x; the "
+                  f"busiest of the two does {show_spread(s['busiest_cpu_share_2p'], '.0%')} "
+                  "of their CPU time")
     pt = Table(title="the profiled runs: share of each process's samples")
     pt.add_column("part")
     cols = [(p, i, pr) for p in (1, 2) for i, pr in enumerate(profile[p])]

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import RECEIPT_LAG_NS
-from bench.common import git_commit, machine, spread
+from bench.common import git_commit, machine, show_spread, spread
 from bench.e2e import (
     APPEND_TIME,
     HOST,
@@ -194,9 +194,6 @@ def main() -> int:
         console.print(t)
     summary = summarize(sizes)
 
-    def fmt(x: dict[str, float], f: str) -> str:
-        return f"{x['median']:{f}} ({x['min']:{f}}-{x['max']:{f}})"
-
     st = Table(title=f"cost per event by input size (2 symbols/partition, "
                      f"{a.size_processes} process(es); "
                      f"{a.rounds} rounds, median (min-max))")
@@ -206,8 +203,9 @@ def main() -> int:
     for mult in SIZES:
         m = summary[f"{mult}x"]
         st.add_row(f"{mult}x", f"{next(r['events_in'] for r in sizes if r['mult'] == mult):,}",
-                   fmt(m["us_per_event"], ".1f"), fmt(m["cost_vs_smallest"], ".2f"),
-                   fmt(m["peak_rss_mb"], ",.0f"))
+                   show_spread(m["us_per_event"], ".1f"),
+                   show_spread(m["cost_vs_smallest"], ".2f"),
+                   show_spread(m["peak_rss_mb"], ",.0f"))
     console.print(st)
     a.out.write_text(json.dumps({"commit": git_commit(), "machine": machine(),
                                  "date": started, "rounds": a.rounds, "layouts": layouts,
