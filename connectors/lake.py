@@ -557,17 +557,21 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile,
     make_dirs(d)
     name = file_name(key, f.first_offset, f.part)
     keys = sort_keys(key.event_type)
+    # The order is checked once, row group by row group, as the metadata is gathered.
     groups: Callable[[], Iterator[pa.Table]]
     if f.spilled:
         def groups() -> Iterator[pa.Table]:
             return _row_groups(f.pieces(key.event_type, journal))
-        facts = _scan(groups(), keys)
     else:
-        facts = None
+        table = f.table(key.event_type)
+
+        def groups() -> Iterator[pa.Table]:
+            return _row_groups([table])
+    facts = _scan(groups(), keys)
     if facts is None:
-        table = f.table(key.event_type, journal)
-        if not _sorted(table, keys):
-            table = table.sort_by([(k, "ascending") for k in keys])
+        if f.spilled:  # read back whole, only now: it must be sorted
+            table = f.table(key.event_type, journal)
+        table = table.sort_by([(k, "ascending") for k in keys])
 
         def groups() -> Iterator[pa.Table]:
             return _row_groups([table])
