@@ -4,13 +4,16 @@ One broker (Apache Kafka by default) and one registry process; the same raw fram
 open, ~20 events a frame) are loaded once into the raw topics, one partition per feed as the
 live connector writes them. Then each contender runs to the end of them, ``--runs`` times,
 the contenders interleaved round by round (a round is one run of each), every contender as
-two processes (one per raw partition where it cannot spread otherwise):
+two processes (one per raw partition where it cannot spread otherwise), and our flow once
+more as one process (on two cores the exchange between two processes costs it more than the
+second core gives: ``bench.hot_feed``):
 
 * passthrough: plain confluent-kafka consume -> split -> produce per event (the ceiling);
 * Quix Streams: decode, dedup in its per-key RocksDB state, Avro out keyed by symbol;
 * plain Bytewax: one event per item, msgspec, dedup per symbol, fastavro;
 * tickflow: the real dataflow (normalize, validate, dedup, DataHealth, latency, Avro, the
-  Parquet lake), with recovery on (snapshots every ``SNAPSHOT_SECS``).
+  Parquet lake), with recovery on (snapshots every ``SNAPSHOT_SECS``);
+* tickflow-1p: the same dataflow as one process of one worker.
 
 Each run is timed from its first input read (each contender marks it: the peers print
 ``BENCH_FIRST_READ``, the flow logs its raw partitions' first reads) to its last output
@@ -65,7 +68,8 @@ from tickflow.raw import RawSource, make_headers
 HOST = "127.0.0.1"
 RAW_TOPICS = [RAW_MASSIVE_STOCKS, RAW_MASSIVE_OPTIONS]
 OUR_TOPICS = [STOCK_QUOTES, STOCK_TRADES, OPTION_QUOTES, OPTION_TRADES]
-CONTENDERS = ("passthrough", "quix", "bytewax", "tickflow")
+CONTENDERS = ("passthrough", "quix", "bytewax", "tickflow", "tickflow-1p")
+OURS = ("tickflow", "tickflow-1p")
 APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
 FIRST_READ = re.compile(rb"BENCH_FIRST_READ (\d+)")
 # Recovery snapshots of the flow's bounded bench runs. Deployments snapshot every 10 s; a
@@ -276,11 +280,13 @@ def contender_argvs(name: str, rnd: int, work: Path, bootstrap: str, reg_url: st
                   "-a", addrs] for i in (0, 1)],
                 {**env, "BENCH_BOOTSTRAP": bootstrap, "BENCH_REGISTRY": reg_url,
                  "BENCH_OUT_TOPIC": out_topic, "BENCH_IN_TOPICS": ",".join(RAW_TOPICS)})
-    assert name == "tickflow"
+    assert name in OURS
+    tag = f"{name}-{tag}"
+    argv = flow_argv(1, work / f"recovery-{tag}", snapshot_secs)
     # Two processes of one worker each (threads of one process share one GIL), one
     # recovery store: partitions created once, shared by the cluster's processes.
-    argvs = [[*flow_argv(1, work / f"recovery-{tag}", snapshot_secs), "-i", str(i),
-              "-a", addrs] for i in (0, 1)]
+    argvs = ([[*argv, "-i", str(i), "-a", addrs] for i in (0, 1)] if name == "tickflow"
+             else [argv])
     return argvs, {**env, "TICKFLOW_TAIL": "0", "TICKFLOW_LOG_LEVEL": "INFO",
                    "TICKFLOW_LAKE_ROOT": str(work / f"lake-{tag}"),
                    "TICKFLOW_STATE_DIR": str(work / f"state-{tag}"),
@@ -295,7 +301,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="runs per contender, interleaved")
     ap.add_argument("--quick", action="store_true", help="4,000 frames, one run: a smoke run")
     ap.add_argument("--skip", action="append", default=[],
-                    help="leave out a contender: passthrough, quix, bytewax, tickflow")
+                    help="leave out a contender: " + ", ".join(CONTENDERS))
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-e2e.json"))
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
@@ -333,7 +339,7 @@ def main() -> int:
             failures: list[str] = []
             for rnd in range(n_runs):
                 for name in names:
-                    outs = OUR_TOPICS if name == "tickflow" else [peer_topic[name]]
+                    outs = OUR_TOPICS if name in OURS else [peer_topic[name]]
                     argvs, run_env = contender_argvs(name, rnd, work, bootstrap, reg_url,
                                                      outs[0], env, args.snapshot_secs)
                     since = end_offsets(kconf, outs)
@@ -352,7 +358,7 @@ def main() -> int:
                                                          args.snapshot_secs)
                         since = end_offsets(kconf, outs)
                         wall, rss, _ = run_procs(argvs, run_env, log)
-                    lake_root = (Path(run_env["TICKFLOW_LAKE_ROOT"]) if name == "tickflow"
+                    lake_root = (Path(run_env["TICKFLOW_LAKE_ROOT"]) if name in OURS
                                  else None)
                     n, secs, lake = durable_window(kconf, since, log, lake_root)
                     run = Run(name, rnd, n, secs, wall, rss, len(lake),
@@ -374,7 +380,9 @@ def main() -> int:
             "summary": summary, "failed_and_rerun": failures,
             "runs": [{**asdict(r), "events_per_s": r.rate} for r in runs],
             "targets": {"tickflow vs passthrough": ">= 0.5", "tickflow vs quix": ">= 5x",
-                        "tickflow vs bytewax": ">= 2x"},
+                        "tickflow vs bytewax": ">= 2x",
+                        "read": "ratios of each of ours (tickflow: 2 processes, tickflow-1p: "
+                                "1) to each peer, within a round"},
         }, indent=2))
         console.print(f"raw figures: {args.out}")
     finally:
@@ -383,22 +391,28 @@ def main() -> int:
 
 
 def summarize(runs: list[Run]) -> dict[str, dict[str, Any]]:
-    """Per contender: rate and RSS (median, min, max) and tickflow's ratio to it, taken
-    within each round (the machine's speed drifts between rounds)."""
+    """Per contender: rate and RSS (median, min, max) and each of our runs' ratio to it
+    (``ratios``: tickflow's and tickflow-1p's to a peer, one process's to two on
+    ``tickflow``), taken within each round (the machine's speed drifts between rounds)."""
     by: dict[str, list[Run]] = {}
     for r in runs:
         by.setdefault(r.name, []).append(r)
-    ours = {r.round: r for r in by.get("tickflow", [])}
     out: dict[str, dict[str, Any]] = {}
     for name, rs in by.items():
         entry: dict[str, Any] = {"events_per_s": spread([r.rate for r in rs]),
                                  "peak_rss_mb": spread([r.peak_rss_mb for r in rs]),
                                  "events_out": sorted({r.events for r in rs})}
-        ratios = [ours[r.round].rate / r.rate for r in rs
-                  if name != "tickflow" and r.round in ours and r.rate]
+        ratios: dict[str, dict[str, float]] = {}
+        for ours_name in OURS:
+            if ours_name == name or name == "tickflow-1p":
+                continue
+            ours = {r.round: r for r in by.get(ours_name, [])}
+            got = [ours[r.round].rate / r.rate for r in rs if r.round in ours and r.rate]
+            if got:
+                ratios[ours_name] = spread(got)
         if ratios:
-            entry["tickflow_ratio"] = spread(ratios)
-        if name == "tickflow":
+            entry["ratios"] = ratios
+        if name in OURS:
             entry["lake_files"] = sorted({r.lake_files for r in rs})
             entry["first_lake_file_s"] = [r.first_lake_file_s for r in rs]
             entry["seconds"] = [r.seconds for r in rs]
@@ -420,17 +434,19 @@ def print_table(console: Console, summary: dict[str, dict[str, Any]], events_in:
                 frames: int, n_runs: int) -> None:
     t = Table(title=f"end to end: {frames:,} frames, {events_in:,} events, {n_runs} runs "
                     "each: median (min-max)")
-    for col in ("contender", "events out", "events/s", "peak RSS MB", "tickflow vs it"):
+    for col in ("contender", "events out", "events/s", "peak RSS MB", *(f"{o} vs it"
+                                                                         for o in OURS)):
         t.add_column(col, justify="left" if col == "contender" else "right")
     for name, e in summary.items():
-        ratio = ""
-        if "tickflow_ratio" in e:
-            r = e["tickflow_ratio"]
-            ratio = (f"{r['median']:.0%} ({r['min']:.0%}-{r['max']:.0%}) of it"
-                     if name == "passthrough" else show_spread(r, ".2f") + "x")
+        cells = []
+        for ours in OURS:
+            r = e.get("ratios", {}).get(ours)
+            cells.append("" if r is None else
+                         f"{r['median']:.0%} ({r['min']:.0%}-{r['max']:.0%}) of it"
+                         if name == "passthrough" else show_spread(r, ".2f") + "x")
         t.add_row(name, "/".join(f"{n:,}" for n in e["events_out"]),
                   show_spread(e["events_per_s"], ",.0f"), show_spread(e["peak_rss_mb"], ",.0f"),
-                  ratio)
+                  *cells)
     console.print(t)
 
 
