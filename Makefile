@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(PY) -m bench.e2e
 	$(PY) -m bench.dbn_parquet
 	$(PY) -m bench.dbn_profile
-	$(PY) -m bench.latency
+	$(PY) -m bench.latency --seconds 420
 	$(PY) -m bench.snapshot_profile
 	$(PY) -m bench.scaling
 	$(PY) -m bench.scaling --skip-layouts --size-processes 1 --out bench/results-scaling-1p.json

@@ -32,12 +32,15 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.table import Table
 
-from bench.common import git_commit, machine
+from bench.common import git_commit, machine, show_spread, spread
 from bench.e2e import tree_rss
 from connectors.kafka_sink import producer_config
 from flows.runner import flow_argv
@@ -121,8 +124,9 @@ def rss_summary(samples: list[tuple[float, float]], since: float) -> dict[str, f
     mt, mm = sum(t for t, _ in xs) / n, sum(mb for _, mb in xs) / n
     slope = (sum((t - mt) * (mb - mm) for t, mb in xs)
              / sum((t - mt) ** 2 for t, _ in xs))
-    return {"samples": n, "start_mb": xs[0][1], "peak_mb": max(mb for _, mb in xs),
-            "end_mb": xs[-1][1], "slope_mb_per_min": slope * 60}
+    return {"samples": n, "start_mb": xs[0][1], "mean_mb": mm,
+            "peak_mb": max(mb for _, mb in xs), "end_mb": xs[-1][1],
+            "slope_mb_per_min": slope * 60}
 
 
 def tail_timing(worst: dict[int, float], snapshot_secs: int) -> dict[str, float]:
@@ -187,6 +191,8 @@ def main() -> int:
                     "after the dedup window into this file (bench.memtrace; slows the flow)")
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="runs, each on a fresh stack: the figures are their median and range")
     a = ap.parse_args()
     # A SIGTERM (a pkill, a CI timeout) unwinds like Ctrl-C: the broker, registry, simulator,
     # connector and flow stop with it instead of loading the machine's next benchmark.
@@ -194,6 +200,27 @@ def main() -> int:
     if a.seconds < DEDUP_WINDOW_S + 10:  # judged before minutes are spent, not after
         ap.error(f"--seconds must be at least {DEDUP_WINDOW_S + 10:.0f}: the flow's RSS is "
                  "judged once the dedup window has filled")
+    if a.memtrace and a.runs != 1:
+        ap.error("--memtrace traces one run: give --runs 1")
+    runs: list[dict[str, Any]] = []
+    for i in range(a.runs):
+        print(f"run {i + 1} of {a.runs}: {a.seconds:.0f} s at {a.rate:,.0f} events/s")
+        res = measure(a)
+        report(res, a)
+        runs.append(res)
+    summary = summarize(runs)
+    show_summary(summary, a)
+    a.out.write_text(json.dumps({
+        "commit": git_commit(), "machine": machine(), "date": runs[0]["date"],
+        "offered_events_per_s": a.rate, "seconds": a.seconds,
+        "snapshot_secs": a.snapshot_secs, "runs_n": len(runs),
+        "summary": summary, "runs": runs}, indent=2))
+    print(f"raw figures: {a.out}")
+    return 0
+
+
+def measure(a: argparse.Namespace) -> dict[str, Any]:
+    """One run on a fresh stack (broker, registry, simulator, connector, flow)."""
     work = Path(tempfile.mkdtemp(prefix="tickflow-latency-"))
     repo = str(Path(__file__).resolve().parent.parent)
     started_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -288,9 +315,8 @@ def main() -> int:
             conn.wait(30)
             flow.wait(30)
             logs.close()
-    if not lat_ms:
-        print(f"no records measured; see {work / 'procs.log'}")  # kept for reading
-        return 1
+    if not lat_ms:  # the work directory is kept for reading
+        raise RuntimeError(f"no records measured; see {work / 'procs.log'}")
     shutil.rmtree(work, ignore_errors=True)
     lat_ms.sort()
     to_produce_ms.sort()
@@ -314,6 +340,12 @@ def main() -> int:
            "tail": tail_timing(worst, a.snapshot_secs),
            "snapshot_parts": snapshot_parts(scraped),
            "worst_ms_by_second": sorted(worst.items())}
+    return res
+
+
+def report(res: dict[str, Any], a: argparse.Namespace) -> None:
+    """One run's figures, as lines."""
+    floor = res["broker_alone"]
     print(f"offered {a.rate:,.0f} events/s, measured {res['measured']:,} records "
           f"({res['measured_events_per_s']:,.0f}/s): p50 {res['p50_ms']:.1f} ms, "
           f"p99 {res['p99_ms']:.1f} ms, p99.9 {res['p999_ms']:.1f} ms, max "
@@ -342,8 +374,41 @@ def main() -> int:
               f"worst under {d['worst_below_ms']:.0f} ms")
     print(f"  pipeline p99 / broker-alone p99 (produce -> consumed): "
           f"{res['p99_ms'] / floor['produce_to_consumer_p99_ms']:.1f}x")
-    a.out.write_text(json.dumps(res, indent=2))
-    return 0
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Median and range over the runs of each figure the target rows read."""
+    return {
+        "p50_ms": spread([r["p50_ms"] for r in runs]),
+        "p99_ms": spread([r["p99_ms"] for r in runs]),
+        "p999_ms": spread([r["p999_ms"] for r in runs]),
+        "broker_alone_p99_ms": spread([r["broker_alone"]["produce_to_consumer_p99_ms"]
+                                       for r in runs]),
+        "flow_rss_mean_mb": spread([r["flow_rss"]["mean_mb"] for r in runs]),
+        "flow_rss_peak_mb": spread([r["flow_rss"]["peak_mb"] for r in runs]),
+        "flow_rss_slope_mb_per_min": spread([r["flow_rss"]["slope_mb_per_min"]
+                                             for r in runs]),
+    }
+
+
+def show_summary(summary: dict[str, dict[str, float]], a: argparse.Namespace) -> None:
+    """The target rows over all runs: median (min-max)."""
+    t = Table(title=f"latency and flow RSS: {a.runs} runs of {a.seconds:.0f} s at "
+                    f"{a.rate:,.0f} events/s, median (min-max)")
+    for col in ("figure", "median (min-max)", "target"):
+        t.add_column(col)
+    rows = (("receipt -> consumed p50, ms", "p50_ms", ".1f", ""),
+            ("receipt -> consumed p99, ms", "p99_ms", ".1f", "< 10"),
+            ("receipt -> consumed p99.9, ms", "p999_ms", ".1f", "< 25"),
+            ("broker alone (one hop) p99, ms", "broker_alone_p99_ms", ".1f", ""),
+            ("flow RSS after the dedup window, mean MB", "flow_rss_mean_mb", ",.0f", ""),
+            ("flow RSS after the dedup window, peak MB", "flow_rss_peak_mb", ",.0f",
+             "<= 300"),
+            ("flow RSS trend after the window, MB/min", "flow_rss_slope_mb_per_min", "+.1f",
+             "flat"))
+    for label, key, f, target in rows:
+        t.add_row(label, show_spread(summary[key], f), target)
+    Console().print(t)
 
 
 if __name__ == "__main__":

@@ -136,7 +136,7 @@ def main() -> int:
     work = Path("/tmp") / f"tickflow-snapshot-profile-{time.time_ns()}"
     work.mkdir()
     bench = subprocess.Popen([sys.executable, "-m", "bench.latency", "--seconds", "140",
-                              "--out", str(work / "latency.json")],
+                              "--runs", "1", "--out", str(work / "latency.json")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         pid = flow_pid(psutil.Process(bench.pid))
