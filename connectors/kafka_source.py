@@ -20,15 +20,20 @@ cost is then paid once per poll, not once per record. A poll also says when its 
 has reached its end (``at_end``, sent once each time it catches up): the flow's log-order
 merge (``tickflow.merge``) waits on no partition that is at its end.
 
-Partitions of one process read in step, by log position: one that runs more than
-``READ_LEAD_NS`` of receipt time ahead of the slowest partition still reading waits for it,
-so the merge holds at most that much of the faster partitions' data. (Partitions in other
-processes of a cluster are not seen: across processes the lead is not bounded.)
+Partitions read in step, by log position: one that runs more than ``READ_LEAD_NS`` of
+receipt time ahead of the slowest partition still reading waits for it, so the merge holds
+at most that much of the faster partitions' data. The partitions of one process share a
+``ReadGate``; the processes of a cluster see each other's positions through small files in
+the state directory they share (``ReadBoard``: one host, or a shared volume as
+``infra/k8s`` mounts). Processes with state directories of their own do not see each
+other: between them the lead is not bounded.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,19 +85,85 @@ class RawPoll:
     at_end: bool = False
 
 
-class ReadGate:
-    """The log positions of a process's reading partitions, so none runs far ahead."""
+class ReadBoard:
+    """Where the partitions of a flow's processes publish their log positions to each
+    other: one small file per partition in ``root``, under the state directory they share
+    (one host, or the shared volume ``infra/k8s`` mounts): the position, the wall-clock time
+    it was written, a check word. The wall clock, not the monotonic one: it is comparable
+    between hosts and across a reboot. A file not rewritten for ``STALE_NS`` (its process
+    stopped, or is paused long) holds nobody back. Positions only pace the reads; they never
+    decide what is output (the merge does, from the log alone)."""
 
-    def __init__(self, lead_ns: int = READ_LEAD_NS) -> None:
+    STALE_NS = 5_000_000_000
+    REFRESH_NS = 10_000_000  # others' files are read again at most this often
+    _REC = struct.Struct("<qqq")
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self._fds: dict[str, int] = {}  # our own partitions' files
+        self._read_at = 0
+        self._others: dict[str, int] = {}
+
+    def publish(self, part: str, position: int | None) -> None:
+        """``position`` None: ``part`` holds nobody back (at its end, closed, not read yet)."""
+        fd = self._fds.get(part)
+        if fd is None:
+            fd = self._fds[part] = os.open(self.root / part, os.O_RDWR | os.O_CREAT, 0o644)
+        pos, now = -1 if position is None else position, time.time_ns()
+        os.pwrite(fd, self._REC.pack(pos, now, pos ^ now), 0)
+
+    def positions(self, exclude: set[str]) -> dict[str, int]:
+        """Fresh positions of the partitions not in ``exclude`` (those of this process)."""
+        now = time.time_ns()
+        if 0 <= now - self._read_at < self.REFRESH_NS:
+            return self._others
+        self._read_at = now
+        out: dict[str, int] = {}
+        for name in os.listdir(self.root):
+            if name in exclude:
+                continue
+            try:
+                with open(self.root / name, "rb") as f:
+                    raw = f.read(self._REC.size)
+            except OSError:
+                continue
+            if len(raw) != self._REC.size:
+                continue
+            pos, at, check = self._REC.unpack(raw)
+            # A torn write, or one older than STALE_NS (or ahead of our clock by more than
+            # it: another host's clock far off), is no position.
+            if check == pos ^ at and pos >= 0 and abs(now - at) < self.STALE_NS:
+                out[name] = pos
+        self._others = out
+        return out
+
+    def close(self, part: str) -> None:
+        fd = self._fds.pop(part, None)
+        if fd is not None:
+            os.pwrite(fd, self._REC.pack(-1, 0, -1), 0)
+            os.close(fd)
+
+
+class ReadGate:
+    """The log positions of the flow's reading partitions, so none runs far ahead: this
+    process's own, and with a ``board`` those its other processes on this host publish."""
+
+    def __init__(self, lead_ns: int = READ_LEAD_NS, board: ReadBoard | None = None) -> None:
         self.lead_ns = lead_ns
+        self.board = board
         self._pos: dict[str, int] = {}  # partitions at their end are not in it
+        self._local: set[str] = set()  # partitions this process reads (or has read)
 
     def update(self, part: str, position: int | None) -> None:
         """``position`` None: the partition is at its end, or closed."""
+        self._local.add(part)
         if position is None:
             self._pos.pop(part, None)
         else:
             self._pos[part] = position
+        if self.board is not None:
+            self.board.publish(part, position)
 
     def ahead(self, part: str) -> bool:
         """Whether ``part`` must wait for a slower partition before reading on."""
@@ -100,11 +171,25 @@ class ReadGate:
         if mine is None:
             return False
         slowest = min((pos for p, pos in self._pos.items() if p != part), default=mine)
+        others = self.board.positions(self._local) if self.board is not None else None
+        if others:
+            slowest = min(slowest, *others.values())
         return mine > slowest + self.lead_ns
+
+    def close(self, part: str) -> None:
+        """``part`` is closed here: it holds nobody back, here or on the board."""
+        self._pos.pop(part, None)
+        if self.board is not None:
+            self.board.close(part)
 
 
 # One gate per consumer group in this process (the workers of a process are its threads).
 _GATES: dict[str, ReadGate] = {}
+
+
+def read_board_dir(state_dir: Path, group: str) -> Path:
+    """Where the processes of ``group``'s flow on this host publish read positions."""
+    return state_dir / "read-board" / group
 
 
 @dataclass
@@ -336,7 +421,7 @@ class _RawPartition(StatefulSourcePartition[RawPoll, PartitionState]):
                         self._partition, exc)
 
     def close(self) -> None:
-        self._gate.update(self._name, None)
+        self._gate.close(self._name)
         try:
             self._close()
         finally:
@@ -427,7 +512,11 @@ class RawKafkaSource(FixedPartitionedSource[RawPoll, PartitionState]):
         store = self._store
         durable = (None if store is None else
                    lambda: store.durable_state(step_id, for_part))
-        gate = _GATES.setdefault(self._group, ReadGate())
+        gate = _GATES.get(self._group)
+        if gate is None:
+            board = (None if self._lock_dir is None else
+                     ReadBoard(read_board_dir(self._lock_dir, self._group)))
+            gate = _GATES[self._group] = ReadGate(board=board)
         return _RawPartition(conf, topic, partition, resume_state, self._tail,
                              self._batch_size, lock, durable, gate)
 

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import unquote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, Counter, make_wsgi_app
+from prometheus_client import REGISTRY, Counter, Gauge, make_wsgi_app
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -41,6 +41,9 @@ DUPLICATES = Counter("tickflow_duplicates_total", "Exact duplicates dropped, by 
 RAW_IN = Counter("tickflow_raw_records_total", "Raw records read, by topic", ["topic"])
 EXPIRED_STATES = Counter("tickflow_expired_states_total",
                          "Per-symbol states dropped: option contracts past their expiry")
+MERGE_WAITING = Gauge("tickflow_merge_waiting_batches",
+                      "Symbol batches this process's log-order merges hold for a raw "
+                      "partition behind them in log position (tickflow.merge)")
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
 
 

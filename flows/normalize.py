@@ -129,8 +129,12 @@ def make_merge_step(parts: tuple[str, ...]) -> Callable[
             state = LogMerge(parts)
         elif state.parts is not parts:  # resumed: the partitions read now
             state.expect(parts)
+            metrics.MERGE_WAITING.inc(len(state))
+        added = len(item[2])
+        released = state.add(*item)
+        metrics.MERGE_WAITING.inc(added - len(released))
         per_symbol: dict[str, list[SymbolBatch]] = {}
-        for b in state.add(*item):
+        for b in released:
             lst = per_symbol.get(b.symbol)
             if lst is None:
                 per_symbol[b.symbol] = [b]

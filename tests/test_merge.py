@@ -4,11 +4,14 @@ and the source keeps its partitions in step."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connectors.kafka_source import ReadGate
+from connectors.kafka_source import ReadBoard, ReadGate
 from tickflow.merge import AT_END, LogMerge, advance, shard_of
 
 PARTS = ("raw.massive.rest:0", "raw.massive.stocks:0", "raw.massive.stocks:1")
@@ -94,3 +97,56 @@ def test_the_read_gate_holds_only_the_partition_ahead() -> None:
     assert g.ahead("b") and not g.ahead("a")
     g.update("a", None)  # a at its end: b reads on
     assert not g.ahead("b")
+
+
+def _process_gate(board_dir: Path) -> ReadGate:
+    """A gate as one process of a cluster on this host builds it: its own board handle."""
+    board = ReadBoard(board_dir)
+    board.REFRESH_NS = 0  # read the others' files on every look
+    return ReadGate(lead_ns=100, board=board)
+
+
+def test_the_read_gate_sees_the_partitions_of_the_other_processes(tmp_path: Path) -> None:
+    one, two = _process_gate(tmp_path), _process_gate(tmp_path)
+    one.update("stocks:0", 1_000)
+    two.update("stocks:1", 1_050)
+    assert not one.ahead("stocks:0") and not two.ahead("stocks:1")
+    two.update("stocks:1", 1_101)  # ahead of a partition only the other process reads
+    assert two.ahead("stocks:1") and not one.ahead("stocks:0")
+    one.update("stocks:0", None)  # at its end: reads on
+    assert not two.ahead("stocks:1")
+    one.update("stocks:0", 1_000)
+    assert two.ahead("stocks:1")
+    one.close("stocks:0")  # closed: holds nobody back
+    assert not two.ahead("stocks:1")
+
+
+def test_a_stale_or_torn_position_holds_nobody_back(tmp_path: Path) -> None:
+    one, two = _process_gate(tmp_path), _process_gate(tmp_path)
+    one.update("stocks:0", 1_000)
+    two.update("stocks:1", 5_000)
+    assert two.ahead("stocks:1")
+    assert two.board is not None
+    two.board.STALE_NS = 0  # the other process stopped writing: its position is stale
+    assert not two.ahead("stocks:1")
+    two.board.STALE_NS = ReadBoard.STALE_NS
+    assert two.ahead("stocks:1")
+    raw = bytearray((tmp_path / "stocks:0").read_bytes())
+    raw[0] ^= 0x01  # a torn write: the check word no longer matches
+    (tmp_path / "stocks:0").write_bytes(bytes(raw))
+    assert not two.ahead("stocks:1")
+
+
+def test_the_merge_gauge_counts_what_waits_for_a_slower_partition() -> None:
+    from flows import metrics
+    from flows.normalize import make_merge_step
+
+    step = make_merge_step(("a", "b"))
+    base = metrics.MERGE_WAITING._value.get()
+    batch: Any = SimpleNamespace(symbol="SPY")  # the merge reads only its symbol
+    state, out = step(None, ("a", 100, [(50, 0, batch), (60, 1, batch)]))
+    assert out == [] and metrics.MERGE_WAITING._value.get() == base + 2  # b not heard yet
+    state, out = step(state, ("b", 55, []))
+    assert [len(bs) for _, bs in out] == [1] and metrics.MERGE_WAITING._value.get() == base + 1
+    state, out = step(state, ("b", AT_END, []))
+    assert [len(bs) for _, bs in out] == [1] and metrics.MERGE_WAITING._value.get() == base
