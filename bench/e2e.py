@@ -120,14 +120,17 @@ class ProcRun(NamedTuple):
 
 def run_procs(argvs: list[list[str]], env: dict[str, str], log: Path,
               timeout: float = 900,
-              on_start: Callable[[list[int]], object] | None = None) -> ProcRun:
+              on_start: Callable[[list[int]], object] | None = None,
+              own_env: list[dict[str, str]] | None = None) -> ProcRun:
     """Run processes to completion: wall seconds, peak RSS and each one's CPU time.
-    ``on_start`` gets their pids once they run (a profiler's hook)."""
+    ``on_start`` gets their pids once they run (a profiler's hook); ``own_env``: what each
+    process adds to ``env`` (its metrics port)."""
     t0 = time.monotonic()
     cpu = [0.0] * len(argvs)
     with log.open("w") as f:
-        procs = [subprocess.Popen(a, env=env, stdout=f, stderr=subprocess.STDOUT)
-                 for a in argvs]
+        procs = [subprocess.Popen(a, env={**env, **(own_env[i] if own_env else {})},
+                                  stdout=f, stderr=subprocess.STDOUT)
+                 for i, a in enumerate(argvs)]
         peak = 0.0
         done = threading.Event()
 

@@ -13,22 +13,27 @@ of the raw log, the number of processes, and the size of the input.
 
 Each run is timed as ``bench.e2e`` times its contenders: from the flow's first raw read to
 its last output durable (the broker's append time of the last record, the last lake file in
-place), all the work included. Recovery is on (``bench.e2e.SNAPSHOT_SECS``).
+place), all the work included. Recovery is on (``bench.e2e.SNAPSHOT_SECS``). Each run also
+records the peak of the symbol batches its log-order merges hold for a raw partition behind
+(``tickflow_merge_waiting_batches``, scraped from every process twice a second).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from confluent_kafka import Producer
 from rich.console import Console
 from rich.table import Table
@@ -80,6 +85,35 @@ def load(kafka_conf: dict[str, Any], frames: int, per_partition: int,
     return events
 
 
+class MergeWatch:
+    """The batches the flow's log-order merges hold (``tickflow_merge_waiting_batches``,
+    summed over its processes), scraped twice a second while the run lasts: the peak."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = ports
+        self.peak = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            total = 0.0
+            for port in self.ports:
+                with contextlib.suppress(httpx.HTTPError):
+                    text = httpx.get(f"http://{HOST}:{port}/metrics", timeout=2).text
+                    total += next((float(line.split()[-1]) for line in text.splitlines()
+                                   if line.startswith("tickflow_merge_waiting_batches ")), 0.0)
+            self.peak = max(self.peak, total)
+
+    def __enter__(self) -> MergeWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def run(frames: int, per_partition: int, processes: int, work: Path,
         broker_kind: str = "kafka", symbols: tuple[str, ...] = SYMBOLS,
         on_start: Callable[[list[int]], object] | None = None) -> dict[str, Any]:
@@ -111,12 +145,18 @@ def run(frames: int, per_partition: int, processes: int, work: Path,
                "TICKFLOW_LAKE_ROOT": str(run_dir / "lake"),
                "TICKFLOW_STATE_DIR": str(run_dir / "state"),
                "TICKFLOW_RAW_TOPICS": RAW_MASSIVE_STOCKS, "TICKFLOW_LOG_LEVEL": "INFO"}
-        wall, rss, cpu = run_procs(argvs, env, run_dir / "flow.log", on_start=on_start)
+        ports = [free_port() for _ in argvs]
+        held = MergeWatch(ports)
+        with held:
+            wall, rss, cpu = run_procs(argvs, env, run_dir / "flow.log", on_start=on_start,
+                                       own_env=[{"TICKFLOW_METRICS_PORT": str(p)}
+                                                for p in ports])
         n, span, lake = durable_window(kconf, since, run_dir / "flow.log", run_dir / "lake")
     return {"frames": frames, "symbols_per_partition": per_partition, "processes": processes,
             "events_in": events_in, "events_out": n, "seconds": span, "wall_s": wall,
             "events_per_s": n / span if span else 0.0, "peak_rss_mb": rss, "cpu_s": cpu,
             "us_per_event": span / n * 1e6 if n else 0.0, "lake_files": len(lake),
+            "merge_waiting_peak_batches": held.peak,
             "lake_files_before_last_second": sum(1 for t in lake if t < span - 1)}
 
 
@@ -130,7 +170,8 @@ def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
     for mult in SIZES:
         rs = [r for r in sizes if r["mult"] == mult]
         out[f"{mult}x"] = {k: spread([r[k] for r in rs])
-                           for k in ("us_per_event", "events_per_s", "peak_rss_mb")}
+                           for k in ("us_per_event", "events_per_s", "peak_rss_mb",
+                                     "merge_waiting_peak_batches")}
         out[f"{mult}x"]["cost_vs_smallest"] = spread(
             [us[mult] / us[SIZES[0]] for us in by_round.values()])
     return out
@@ -183,12 +224,12 @@ def main() -> int:
     t = Table(title="tickflow dataflow scaling by layout (stock quotes and trades, 4 symbols; "
                     "one run each)")
     for col in ("frames", "symbols/partition", "processes", "events/s", "us/event",
-                "peak RSS MB", "lake files (closed early)"):
+                "peak RSS MB", "held in the merge", "lake files (closed early)"):
         t.add_column(col, justify="right")
     for r in layouts:
         t.add_row(f"{r['frames']:,}", str(r["symbols_per_partition"]),
                   str(r["processes"]), f"{r['events_per_s']:,.0f}", f"{r['us_per_event']:.1f}",
-                  f"{r['peak_rss_mb']:,.0f}",
+                  f"{r['peak_rss_mb']:,.0f}", f"{r['merge_waiting_peak_batches']:,.0f}",
                   f"{r['lake_files']} ({r['lake_files_before_last_second']})")
     if layouts:
         console.print(t)
@@ -198,14 +239,15 @@ def main() -> int:
                      f"{a.size_processes} process(es); "
                      f"{a.rounds} rounds, median (min-max))")
     for col in ("input", "events", "us/event", f"vs {SIZES[0]}x, within a round",
-                "peak RSS MB"):
+                "peak RSS MB", "batches held in the merge, peak"):
         st.add_column(col, justify="right")
     for mult in SIZES:
         m = summary[f"{mult}x"]
         st.add_row(f"{mult}x", f"{next(r['events_in'] for r in sizes if r['mult'] == mult):,}",
                    show_spread(m["us_per_event"], ".1f"),
                    show_spread(m["cost_vs_smallest"], ".2f"),
-                   show_spread(m["peak_rss_mb"], ",.0f"))
+                   show_spread(m["peak_rss_mb"], ",.0f"),
+                   show_spread(m["merge_waiting_peak_batches"], ",.0f"))
     console.print(st)
     a.out.write_text(json.dumps({"commit": git_commit(), "machine": machine(),
                                  "date": started, "rounds": a.rounds, "layouts": layouts,
