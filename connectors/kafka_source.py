@@ -70,7 +70,7 @@ CONSUMER_LAG = Gauge("tickflow_consumer_lag",
 # two snapshot intervals) before it ends anyway.
 END_WAIT_S = 120
 
-# How far (receipt time) a partition reads ahead of the slowest one of its process.
+# How far (receipt time) a partition reads ahead of the slowest one of the flow.
 READ_LEAD_NS = 1_000_000_000
 
 
@@ -147,7 +147,7 @@ class ReadBoard:
 
 class ReadGate:
     """The log positions of the flow's reading partitions, so none runs far ahead: this
-    process's own, and with a ``board`` those its other processes on this host publish."""
+    process's own, and with a ``board`` those the flow's other processes publish there."""
 
     def __init__(self, lead_ns: int = READ_LEAD_NS, board: ReadBoard | None = None) -> None:
         self.lead_ns = lead_ns
@@ -188,7 +188,7 @@ _GATES: dict[str, ReadGate] = {}
 
 
 def read_board_dir(state_dir: Path, group: str) -> Path:
-    """Where the processes of ``group``'s flow on this host publish read positions."""
+    """Where the processes of ``group``'s flow publish their read positions (``ReadBoard``)."""
     return state_dir / "read-board" / group
 
 
