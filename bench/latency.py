@@ -16,6 +16,10 @@ report) and produce -> consumed per record. The pipeline crosses the broker twic
 The flow's RSS (its process tree) is sampled once a second all along: the memory row of the
 benchmark (steady 10k events/s live, recovery on, as deployed), judged by the least-squares
 trend once the dedup window (120 s of event time) has filled, peak and end beside it.
+
+``--runs`` runs (3), one after another, each on a fresh stack (broker, registry, simulator,
+connector, flow): the results file holds every run's figures and, per target row, their
+median and range (``summary``).
 """
 
 from __future__ import annotations
