@@ -5,8 +5,8 @@ open, ~20 events a frame) are loaded once into the raw topics, one partition per
 live connector writes them. Then each contender runs to the end of them, ``--runs`` times,
 the contenders interleaved round by round (a round is one run of each), every contender as
 two processes (one per raw partition where it cannot spread otherwise), and our flow once
-more as one process (on two cores the exchange between two processes costs it more than the
-second core gives: ``bench.hot_feed``):
+more as one process (on two cores the exchange between two processes can cost it as much as
+the second core gives, or more: ``bench.hot_feed``):
 
 * passthrough: plain confluent-kafka consume -> split -> produce per event (the ceiling);
 * Quix Streams: decode, dedup in its per-key RocksDB state, Avro out keyed by symbol;
