@@ -109,7 +109,11 @@ class ReadBoard:
         """``position`` None: ``part`` holds nobody back (at its end, closed, not read yet)."""
         fd = self._fds.get(part)
         if fd is None:
-            fd = self._fds[part] = os.open(self.root / part, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = self._fds[part] = os.open(self.root / part, os.O_RDWR | os.O_CREAT,
+                                               0o644)
+            except OSError:  # the directory went away: pacing is not worth stopping for
+                return
         pos, now = -1 if position is None else position, time.time_ns()
         os.pwrite(fd, self._REC.pack(pos, now, pos ^ now), 0)
 
@@ -120,7 +124,11 @@ class ReadBoard:
             return self._others
         self._read_at = now
         out: dict[str, int] = {}
-        for name in os.listdir(self.root):
+        try:
+            names = os.listdir(self.root)
+        except OSError:  # the state directory went away (a test's, a reset's): no others
+            names = []
+        for name in names:
             if name in exclude:
                 continue
             try:
@@ -183,8 +191,9 @@ class ReadGate:
             self.board.close(part)
 
 
-# One gate per consumer group in this process (the workers of a process are its threads).
-_GATES: dict[str, ReadGate] = {}
+# One gate per consumer group and state directory in this process (the workers of a process
+# are its threads).
+_GATES: dict[tuple[str, Path | None], ReadGate] = {}
 
 
 def read_board_dir(state_dir: Path, group: str) -> Path:
@@ -512,11 +521,11 @@ class RawKafkaSource(FixedPartitionedSource[RawPoll, PartitionState]):
         store = self._store
         durable = (None if store is None else
                    lambda: store.durable_state(step_id, for_part))
-        gate = _GATES.get(self._group)
+        gate = _GATES.get((self._group, self._lock_dir))
         if gate is None:
             board = (None if self._lock_dir is None else
                      ReadBoard(read_board_dir(self._lock_dir, self._group)))
-            gate = _GATES[self._group] = ReadGate(board=board)
+            gate = _GATES[(self._group, self._lock_dir)] = ReadGate(board=board)
         return _RawPartition(conf, topic, partition, resume_state, self._tail,
                              self._batch_size, lock, durable, gate)
 

@@ -150,3 +150,16 @@ def test_the_merge_gauge_counts_what_waits_for_a_slower_partition() -> None:
     assert [len(bs) for _, bs in out] == [1] and metrics.MERGE_WAITING._value.get() == base + 1
     state, out = step(state, ("b", AT_END, []))
     assert [len(bs) for _, bs in out] == [1] and metrics.MERGE_WAITING._value.get() == base
+
+
+def test_a_board_whose_directory_went_away_holds_nobody_back(tmp_path: Path) -> None:
+    one, two = _process_gate(tmp_path / "board"), _process_gate(tmp_path / "board")
+    one.update("stocks:0", 1_000)
+    two.update("stocks:1", 5_000)
+    assert two.ahead("stocks:1")
+    for f in (tmp_path / "board").iterdir():
+        f.unlink()
+    (tmp_path / "board").rmdir()
+    assert not two.ahead("stocks:1")  # no error, and nobody to wait for
+    two.update("stocks:2", 5_050)  # a partition opened now publishes nowhere, without error
+    assert not two.ahead("stocks:2")
