@@ -557,24 +557,17 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile,
     make_dirs(d)
     name = file_name(key, f.first_offset, f.part)
     keys = sort_keys(key.event_type)
-    # The order is checked once, row group by row group, as the metadata is gathered.
-    groups: Callable[[], Iterator[pa.Table]]
-    if f.spilled:
-        def groups() -> Iterator[pa.Table]:
-            return _row_groups(f.pieces(key.event_type, journal))
-    else:
-        table = f.table(key.event_type)
+    # A spilled file's rows stay in the journal (None here) unless they must be sorted.
+    table = None if f.spilled else f.table(key.event_type)
 
-        def groups() -> Iterator[pa.Table]:
-            return _row_groups([table])
+    def groups() -> Iterator[pa.Table]:
+        return _row_groups(f.pieces(key.event_type, journal) if table is None else [table])
+    # The order is checked once, row group by row group, as the metadata is gathered.
     facts = _scan(groups(), keys)
     if facts is None:
-        if f.spilled:  # read back whole, only now: it must be sorted
+        if table is None:  # read back whole, only now: it must be sorted
             table = f.table(key.event_type, journal)
         table = table.sort_by([(k, "ascending") for k in keys])
-
-        def groups() -> Iterator[pa.Table]:
-            return _row_groups([table])
         facts = _scan(groups(), keys)
         assert facts is not None
     if sum(facts.rows) != f.count:
