@@ -7,7 +7,11 @@ import platform
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def git_commit() -> str:
@@ -30,3 +34,16 @@ def spread(xs: list[float]) -> dict[str, float]:
 def show_spread(sp: dict[str, float], f: str) -> str:
     """``spread``'s figures as "median (min-max)", each in format ``f``."""
     return f"{format(sp['median'], f)} ({format(sp['min'], f)}-{format(sp['max'], f)})"
+
+
+def once_more(attempt: Callable[[int], T], what: str, failures: list[str],
+              say: Callable[[str], object]) -> T:
+    """``attempt(0)``; if it raises RuntimeError, the failure is recorded in ``failures``
+    (the results say so) and ``attempt(1)`` is returned. A cluster run can die at start:
+    Bytewax's workers connect over fresh ports, and a port taken meanwhile panics them."""
+    try:
+        return attempt(0)
+    except RuntimeError as e:
+        failures.append(f"{what}: {str(e)[:300]}")
+        say(f"[red]{what} failed, once more: {str(e)[:200]}")
+        return attempt(1)

@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -48,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import busy_open_frames
-from bench.common import git_commit, machine, show_spread, spread
+from bench.common import git_commit, machine, once_more, show_spread, spread
 from flows.runner import flow_argv
 from infra.procs import free_port
 from infra.registry import registry_process
@@ -340,27 +341,26 @@ def main() -> int:
                    "SCHEMA_REGISTRY_URL": reg_url}
             runs: list[Run] = []
             failures: list[str] = []
+
+            def attempt(i: int, *, name: str, rnd: int, outs: list[str], log: Path
+                        ) -> tuple[dict[tuple[str, int], int], dict[str, str], ProcRun]:
+                # A second attempt gets fresh groups and state (round tag + 100).
+                argvs, run_env = contender_argvs(name, rnd + 100 * i, work, bootstrap,
+                                                 reg_url, outs[0], env, args.snapshot_secs)
+                since = end_offsets(kconf, outs)
+                try:
+                    return since, run_env, run_procs(argvs, run_env, log)
+                except RuntimeError:
+                    kept = Path(tempfile.gettempdir()) / f"bench-e2e-failed-{log.name}"
+                    shutil.copy(log, kept)  # the second attempt writes the same log
+                    raise
             for rnd in range(n_runs):
                 for name in names:
                     outs = OUR_TOPICS if name in OURS else [peer_topic[name]]
-                    argvs, run_env = contender_argvs(name, rnd, work, bootstrap, reg_url,
-                                                     outs[0], env, args.snapshot_secs)
-                    since = end_offsets(kconf, outs)
                     log = work / f"{name}-r{rnd}.log"
-                    try:
-                        wall, rss, _ = run_procs(argvs, run_env, log)
-                    except RuntimeError as e:
-                        # A cluster run that dies (Bytewax's workers connect over fresh
-                        # ports; a taken port panics them) is run once more, recorded.
-                        kept = Path(tempfile.gettempdir()) / f"bench-e2e-failed-{log.name}"
-                        shutil.copy(log, kept)
-                        console.print(f"[red]{name} failed, kept {kept}; again: {e}"[:300])
-                        failures.append(f"{name} round {rnd + 1}: {str(e)[:200]}")
-                        argvs, run_env = contender_argvs(name, rnd + 100, work, bootstrap,
-                                                         reg_url, outs[0], env,
-                                                         args.snapshot_secs)
-                        since = end_offsets(kconf, outs)
-                        wall, rss, _ = run_procs(argvs, run_env, log)
+                    since, run_env, (wall, rss, _) = once_more(
+                        partial(attempt, name=name, rnd=rnd, outs=outs, log=log),
+                        f"{name} round {rnd + 1}", failures, console.print)
                     lake_root = (Path(run_env["TICKFLOW_LAKE_ROOT"]) if name in OURS
                                  else None)
                     n, secs, lake = durable_window(kconf, since, log, lake_root)

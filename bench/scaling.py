@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import RECEIPT_LAG_NS
-from bench.common import git_commit, machine, show_spread, spread
+from bench.common import git_commit, machine, once_more, show_spread, spread
 from bench.e2e import (
     APPEND_TIME,
     HOST,
@@ -197,28 +197,22 @@ def main() -> int:
     sizes: list[dict[str, Any]] = []
     failures: list[str] = []
 
-    def once_more(frames: int, per: int, procs: int) -> dict[str, Any]:
-        # A cluster run can die at start (Bytewax's workers connect over fresh ports; a
-        # port taken meanwhile panics them): run once more, and say so in the results.
-        try:
-            return run(frames, per, procs, work, a.broker)
-        except RuntimeError as e:
-            failures.append(f"{frames} frames, {per}/partition, {procs} processes: "
-                            f"{str(e)[:300]}")
-            console.print(f"[red]failed, once more: {str(e)[:200]}")
-            return run(frames, per, procs, work, a.broker)
+    def run_once_more(frames: int, per: int, procs: int) -> dict[str, Any]:
+        return once_more(lambda _: run(frames, per, procs, work, a.broker),
+                         f"{frames} frames, {per}/partition, {procs} processes", failures,
+                         console.print)
 
     try:
         for per in () if a.skip_layouts else (1, 2, 4):
             for procs in (1, 2):
                 console.print(f"layout {per} symbol(s)/partition, {procs} process(es) ...")
-                layouts.append(once_more(a.layout_frames, per, procs))
+                layouts.append(run_once_more(a.layout_frames, per, procs))
         for rnd in range(a.rounds):
             # Interleaved: the machine's drift falls on every size alike.
             for mult in (SIZES if rnd % 2 == 0 else SIZES[::-1]):
                 console.print(f"round {rnd + 1}: input {mult}x ...")
                 sizes.append({"round": rnd, "mult": mult,
-                              **once_more(a.frames * mult, 2, a.size_processes)})
+                              **run_once_more(a.frames * mult, 2, a.size_processes)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     t = Table(title="tickflow dataflow scaling by layout (stock quotes and trades, 4 symbols; "
