@@ -47,3 +47,19 @@ def once_more(attempt: Callable[[int], T], what: str, failures: list[str],
         failures.append(f"{what}: {str(e)[:300]}")
         say(f"[red]{what} failed, once more: {str(e)[:200]}")
         return attempt(1)
+
+
+def rss_summary(samples: list[tuple[float, float]], since: float) -> dict[str, float]:
+    """The flow's RSS from ``since`` s on: first, peak, last and the least-squares slope
+    (growth judged by its trend over every sample, not by two)."""
+    xs = [(t, mb) for t, mb in samples if t >= since]
+    if len(xs) < 10:
+        raise RuntimeError(f"too few RSS samples ({len(xs)}) from {since:.0f} s on to judge "
+                           "a trend: measure longer")
+    n = len(xs)
+    mt, mm = sum(t for t, _ in xs) / n, sum(mb for _, mb in xs) / n
+    slope = (sum((t - mt) * (mb - mm) for t, mb in xs)
+             / sum((t - mt) ** 2 for t, _ in xs))
+    return {"samples": n, "start_mb": xs[0][1], "mean_mb": mm,
+            "peak_mb": max(mb for _, mb in xs), "end_mb": xs[-1][1],
+            "slope_mb_per_min": slope * 60}

@@ -117,28 +117,34 @@ class ProcRun(NamedTuple):
     wall_s: float
     peak_rss_mb: float  # all of them and their children together
     cpu_s: list[float]  # each process's own CPU seconds (user + system), in argv order
+    # (seconds since start, each process's RSS with its children in argv order), 5 a second
+    rss_trace: list[tuple[float, list[float]]]
+    started_s: float  # epoch seconds of the start (the trace's zero)
 
 
 def run_procs(argvs: list[list[str]], env: dict[str, str], log: Path,
               timeout: float = 900,
               on_start: Callable[[list[int]], object] | None = None,
               own_env: list[dict[str, str]] | None = None) -> ProcRun:
-    """Run processes to completion: wall seconds, peak RSS and each one's CPU time.
+    """Run processes to completion: wall seconds, peak RSS, each one's CPU time and RSS trace.
     ``on_start`` gets their pids once they run (a profiler's hook); ``own_env``: what each
     process adds to ``env`` (its metrics port)."""
-    t0 = time.monotonic()
+    t0, started = time.monotonic(), time.time()
     cpu = [0.0] * len(argvs)
     with log.open("w") as f:
         procs = [subprocess.Popen(a, env={**env, **(own_env[i] if own_env else {})},
                                   stdout=f, stderr=subprocess.STDOUT)
                  for i, a in enumerate(argvs)]
         peak = 0.0
+        trace: list[tuple[float, list[float]]] = []
         done = threading.Event()
 
         def sample() -> None:
             nonlocal peak
             while not done.is_set():
-                peak = max(peak, tree_rss([p.pid for p in procs]))
+                each = [tree_rss([p.pid]) for p in procs]
+                trace.append((time.monotonic() - t0, each))
+                peak = max(peak, sum(each))
                 time.sleep(0.2)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -169,7 +175,7 @@ def run_procs(argvs: list[list[str]], env: dict[str, str], log: Path,
     if bad:
         raise RuntimeError(f"{argvs[0][:4]} failed ({bad}); see {log}:\n"
                            + log.read_text(errors="replace")[-3000:])
-    return ProcRun(time.monotonic() - t0, peak, cpu)
+    return ProcRun(time.monotonic() - t0, peak, cpu, trace, started)
 
 
 def end_offsets(kafka_conf: dict[str, Any], topics: list[str]) -> dict[tuple[str, int], int]:
@@ -358,7 +364,7 @@ def main() -> int:
                 for name in names:
                     outs = OUR_TOPICS if name in OURS else [peer_topic[name]]
                     log = work / f"{name}-r{rnd}.log"
-                    since, run_env, (wall, rss, _) = once_more(
+                    since, run_env, (wall, rss, *_) = once_more(
                         partial(attempt, name=name, rnd=rnd, outs=outs, log=log),
                         f"{name} round {rnd + 1}", failures, console.print)
                     lake_root = (Path(run_env["TICKFLOW_LAKE_ROOT"]) if name in OURS

@@ -44,7 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import git_commit, machine, show_spread, spread
+from bench.common import git_commit, machine, rss_summary, show_spread, spread
 from bench.e2e import tree_rss
 from connectors.kafka_sink import producer_config
 from flows.runner import flow_argv
@@ -115,22 +115,6 @@ def broker_alone(kconf: dict[str, str], rate: float, seconds: float, warmup: flo
             "produce_to_ack_p99_ms": percentile(acked, 0.99),
             "produce_to_consumer_p50_ms": percentile(consumed, 0.5),
             "produce_to_consumer_p99_ms": percentile(consumed, 0.99)}
-
-
-def rss_summary(samples: list[tuple[float, float]], since: float) -> dict[str, float]:
-    """The flow's RSS from ``since`` s on: first, peak, last and the least-squares slope
-    (growth judged by its trend over every sample, not by two)."""
-    xs = [(t, mb) for t, mb in samples if t >= since]
-    if len(xs) < 10:
-        raise RuntimeError(f"too few RSS samples ({len(xs)}) from {since:.0f} s on to judge "
-                           "a trend: measure longer (--seconds)")
-    n = len(xs)
-    mt, mm = sum(t for t, _ in xs) / n, sum(mb for _, mb in xs) / n
-    slope = (sum((t - mt) * (mb - mm) for t, mb in xs)
-             / sum((t - mt) ** 2 for t, _ in xs))
-    return {"samples": n, "start_mb": xs[0][1], "mean_mb": mm,
-            "peak_mb": max(mb for _, mb in xs), "end_mb": xs[-1][1],
-            "slope_mb_per_min": slope * 60}
 
 
 def tail_timing(worst: dict[int, float], snapshot_secs: int) -> dict[str, float]:

@@ -20,6 +20,7 @@ import collections
 import ctypes
 import gc
 import json
+import os
 import runpy
 import sys
 import threading
@@ -67,7 +68,8 @@ def _trace(after: float, every: float, out: Path, top: int) -> None:
             grew = sorted(((k, now[k] - base.get(k, 0)) for k in now),
                           key=lambda kv: -kv[1])[:top]
             f.write(json.dumps({
-                "t_s": round(time.monotonic() - t0, 1), "rss_mb": _rss_mb(), **_malloc_mb(),
+                "pid": os.getpid(), "t_s": round(time.monotonic() - t0, 1),
+                "rss_mb": _rss_mb(), **_malloc_mb(),
                 "python_blocks": sys.getallocatedblocks(), "objects": sum(now.values()),
                 "objects_grew": grew}) + "\n")
             f.flush()
@@ -87,7 +89,8 @@ def _tracemalloc(after: float, every: float, out: Path, frames: int, top: int) -
             diffs = snap.compare_to(base, "traceback")[:top]
             now, peak = tracemalloc.get_traced_memory()
             f.write(json.dumps({
-                "t_s": round(time.monotonic() - t0, 1), "traced_mb": now / 2**20,
+                "pid": os.getpid(), "t_s": round(time.monotonic() - t0, 1),
+                "traced_mb": now / 2**20,
                 "traced_peak_mb": peak / 2**20,
                 "top": [{"size_diff_kb": d.size_diff / 1024, "count_diff": d.count_diff,
                          "size_kb": d.size / 1024,

@@ -39,13 +39,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.__main__ import RECEIPT_LAG_NS
-from bench.common import git_commit, machine, once_more, show_spread, spread
+from bench.common import git_commit, machine, once_more, rss_summary, show_spread, spread
 from bench.e2e import (
     APPEND_TIME,
     HOST,
     SNAPSHOT_SECS,
     durable_window,
     end_offsets,
+    first_read_s,
     run_procs,
 )
 from flows.runner import flow_argv
@@ -148,16 +149,28 @@ def run(frames: int, per_partition: int, processes: int, work: Path,
         ports = [free_port() for _ in argvs]
         held = MergeWatch(ports)
         with held:
-            wall, rss, cpu = run_procs(argvs, env, run_dir / "flow.log", on_start=on_start,
-                                       own_env=[{"TICKFLOW_METRICS_PORT": str(p)}
-                                                for p in ports])
+            pr = run_procs(argvs, env, run_dir / "flow.log", on_start=on_start,
+                           own_env=[{"TICKFLOW_METRICS_PORT": str(p)} for p in ports])
         n, span, lake = durable_window(kconf, since, run_dir / "flow.log", run_dir / "lake")
+    # From the first raw read to the last output durable, the window every figure is over
+    # (not the start's imports or the exit's teardown).
+    start = first_read_s(run_dir / "flow.log") - pr.started_s
+    working = [(t, each) for t, each in pr.rss_trace if start <= t <= start + span]
     return {"frames": frames, "symbols_per_partition": per_partition, "processes": processes,
-            "events_in": events_in, "events_out": n, "seconds": span, "wall_s": wall,
-            "events_per_s": n / span if span else 0.0, "peak_rss_mb": rss, "cpu_s": cpu,
+            "events_in": events_in, "events_out": n, "seconds": span, "wall_s": pr.wall_s,
+            "events_per_s": n / span if span else 0.0, "peak_rss_mb": pr.peak_rss_mb,
+            "peak_rss_mb_each": [max(each[i] for _, each in pr.rss_trace)
+                                 for i in range(processes)],
+            # Growth judged by its trend: the least-squares slope over the window's second half.
+            "rss_second_half": (half := rss_summary([(t, sum(each)) for t, each in working],
+                                                    start + span / 2)),
+            "rss_slope_mb_per_min": half["slope_mb_per_min"],
+            "cpu_s": pr.cpu_s,
             "us_per_event": span / n * 1e6 if n else 0.0, "lake_files": len(lake),
             "merge_waiting_peak_batches": held.peak,
-            "lake_files_before_last_second": sum(1 for t in lake if t < span - 1)}
+            "lake_files_before_last_second": sum(1 for t in lake if t < span - 1),
+            "rss_trace_s_mb": [(round(t - start, 1), [round(mb) for mb in each])
+                               for t, each in working[::5]]}
 
 
 def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -171,7 +184,7 @@ def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
         rs = [r for r in sizes if r["mult"] == mult]
         out[f"{mult}x"] = {k: spread([r[k] for r in rs])
                            for k in ("us_per_event", "events_per_s", "peak_rss_mb",
-                                     "merge_waiting_peak_batches")}
+                                     "rss_slope_mb_per_min", "merge_waiting_peak_batches")}
         out[f"{mult}x"]["cost_vs_smallest"] = spread(
             [us[mult] / us[SIZES[0]] for us in by_round.values()])
     return out
@@ -186,6 +199,9 @@ def main() -> int:
     ap.add_argument("--size-processes", type=int, default=2,
                     help="dataflow processes of the input-size runs")
     ap.add_argument("--skip-layouts", action="store_true", help="the input sizes only")
+    ap.add_argument("--long", type=int, default=0, metavar="MULT",
+                    help="also one run of this multiple of --frames with one process and one "
+                         "with two, after the rounds: the RSS trend of a long run")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-scaling.json"))
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
@@ -195,6 +211,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="tickflow-scaling-"))
     layouts: list[dict[str, Any]] = []
     sizes: list[dict[str, Any]] = []
+    long: list[dict[str, Any]] = []
     failures: list[str] = []
 
     def run_once_more(frames: int, per: int, procs: int) -> dict[str, Any]:
@@ -213,6 +230,9 @@ def main() -> int:
                 console.print(f"round {rnd + 1}: input {mult}x ...")
                 sizes.append({"round": rnd, "mult": mult,
                               **run_once_more(a.frames * mult, 2, a.size_processes)})
+        for procs in (1, 2) if a.long else ():
+            console.print(f"long run: input {a.long}x, {procs} process(es) ...")
+            long.append({"mult": a.long, **run_once_more(a.frames * a.long, 2, procs)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     t = Table(title="tickflow dataflow scaling by layout (stock quotes and trades, 4 symbols; "
@@ -227,25 +247,40 @@ def main() -> int:
                   f"{r['lake_files']} ({r['lake_files_before_last_second']})")
     if layouts:
         console.print(t)
-    summary = summarize(sizes)
+    summary = summarize(sizes) if sizes else {}
 
     st = Table(title=f"cost per event by input size (2 symbols/partition, "
                      f"{a.size_processes} process(es); "
                      f"{a.rounds} rounds, median (min-max))")
     for col in ("input", "events", "us/event", f"vs {SIZES[0]}x, within a round",
-                "peak RSS MB", "batches held in the merge, peak"):
+                "peak RSS MB", "RSS trend, 2nd half, MB/min", "batches held in the merge, peak"):
         st.add_column(col, justify="right")
-    for mult in SIZES:
+    for mult in SIZES if sizes else ():
         m = summary[f"{mult}x"]
         st.add_row(f"{mult}x", f"{next(r['events_in'] for r in sizes if r['mult'] == mult):,}",
                    show_spread(m["us_per_event"], ".1f"),
                    show_spread(m["cost_vs_smallest"], ".2f"),
                    show_spread(m["peak_rss_mb"], ",.0f"),
+                   show_spread(m["rss_slope_mb_per_min"], "+.1f"),
                    show_spread(m["merge_waiting_peak_batches"], ",.0f"))
-    console.print(st)
+    if sizes:
+        console.print(st)
+    lt = Table(title="long runs (2 symbols/partition; one run each)")
+    for col in ("input", "events", "processes", "us/event", "peak RSS MB (each)",
+                "RSS over the 2nd half, MB (start, peak, end)", "trend, MB/min"):
+        lt.add_column(col, justify="right")
+    for r in long:
+        h = r["rss_second_half"]
+        each = ", ".join(f"{mb:,.0f}" for mb in r["peak_rss_mb_each"])
+        lt.add_row(f"{r['mult']}x", f"{r['events_in']:,}", str(r["processes"]),
+                   f"{r['us_per_event']:.1f}", f"{r['peak_rss_mb']:,.0f} ({each})",
+                   f"{h['start_mb']:,.0f}, {h['peak_mb']:,.0f}, {h['end_mb']:,.0f}",
+                   f"{h['slope_mb_per_min']:+.1f}")
+    if long:
+        console.print(lt)
     a.out.write_text(json.dumps({"commit": git_commit(), "machine": machine(),
                                  "date": started, "rounds": a.rounds, "layouts": layouts,
-                                 "sizes": sizes, "summary": summary,
+                                 "sizes": sizes, "summary": summary, "long": long,
                                  "failures": failures}, indent=2))
     console.print(f"raw figures: {a.out}")
     return 0
