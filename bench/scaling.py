@@ -30,6 +30,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,11 @@ class MergeWatch:
 
 def run(frames: int, per_partition: int, processes: int, work: Path,
         broker_kind: str = "kafka", symbols: tuple[str, ...] = SYMBOLS,
-        on_start: Callable[[list[int]], object] | None = None) -> dict[str, Any]:
+        on_start: Callable[[list[int]], object] | None = None,
+        memtrace: Path | None = None) -> dict[str, Any]:
     """One fresh broker and registry, one load, one dataflow run (``on_start``: see
-    ``bench.e2e.run_procs``)."""
+    ``bench.e2e.run_procs``; ``memtrace``: each process appends ``bench.memtrace`` lines,
+    every 5 s from 4 s in, to this file)."""
     # A fresh folder even when a size run repeats a layout run's shape.
     run_dir = Path(tempfile.mkdtemp(prefix=f"f{frames}-p{per_partition}-x{processes}-",
                                     dir=work))
@@ -137,6 +140,9 @@ def run(frames: int, per_partition: int, processes: int, work: Path,
         events_in = load(kconf, frames, per_partition, symbols)
         addrs = ";".join(f"{HOST}:{free_port()}" for _ in range(processes))
         argv = flow_argv(1, run_dir / "recovery", SNAPSHOT_SECS)
+        if memtrace is not None:
+            argv[1:3] = ["-m", "bench.memtrace", "--after", "4", "--every", "5",
+                         "--out", str(memtrace.resolve()), "--"]
         argvs = ([[*argv, "-i", str(i), "-a", addrs] for i in range(processes)]
                  if processes > 1 else [argv])
         since = end_offsets(kconf, list(OUTPUTS))
@@ -202,6 +208,8 @@ def main() -> int:
     ap.add_argument("--long", type=int, default=0, metavar="MULT",
                     help="also one run of this multiple of --frames with one process and one "
                          "with two, after the rounds: the RSS trend of a long run")
+    ap.add_argument("--memtrace", type=Path, help="the long runs' processes write "
+                    "bench.memtrace lines (RSS, malloc, Python objects) into this file")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-scaling.json"))
     ap.add_argument("--broker", choices=("kafka", "tansu"), default="kafka",
                     help="Apache Kafka (as deployed; default) or the embedded Tansu")
@@ -219,6 +227,9 @@ def main() -> int:
                          f"{frames} frames, {per}/partition, {procs} processes", failures,
                          console.print)
 
+    def long_run(_: int, procs: int) -> dict[str, Any]:
+        return run(a.frames * a.long, 2, procs, work, a.broker, memtrace=a.memtrace)
+
     try:
         for per in () if a.skip_layouts else (1, 2, 4):
             for procs in (1, 2):
@@ -232,7 +243,9 @@ def main() -> int:
                               **run_once_more(a.frames * mult, 2, a.size_processes)})
         for procs in (1, 2) if a.long else ():
             console.print(f"long run: input {a.long}x, {procs} process(es) ...")
-            long.append({"mult": a.long, **run_once_more(a.frames * a.long, 2, procs)})
+            long.append({"mult": a.long, **once_more(
+                partial(long_run, procs=procs), f"long run, {procs} process(es)", failures,
+                console.print)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     t = Table(title="tickflow dataflow scaling by layout (stock quotes and trades, 4 symbols; "
