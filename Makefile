@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(PY) -m bench.snapshot_profile
 	$(PY) -m bench.scaling
 	$(PY) -m bench.scaling --skip-layouts --size-processes 1 --out bench/results-scaling-1p.json
+	$(PY) -m bench.scaling --skip-layouts --rounds 0 --long 256 --out bench/results-scaling-long.json
 	$(PY) -m bench.hot_feed
 	$(PY) -m bench.dbn_memory --gb 2
 	$(PY) -m bench.replay_mix
