@@ -134,17 +134,19 @@ def tail_timing(worst: dict[int, float], snapshot_secs: int) -> dict[str, float]
     return out
 
 
-def snapshot_parts(metrics_text: str) -> dict[str, dict[str, float]]:
-    """Per part of the flow's recovery snapshots (``tickflow_snapshot_seconds``): how many,
-    the mean and the largest bucket bound reached (an upper bound of the worst)."""
+def histogram_parts(metrics_text: str, family: str = "tickflow_snapshot_seconds",
+                    label: str = "part") -> dict[str, dict[str, float]]:
+    """Per value of ``label`` of one of the flow's histograms (by default the parts of its
+    recovery snapshots; ``tickflow_gc_pause_seconds`` by generation): how many, the mean
+    and the largest bucket bound reached (an upper bound of the worst)."""
     out: dict[str, dict[str, float]] = {}
     for fam in text_string_to_metric_families(metrics_text):
-        if fam.name != "tickflow_snapshot_seconds":
+        if fam.name != family:
             continue
         parts: dict[str, dict[str, float]] = {}
         below: dict[str, list[tuple[float, float]]] = {}
         for smp in fam.samples:
-            part = smp.labels.get("part", "")
+            part = smp.labels.get(label, "")
             d = parts.setdefault(part, {})
             if smp.name.endswith("_count"):
                 d["count"] = smp.value
@@ -326,7 +328,9 @@ def measure(a: argparse.Namespace) -> dict[str, Any]:
            "flow_rss": rss_summary(rss, a.warmup + DEDUP_WINDOW_S),
            "flow_rss_whole_window": rss_summary(rss, a.warmup), "flow_rss_samples": rss,
            "tail": tail_timing(worst, a.snapshot_secs),
-           "snapshot_parts": snapshot_parts(scraped),
+           "snapshot_parts": histogram_parts(scraped),
+           # Every thread waits for a collection: the other pause the worker can have.
+           "gc_pauses": histogram_parts(scraped, "tickflow_gc_pause_seconds", "generation"),
            "worst_ms_by_second": sorted(worst.items())}
     return res
 
@@ -357,9 +361,13 @@ def report(res: dict[str, Any], a: argparse.Namespace) -> None:
               f"one phase of the {a.snapshot_secs} s snapshot period (by chance "
               f"{t['by_chance']:.0%}); a median second's worst record "
               f"{t['median_second_worst_ms']:.0f} ms")
-    for part, d in res["snapshot_parts"].items():
-        print(f"  snapshot part {part}: {d['count']:.0f} times, mean {d['mean_ms']:.1f} ms, "
-              f"worst under {d['worst_below_ms']:.0f} ms")
+    for what, parts in (("snapshot part", res["snapshot_parts"]),
+                        ("GC of generation", res["gc_pauses"])):
+        for part, d in parts.items():
+            print(f"  {what} {part}: {d['count']:.0f} times, mean {d['mean_ms']:.1f} ms, "
+                  f"worst under {d['worst_below_ms']:.0f} ms")
+    if not res["gc_pauses"]:
+        print("  the cyclic GC collected nothing during the run (tickflow_gc_pause_seconds)")
     print(f"  pipeline p99 / broker-alone p99 (produce -> consumed): "
           f"{res['p99_ms'] / floor['produce_to_consumer_p99_ms']:.1f}x")
 

@@ -6,8 +6,10 @@ Counted per batch, not per event, so the hot path pays a dict update per event a
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter as Tally
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import REGISTRY, Counter, Gauge, make_wsgi_app
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
@@ -45,6 +47,26 @@ MERGE_WAITING = Gauge("tickflow_merge_waiting_batches",
                       "Symbol batches this process's log-order merges hold for a raw "
                       "partition behind them in log position (tickflow.merge)")
 LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
+GC_PAUSE = Histogram("tickflow_gc_pause_seconds",
+                     "Collections of Python's cyclic garbage collector, by generation: every "
+                     "thread of the process waits for one", ["generation"],
+                     buckets=LATENCY_BUCKETS_S)
+_gc_start_ns = [0]
+
+
+def _time_gc(phase: str, info: dict[str, int]) -> None:
+    if phase == "start":
+        _gc_start_ns[0] = time.perf_counter_ns()
+    else:
+        GC_PAUSE.labels(str(info["generation"])).observe(
+            (time.perf_counter_ns() - _gc_start_ns[0]) / 1e9)
+
+
+def watch_gc() -> None:
+    """Time every collection of the cyclic GC into ``tickflow_gc_pause_seconds`` (once per
+    process; the collector runs in one thread at a time, under the GIL)."""
+    if _time_gc not in gc.callbacks:
+        gc.callbacks.append(_time_gc)
 
 
 class LatencyHistogram:

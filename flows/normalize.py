@@ -265,6 +265,7 @@ def build_flow(settings: Settings | None = None, raw_topics: list[str] | None = 
     # default thresholds the cyclic collector re-scans them all every few thousand
     # allocations, a large share of the run time. Collect young objects rarely instead.
     gc.set_threshold(GC_GEN0_THRESHOLD, 50, 1000)
+    metrics.watch_gc()
     check_arrow_pool()
     port = int(os.environ.get("TICKFLOW_METRICS_PORT", "0"))
     if port:  # one endpoint per process: give each process of a cluster its own port
