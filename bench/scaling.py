@@ -30,7 +30,6 @@ import tempfile
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -168,9 +167,8 @@ def run(frames: int, per_partition: int, processes: int, work: Path,
             "peak_rss_mb_each": [max(each[i] for _, each in pr.rss_trace)
                                  for i in range(processes)],
             # Growth judged by its trend: the least-squares slope over the window's second half.
-            "rss_second_half": (half := rss_summary([(t, sum(each)) for t, each in working],
-                                                    start + span / 2)),
-            "rss_slope_mb_per_min": half["slope_mb_per_min"],
+            "rss_second_half": rss_summary([(t, sum(each)) for t, each in working],
+                                           start + span / 2),
             "cpu_s": pr.cpu_s,
             "us_per_event": span / n * 1e6 if n else 0.0, "lake_files": len(lake),
             "merge_waiting_peak_batches": held.peak,
@@ -190,7 +188,9 @@ def summarize(sizes: list[dict[str, Any]]) -> dict[str, Any]:
         rs = [r for r in sizes if r["mult"] == mult]
         out[f"{mult}x"] = {k: spread([r[k] for r in rs])
                            for k in ("us_per_event", "events_per_s", "peak_rss_mb",
-                                     "rss_slope_mb_per_min", "merge_waiting_peak_batches")}
+                                     "merge_waiting_peak_batches")}
+        out[f"{mult}x"]["rss_slope_mb_per_min"] = spread(
+            [r["rss_second_half"]["slope_mb_per_min"] for r in rs])
         out[f"{mult}x"]["cost_vs_smallest"] = spread(
             [us[mult] / us[SIZES[0]] for us in by_round.values()])
     return out
@@ -222,13 +222,11 @@ def main() -> int:
     long: list[dict[str, Any]] = []
     failures: list[str] = []
 
-    def run_once_more(frames: int, per: int, procs: int) -> dict[str, Any]:
-        return once_more(lambda _: run(frames, per, procs, work, a.broker),
+    def run_once_more(frames: int, per: int, procs: int,
+                      memtrace: Path | None = None) -> dict[str, Any]:
+        return once_more(lambda _: run(frames, per, procs, work, a.broker, memtrace=memtrace),
                          f"{frames} frames, {per}/partition, {procs} processes", failures,
                          console.print)
-
-    def long_run(_: int, procs: int) -> dict[str, Any]:
-        return run(a.frames * a.long, 2, procs, work, a.broker, memtrace=a.memtrace)
 
     try:
         for per in () if a.skip_layouts else (1, 2, 4):
@@ -243,9 +241,8 @@ def main() -> int:
                               **run_once_more(a.frames * mult, 2, a.size_processes)})
         for procs in (1, 2) if a.long else ():
             console.print(f"long run: input {a.long}x, {procs} process(es) ...")
-            long.append({"mult": a.long, **once_more(
-                partial(long_run, procs=procs), f"long run, {procs} process(es)", failures,
-                console.print)})
+            long.append({"mult": a.long,
+                         **run_once_more(a.frames * a.long, 2, procs, a.memtrace)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
     t = Table(title="tickflow dataflow scaling by layout (stock quotes and trades, 4 symbols; "
