@@ -35,6 +35,7 @@ a restart neither loses nor repeats them and a snapshot stays small.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
@@ -381,29 +382,32 @@ def _leaf_paths(name: str, t: pa.DataType) -> list[str]:
     return [name]
 
 
-def _write_groups(path: Path, schema: pa.Schema, groups: Iterable[pa.Table]) -> list[int]:
-    """Write ``groups`` as the row groups of one Parquet file with the lake's settings (page
-    checksums; ``schema`` carries the metadata). Returns the groups' row counts."""
+def _parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer with the lake's settings (zstd, page checksums, statistics of the
+    flat columns, delta-coded times), for rows of ``schema``. The file's metadata is added
+    when it closes (``_close``), so a file can be written a row group at a time before its
+    digests, row count and last offset are known."""
     delta = delta_columns(schema)
     leaves = [p for f in schema for p in _leaf_paths(f.name, f.type)]
-    sizes = []
-    with pq.ParquetWriter(
-            path, schema, compression="zstd", write_page_checksum=True,
-            write_statistics=stats_columns(schema),
-            # Event ids are unique: a dictionary of them only fails over to plain after a
-            # page of work, and leaves the file ~4 % larger.
-            use_dictionary=[p for p in leaves if p not in delta and p != "event_id"],
-            column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED")) as w:
-        for g in groups:
-            w.write_table(g, row_group_size=ROW_GROUP_ROWS)
-            sizes.append(g.num_rows)
-            del g  # before the next group is gathered: one group in memory, not two
-    return sizes
+    return pq.ParquetWriter(
+        # pyarrow would store the Arrow schema, metadata and all, at open: _close does.
+        path, schema.remove_metadata(), store_schema=False,
+        compression="zstd", write_page_checksum=True, write_statistics=stats_columns(schema),
+        # Event ids are unique: a dictionary of them only fails over to plain after a
+        # page of work, and leaves the file ~4 % larger.
+        use_dictionary=[p for p in leaves if p not in delta and p != "event_id"],
+        column_encoding=dict.fromkeys(delta, "DELTA_BINARY_PACKED"))
 
 
-def _file_schema(schema: pa.Schema, meta: dict[bytes, bytes]) -> pa.Schema:
-    return schema.with_metadata({**(schema.metadata or {}), **meta,
-                                 LAYOUT_KEY: str(LAKE_LAYOUT).encode()})
+def _close(w: pq.ParquetWriter, schema: pa.Schema, meta: dict[bytes, bytes]) -> None:
+    """Close a ``_parquet_writer`` file of rows of ``schema`` with metadata ``meta`` (and the
+    lake layout): in the footer's key-value map, the entries and the Arrow schema carrying
+    them and the column docs (``ARROW:schema``), exactly as pyarrow writes them at open
+    (tests/test_lake.py), so every reader sees the metadata and types it always did."""
+    meta = {**meta, LAYOUT_KEY: str(LAKE_LAYOUT).encode()}
+    arrow_schema = schema.with_metadata(meta).serialize().to_pybytes()
+    w.add_key_value_metadata({b"ARROW:schema": base64.b64encode(arrow_schema), **meta})
+    w.close()
 
 
 def write_parquet(table: pa.Table, path: Path) -> None:
@@ -411,8 +415,10 @@ def write_parquet(table: pa.Table, path: Path) -> None:
     page checksums, and a content digest per row group in the metadata (lake_checksum)."""
     if PATH_COLUMN in table.column_names:  # the folder carries it (layout 2)
         table = table.drop_columns([PATH_COLUMN])
-    schema = _file_schema(table.schema, checksum_metadata(table))
-    _write_groups(path, schema, _row_groups([table]) if table.num_rows else [table])
+    w = _parquet_writer(path, table.schema)
+    for g in _row_groups([table]) if table.num_rows else [table]:
+        w.write_table(g, row_group_size=ROW_GROUP_ROWS)
+    _close(w, table.schema, {**(table.schema.metadata or {}), **checksum_metadata(table)})
 
 
 def _sorted(table: pa.Table, keys: list[str], before: tuple[int, int] | None = None) -> bool:
@@ -533,14 +539,77 @@ class _Facts:
         return True
 
 
-def _scan(groups: Iterable[pa.Table], keys: list[str]) -> _Facts | None:
-    """The facts of a file's row groups, or None if its rows are not in ``keys`` order."""
-    facts = _Facts(keys)
-    for g in groups:
-        if not facts.add(g):
-            return None
-        del g  # before the next group is gathered: one group in memory, not two
-    return facts
+class _FileWrite:
+    """One lake file being written a row group at a time, to a temporary name: the groups'
+    order is checked and their facts gathered as they go; ``finish`` puts the metadata in
+    the footer, syncs and renames."""
+
+    def __init__(self, root: Path, key: PartitionKey, first_offset: int, part: int) -> None:
+        self.key = key
+        self.dir = _file_dir(root, key)
+        self.final = self.dir / file_name(key, first_offset, part)
+        self.tmp = self.dir / f".{self.final.name}.tmp-{os.getpid()}"
+        self.facts = _Facts(sort_keys(key.event_type))
+        self._w: pq.ParquetWriter | None = None
+
+    def add(self, g: pa.Table) -> bool:
+        """Write the next row group; False (nothing written) if it breaks the row order."""
+        if not self.facts.add(g):
+            return False
+        if self._w is None:
+            make_dirs(self.dir)
+            self._w = _parquet_writer(self.tmp, g.schema)
+        self._w.write_table(g, row_group_size=ROW_GROUP_ROWS)
+        return True
+
+    def add_all(self, groups: Iterable[pa.Table]) -> bool:
+        """``add`` each group; False at the first that breaks the row order."""
+        for g in groups:
+            if not self.add(g):
+                return False
+            del g  # before the next group is gathered: one group in memory, not two
+        return True
+
+    def abort(self) -> None:
+        """Close and delete the temporary file."""
+        if self._w is not None:
+            self._w.close()
+            self._w = None
+        self.tmp.unlink(missing_ok=True)
+
+    def finish(self, f: OpenFile) -> Path:
+        """Complete the file of ``f``'s rows (all of them added) and put it in place."""
+        key, facts = self.key, self.facts
+        if sum(facts.rows) != f.count or self._w is None:
+            self.abort()
+            raise ValueError(f"lake journal and memory hold {sum(facts.rows)} rows of "
+                             f"{key.event_type} {key.symbol!r} from offset {f.first_offset}, "
+                             f"the open file {f.count}: the file cannot be written")
+        meta = {
+            "tickflow.version": tickflow.__version__,
+            "tickflow.event_type": key.event_type,
+            "tickflow.symbol": key.symbol,
+            "tickflow.rows": str(f.count),
+            "tickflow.checksum": f"{facts.crc:08x}",
+            "tickflow.raw_topic": key.raw_topic,
+            "tickflow.raw_partition": str(key.raw_partition),
+            "tickflow.raw_first_offset": str(f.first_offset),
+            "tickflow.raw_last_offset": str(f.last_offset),
+            "tickflow.first_event_id": facts.first_id,
+            "tickflow.last_event_id": facts.last_id,
+            "tickflow.sources": ",".join(sorted(facts.sources)),
+            "tickflow.avro_schema": json.dumps(BY_NAME[key.event_type].schema,
+                                               separators=(",", ":")),
+        }
+        assert facts.schema is not None  # the writer is open: a group was added
+        _close(self._w, facts.schema, {**{k.encode(): v.encode() for k, v in meta.items()},
+                                       **checksum_entries(facts.digests)})
+        self._w = None
+        # Durable before the rename and after: the journal rows behind it are deleted once
+        # it is.
+        replace(self.tmp, self.final, "lake.before_rename")
+        failpoint("lake.after_rename")
+        return self.final
 
 
 def write_file(root: Path, key: PartitionKey, f: OpenFile,
@@ -548,59 +617,23 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile,
     """Write one sorted Parquet file for the rows of ``f``, atomically.
 
     Rows spilled to ``journal`` are read back a segment at a time and written row group by
-    row group, twice over (the metadata, known at the end, goes first in the schema): a
-    closing file never holds all its rows in memory. Only rows out of order are read back
-    whole to be sorted (Arrow's sort is stable, like sorted(): rows with equal keys keep
-    their arrival order)."""
-    et = BY_NAME[key.event_type]
-    d = _file_dir(root, key)
-    make_dirs(d)
-    name = file_name(key, f.first_offset, f.part)
-    keys = sort_keys(key.event_type)
+    row group in one pass (the metadata, known at the end, goes in the footer): a closing
+    file never holds all its rows in memory. Only rows out of order are read back whole to
+    be sorted (Arrow's sort is stable, like sorted(): rows with equal keys keep their
+    arrival order), and the file is written again."""
+    et = key.event_type
     # A spilled file's rows stay in the journal (None here) unless they must be sorted.
-    table = None if f.spilled else f.table(key.event_type)
-
-    def groups() -> Iterator[pa.Table]:
-        return _row_groups(f.pieces(key.event_type, journal) if table is None else [table])
-    # The order is checked once, row group by row group, as the metadata is gathered.
-    facts = _scan(groups(), keys)
-    if facts is None:
+    table = None if f.spilled else f.table(et)
+    w = _FileWrite(root, key, f.first_offset, f.part)
+    if not w.add_all(_row_groups(f.pieces(et, journal) if table is None else [table])):
+        w.abort()
         if table is None:  # read back whole, only now: it must be sorted
-            table = f.table(key.event_type, journal)
-        table = table.sort_by([(k, "ascending") for k in keys])
-        facts = _scan(groups(), keys)
-        assert facts is not None
-    if sum(facts.rows) != f.count:
-        raise ValueError(f"lake journal and memory hold {sum(facts.rows)} rows of "
-                         f"{key.event_type} {key.symbol!r} from offset {f.first_offset}, the "
-                         f"open file {f.count}: the file cannot be written")
-    meta = {
-        "tickflow.version": tickflow.__version__,
-        "tickflow.event_type": key.event_type,
-        "tickflow.symbol": key.symbol,
-        "tickflow.rows": str(f.count),
-        "tickflow.checksum": f"{facts.crc:08x}",
-        "tickflow.raw_topic": key.raw_topic,
-        "tickflow.raw_partition": str(key.raw_partition),
-        "tickflow.raw_first_offset": str(f.first_offset),
-        "tickflow.raw_last_offset": str(f.last_offset),
-        "tickflow.first_event_id": facts.first_id,
-        "tickflow.last_event_id": facts.last_id,
-        "tickflow.sources": ",".join(sorted(facts.sources)),
-        "tickflow.avro_schema": json.dumps(et.schema, separators=(",", ":")),
-    }
-    assert facts.schema is not None  # f.count > 0: some group
-    entries = {k.encode(): v.encode() for k, v in meta.items()}
-    schema = _file_schema(facts.schema, {**entries, **checksum_entries(facts.digests)})
-    final = d / name
-    tmp = d / f".{name}.tmp-{os.getpid()}"
-    if _write_groups(tmp, schema, groups()) != facts.rows:
-        raise ValueError(f"lake journal rows of {key.event_type} {key.symbol!r} from offset "
-                         f"{f.first_offset} changed while its file was written")
-    # Durable before the rename and after: the journal rows behind it are deleted once it is.
-    replace(tmp, final, "lake.before_rename")
-    failpoint("lake.after_rename")
-    return final
+            table = f.table(et, journal)
+        table = table.sort_by([(k, "ascending") for k in sort_keys(et)])
+        w = _FileWrite(root, key, f.first_offset, f.part)
+        sorted_ok = w.add_all(_row_groups([table]))
+        assert sorted_ok
+    return w.finish(f)
 
 
 class LakeBuffer:

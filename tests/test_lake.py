@@ -580,3 +580,30 @@ def test_workers_of_one_process_mark_a_new_lake_at_once(tmp_path: Path) -> None:
         list(pool.map(lambda _: LakeBuffer(root), range(64)))
     assert (root / "_tickflow_lake.json").exists()
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
+
+
+def test_files_carry_the_arrow_schema_and_metadata_as_pyarrow_writes_them(
+        tmp_path: Path) -> None:
+    """The lake writes a file's metadata at its close (a file goes out a row group at a time
+    before its digests are known), yet every event type's file reads back with its column
+    types, column docs and metadata, and stores the Arrow schema byte for byte as pyarrow's
+    own ``write_table`` does with that schema (what readers of older files saw)."""
+    from connectors.lake import LAKE_EVENT_TYPES, PATH_COLUMN, write_parquet
+    from schemas.arrow import lake_schema
+    from schemas.model import BY_NAME
+
+    for name in sorted(LAKE_EVENT_TYPES):
+        schema = lake_schema(BY_NAME[name]).with_metadata({"tickflow.symbol": "X"})
+        assert any(f.metadata for f in schema), name  # docs to lose
+        ours, theirs = tmp_path / f"{name}.parquet", tmp_path / f"{name}-pq.parquet"
+        write_parquet(schema.empty_table(), ours)
+        got = pq.read_schema(ours)
+        assert got.metadata[b"tickflow.symbol"] == b"X"
+        assert b"tickflow.content_checksums" in got.metadata
+        assert got.field("event_id").metadata[b"doc"].startswith(b"Deterministic"), name
+        # pyarrow, given the same schema and metadata (the symbol is the folder's) at open:
+        want = schema.remove(schema.get_field_index(PATH_COLUMN)).with_metadata(got.metadata)
+        pq.write_table(want.empty_table(), theirs)
+        assert got.equals(pq.read_schema(theirs), check_metadata=True), name
+        assert (pq.read_metadata(ours).metadata[b"ARROW:schema"]
+                == pq.read_metadata(theirs).metadata[b"ARROW:schema"]), name
