@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import json
 import logging
 import os
+import threading
 import uuid
 import zlib
 from collections import deque
@@ -443,7 +445,8 @@ def _file_dir(root: Path, key: PartitionKey) -> Path:
     return partition_dir(root, key.event_type, key.symbol, _EPOCH + dt.timedelta(days=key.day))
 
 
-def drop_stale(root: Path, key: PartitionKey, f: OpenFile) -> list[Path]:
+def drop_stale(root: Path, key: PartitionKey, f: OpenFile,
+               writing: str | None = None) -> list[Path]:
     """Delete files an earlier run wrote for rows that ``f`` now holds.
 
     A file's rows are one symbol's rows of one raw partition, in offset order, so files of a
@@ -451,7 +454,8 @@ def drop_stale(root: Path, key: PartitionKey, f: OpenFile) -> list[Path]:
     one's offsets (or a later part of the same first record) is a leftover of a run that cut
     the same rows at other points (files close on the row limit, an offset bucket or a
     restart, whose timing can differ). Without this, a replay or a resumed crash could leave
-    those rows twice. Temporary files of writes a crash cut short go the same way.
+    those rows twice. Temporary files of writes a crash cut short go the same way, but for
+    ``writing``, the temporary file this process is writing ``f``'s rows to.
     """
     d = _file_dir(root, key)
     prefix = f"part-{escape_symbol(key.raw_topic)}-{key.raw_partition}-"
@@ -468,8 +472,9 @@ def drop_stale(root: Path, key: PartitionKey, f: OpenFile) -> list[Path]:
             # whose rows this one holds now.
             n = n[1:n.index(".tmp-")]
             if n == mine:
-                os.unlink(e.path)
-                gone.append(Path(e.path))
+                if e.name != writing:
+                    os.unlink(e.path)
+                    gone.append(Path(e.path))
                 continue
         elif n == mine or not n.startswith(prefix) or not n.endswith(".parquet"):
             continue
@@ -556,11 +561,15 @@ class _FileWrite:
         """Write the next row group; False (nothing written) if it breaks the row order."""
         if not self.facts.add(g):
             return False
+        self.put(g)
+        return True
+
+    def put(self, g: pa.Table) -> None:
+        """Write the next row group, its facts taken apart (``facts.add``, in group order)."""
         if self._w is None:
             make_dirs(self.dir)
             self._w = _parquet_writer(self.tmp, g.schema)
         self._w.write_table(g, row_group_size=ROW_GROUP_ROWS)
-        return True
 
     def add_all(self, groups: Iterable[pa.Table]) -> bool:
         """``add`` each group; False at the first that breaks the row order."""
@@ -636,6 +645,97 @@ def write_file(root: Path, key: PartitionKey, f: OpenFile,
     return w.finish(f)
 
 
+class _Chain:
+    """Jobs run in the order given, one at a time, on a pool's threads (a queue that a pool
+    thread drains while it has jobs), never holding a thread while idle."""
+
+    def __init__(self, pool: Executor) -> None:
+        self._pool = pool
+        self._queue: deque[Callable[[], None]] = deque()
+        self._lock = threading.Lock()
+        self._busy = False  # a pool thread is draining the queue
+
+    def put(self, job: Callable[[], None]) -> None:
+        """Run ``job`` after the jobs put before it (it must not raise)."""
+        with self._lock:
+            self._queue.append(job)
+            if self._busy:
+                return
+            self._busy = True
+        self._pool.submit(self._drain)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._busy = False
+                    return
+                job = self._queue.popleft()
+            job()
+
+
+class _Stream:
+    """A file of a bulk import (a ``LakeBuffer`` with a writer pool) written as its rows
+    come: each full row group goes to the pool at once, so the end of the input leaves one
+    group to encode, not a whole file, and the first file's encoding starts after a row
+    group is read, not a file. A file's groups are encoded in order on one chain of jobs
+    and checked (order, digests, ids) in order on another, so one file keeps two threads
+    busy; the file is completed when both chains reach its end. Rows out of order abandon
+    the written groups: the file is written whole, sorted, at its close (its rows are in
+    memory until then anyway)."""
+
+    def __init__(self, pool: Executor, root: Path, key: PartitionKey, f: OpenFile) -> None:
+        self._root, self._key = root, key
+        self.write = _FileWrite(root, key, f.first_offset, f.part)
+        self.sent = 0  # rows handed over
+        self._encode, self._check = _Chain(pool), _Chain(pool)
+        self._lock = threading.Lock()
+        self._arrived = 0  # chains at the file's end
+        self._in_order = True
+        self._error: BaseException | None = None
+
+    def send(self, rows: pa.Table) -> None:
+        """Hand rows over (whole row groups but the file's last), in arrival order."""
+        for g in _row_groups([rows]):
+            self._check.put(functools.partial(self._run, self._take, g))
+            self._encode.put(functools.partial(self._run, self.write.put, g))
+        self.sent += rows.num_rows
+
+    def finish(self, f: OpenFile) -> Future[Path]:
+        """The file of ``f``'s rows (all sent), put in place once its groups are written."""
+        done: Future[Path] = Future()
+        for chain in (self._check, self._encode):
+            chain.put(functools.partial(self._arrive, f, done))
+        return done
+
+    def _take(self, g: pa.Table) -> None:
+        self._in_order = self.write.facts.add(g)
+
+    def _run(self, job: Callable[[pa.Table], None], g: pa.Table) -> None:
+        if self._in_order and self._error is None:
+            try:
+                job(g)
+            except BaseException as e:  # raised by finish, to the caller of flush
+                self._error = e
+
+    def _arrive(self, f: OpenFile, done: Future[Path]) -> None:
+        with self._lock:
+            self._arrived += 1
+            if self._arrived < 2:
+                return
+        try:
+            if self._error is not None:
+                raise self._error
+            if self._in_order:
+                done.set_result(self.write.finish(f))
+                return
+            self.write.abort()
+            done.set_result(write_file(self._root, self._key, f))
+        except BaseException as e:
+            self.write.abort()
+            done.set_exception(e)
+
+
 class LakeBuffer:
     """Open files per (event type, symbol, date, raw partition, offset bucket)."""
 
@@ -654,6 +754,7 @@ class LakeBuffer:
         # so a snapshot never races a write of rows it no longer holds.
         self.writer = writer
         self._writes: deque[Future[Path]] = deque()
+        self._streams: dict[PartitionKey, _Stream] = {}  # open files written as they fill
         self.max_rows = max_rows
         self.max_span_ns = max_span_ns
         self.bucket_records = bucket_records
@@ -783,6 +884,20 @@ class LakeBuffer:
             f.append_table(key.event_type, rows.slice(start, end - start), raw_offset)
             self.buffered += end - start
             start = end
+            if self.writer is not None:
+                self._stream(key, f)
+
+    def _stream(self, key: PartitionKey, f: OpenFile) -> None:
+        """Hand ``f``'s full row groups not yet sent to its ``_Stream``."""
+        s = self._streams.get(key)
+        sent = 0 if s is None else s.sent
+        full = (f.count - sent) // ROW_GROUP_ROWS * ROW_GROUP_ROWS
+        if not full:
+            return
+        if s is None:
+            assert self.writer is not None
+            s = self._streams[key] = _Stream(self.writer, self.root, key, f)
+        s.send(f.table(key.event_type).slice(sent, full))
 
     def flush(self, key: PartitionKey) -> None:
         f = self.pending.pop(key, None)
@@ -795,9 +910,12 @@ class LakeBuffer:
             drop_stale(self.root, key, f)  # after: never a moment without these rows
             return
         # On the writer threads files of one key could land out of order: leftovers go
-        # first, here, in order.
-        drop_stale(self.root, key, f)
-        self._writes.append(self.writer.submit(write_file, self.root, key, f, self.journal))
+        # first, here, in order (the file's own groups, already being written, stay).
+        s = self._streams.pop(key, None) or _Stream(self.writer, self.root, key, f)
+        drop_stale(self.root, key, f, writing=s.write.tmp.name)
+        if f.count > s.sent:
+            s.send(f.table(key.event_type).slice(s.sent))
+        self._writes.append(s.finish(f))
         if len(self._writes) > MAX_WRITES_IN_FLIGHT:  # bounded memory: wait for the oldest
             self.files_written.append(self._writes.popleft().result())
 

@@ -326,3 +326,55 @@ def test_record_starts_follow_the_length_bytes(words: list[int], tail: bytes) ->
         i += data[i] * 4
         expected.append(i)
     assert record_starts(data).tolist() == expected
+
+
+def _file_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet*"))}
+
+
+def test_an_import_writes_row_groups_as_they_fill_and_the_same_files(tmp_path: Path) -> None:
+    # An import hands each full row group of an open file to the writer threads at once (the
+    # end of the input then leaves one group to encode, not a file), and the files are byte
+    # for byte those written whole at the close; rows out of order across a row group edge
+    # (each group in order) abandon what was written, and the file is the sorted one.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+
+    from connectors.lake_checksum import ROW_GROUP_ROWS
+
+    g = generate_day(tmp_path / "dbn", DAY, seed=5, n_trades=1, n_mbp10=2 * ROW_GROUP_ROWS + 999)
+    whole = LakeBuffer(tmp_path / "whole")
+    import_file(g.mbp10, whole, ImportStats())
+    [(key, f)] = whole.pending.items()
+    table = f.table(key.event_type)
+    whole.flush_all()
+    edge = ROW_GROUP_ROWS
+    order = list(range(table.num_rows))
+    order[edge - 1], order[edge] = order[edge], order[edge - 1]
+    swapped = table.take(pa.array(order))
+    pair = swapped.slice(edge - 1, 2).column("ts_event_ns").to_pylist()
+    assert pair != sorted(pair)  # the fault is there
+    sorted_whole = LakeBuffer(tmp_path / "sorted-whole")
+    sorted_whole.add_table("mbp10", swapped, g.mbp10.name, 0, 0)
+    sorted_whole.flush_all()
+
+    with ThreadPoolExecutor(2) as pool:
+        streamed = LakeBuffer(tmp_path / "streamed", writer=pool)
+        import_file(g.mbp10, streamed, ImportStats())
+        [s] = streamed._streams.values()
+        assert s.sent == 2 * ROW_GROUP_ROWS  # handed over before the file closes
+        out_of_order = LakeBuffer(tmp_path / "sorted-streamed", writer=pool)
+        for start in range(0, table.num_rows, 10_000):
+            out_of_order.add_table("mbp10", swapped.slice(start, 10_000), g.mbp10.name, 0, 0)
+        [s2] = out_of_order._streams.values()
+        assert s2.sent == 2 * ROW_GROUP_ROWS
+        streamed.flush_all()
+        out_of_order.flush_all()
+    assert _file_bytes(tmp_path / "streamed") == _file_bytes(tmp_path / "whole")
+    assert _file_bytes(tmp_path / "sorted-streamed") == _file_bytes(tmp_path / "sorted-whole")
+    assert len(_file_bytes(tmp_path / "whole")) == 1
+    [p] = (tmp_path / "sorted-streamed").rglob("*.parquet")
+    ts = pq.read_table(p).column("ts_event_ns").to_pylist()
+    assert ts == sorted(ts) and len(ts) == table.num_rows
+    assert all(not r.problems for r in verify(tmp_path / "streamed"))
