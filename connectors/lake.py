@@ -407,7 +407,10 @@ def _close(w: pq.ParquetWriter, schema: pa.Schema, meta: dict[bytes, bytes]) -> 
     them and the column docs (``ARROW:schema``), exactly as pyarrow writes them at open
     (tests/test_lake.py), so every reader sees the metadata and types it always did."""
     meta = {**meta, LAYOUT_KEY: str(LAKE_LAYOUT).encode()}
-    arrow_schema = schema.with_metadata(meta).serialize().to_pybytes()
+    # Text written from dictionaries (an import's enums) is the lake's plain string column.
+    schema = pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type)
+                        else f for f in schema], metadata=meta)
+    arrow_schema = schema.serialize().to_pybytes()
     w.add_key_value_metadata({b"ARROW:schema": base64.b64encode(arrow_schema), **meta})
     w.close()
 
@@ -847,7 +850,9 @@ class LakeBuffer:
         bucket = self._begin_record(raw_topic, raw_partition, raw_offset)
         ts = table.column("ts_event_ns").to_numpy()
         day = ts // NS_PER_DAY
-        symbols = table.column("symbol").combine_chunks().dictionary_encode()
+        symbols = table.column("symbol").combine_chunks()
+        if not pa.types.is_dictionary(symbols.type):  # an import's tables come encoded
+            symbols = symbols.dictionary_encode()
         names = symbols.dictionary.to_pylist()
         if len(names) == 1 and day[0] == day[-1] and (day == day[0]).all():
             groups = [(names[0], int(day[0]), table, ts)]

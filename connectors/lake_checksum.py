@@ -40,6 +40,8 @@ ROW_GROUP_ROWS = 65_536
 
 
 def _update(h: Any, arr: pa.Array) -> None:  # h: a hashlib object
+    if pa.types.is_dictionary(arr.type):  # the values it stands for, as the reader gets them
+        arr = arr.dictionary_decode()
     if pa.types.is_map(arr.type):  # a map is a list of (key, value) structs
         mask = arr.is_null() if arr.null_count else None
         arr = pa.ListArray.from_arrays(arr.offsets, arr.values, mask=mask)
@@ -50,9 +52,7 @@ def _update(h: Any, arr: pa.Array) -> None:  # h: a hashlib object
     h.update(nulls.to_bytes(8, "little"))
     if nulls:
         h.update(np.asarray(arr.is_valid().to_numpy(zero_copy_only=False)).tobytes())
-    if pa.types.is_dictionary(t):
-        _update(h, arr.dictionary_decode())
-    elif pa.types.is_struct(t):
+    if pa.types.is_struct(t):
         for child in arr.flatten():  # the struct's nulls applied to each field
             _update(h, child)
     elif pa.types.is_list(t) or pa.types.is_large_list(t):
@@ -88,6 +88,8 @@ def table_digest(table: pa.Table, version: str = CHECKSUM_VERSION) -> str:
     h = HASHES[version]()
     for name, col in zip(table.column_names, table.columns, strict=True):
         h.update(name.encode() + b"\x00")
+        if pa.types.is_dictionary(col.type):  # chunks may have their own dictionaries
+            col = col.cast(col.type.value_type)
         _update(h, col.combine_chunks() if col.num_chunks != 1 else col.chunk(0))
     return h.hexdigest()
 

@@ -166,20 +166,25 @@ def record_ts_recv(data: bytes | memoryview, offset: int) -> int:
 
 class _CodeTable:
     """One-byte DBN codes -> Avro enum symbols, indexed by the byte: as a NumPy object
-    array for the event dicts and an Arrow string array for tables (a ``take`` there, not a
-    Python string per record)."""
+    array for the event dicts and an Arrow dictionary for tables (no Python string per
+    record, and no string per row either: the Parquet writer takes the dictionary as it is
+    instead of hashing every row's text)."""
 
     def __init__(self, names: dict[str, str], default: str = "NONE") -> None:
         table = [default] * 256
         for code, name in names.items():
             table[ord(code)] = name
         self.objects = np.array(table, dtype=object)
+        distinct = sorted(set(table))
+        # code byte -> index of its symbol in ``distinct`` (fewer than 128 symbols)
+        self.index = np.array([distinct.index(t) for t in table], np.int8)
+        self._distinct = distinct
 
     @functools.cached_property
-    def strings(self) -> pa.Array:
+    def dictionary(self) -> pa.Array:
         # Built on first use: a process's first Arrow array costs ~50 MB of RSS (the memory
         # pool), which a replay, which never builds a table, should not pay.
-        return pa.array(self.objects.tolist(), pa.string())
+        return pa.array(self._distinct, pa.string())
 
 
 class _Coded(NamedTuple):
@@ -191,12 +196,18 @@ class _Coded(NamedTuple):
     def objects(self) -> np.ndarray:
         return self.table.objects[self.codes]
 
-    def strings(self) -> pa.Array:
-        return self.table.strings.take(pa.array(self.codes))
+    def dictionary(self) -> pa.DictionaryArray:
+        return pa.DictionaryArray.from_arrays(pa.array(self.table.index[self.codes]),
+                                              self.table.dictionary)
 
 
 def _constant(value: str, n: int) -> _Coded:
-    return _Coded(np.zeros(n, dtype=np.uint8), _CodeTable({}, value))
+    return _Coded(np.zeros(n, dtype=np.uint8), _constant_table(value))
+
+
+@functools.cache
+def _constant_table(value: str) -> _CodeTable:
+    return _CodeTable({}, value)  # one per value: every chunk's column shares its dictionary
 
 
 _ACTION_TABLE = _CodeTable(ACTIONS)
@@ -228,18 +239,17 @@ class DbnColumns:
         return np.array(self.names, dtype=object)[self.name_index].tolist()
 
     def event_ids(self) -> list[str]:
-        return self._arrow_ids()[1].to_pylist()
+        return self._arrow_ids().to_pylist()
 
-    def _arrow_ids(self) -> tuple[pa.Array, pa.Array]:
-        """(symbol, event_id) as Arrow string columns. An event id is
+    def _arrow_ids(self) -> pa.Array:
+        """The event ids as an Arrow string column. An event id is
         ``symbol|ts_event|sequence|index in packet``: records of one packet share (instrument,
         sequence), the index makes the identity unique, and chunks never split a packet (see
         the connector). Built without a Python string per record (that was a third of a DBN
         import's reading time)."""
-        sym = pa.array(self.names, pa.string()).take(pa.array(self.name_index))
         parts = (self.recs["ts_event"].astype(np.int64), self.recs["sequence"].astype(np.int64),
                  self.n_in_packet)
-        return sym, id_column(self.names, self.name_index, sym, parts)
+        return id_column(self.names, self.name_index, parts)
 
     def dedup_keys(self) -> list[int]:
         return ((self.recs["sequence"].astype(np.int64) << 16) | self.n_in_packet).tolist()
@@ -319,13 +329,16 @@ class DbnColumns:
 
     def table(self) -> pa.Table:
         """The records as an Arrow table of the event type's lake schema (MBP-10's levels
-        as flat columns, ``schemas.arrow.lake_schema``)."""
-        schema = lake_schema(self.layout.event_type)
+        as flat columns, ``schemas.arrow.lake_schema``), but for its text columns but the
+        event id (the symbol, the source, enums): dictionary arrays of those strings, which
+        the lake writes as its string columns (``table_schema``)."""
+        schema = table_schema(self.layout.event_type)
         cols = self._columns()
-        sym, ids = self._arrow_ids()
-        arrays: dict[str, pa.Array] = {"event_id": ids, "symbol": sym}
+        ids = self._arrow_ids()
+        arrays: dict[str, pa.Array] = {"event_id": ids, "symbol": pa.DictionaryArray.from_arrays(
+            pa.array(self.name_index, pa.int32()), pa.array(self.names, pa.string()))}
         for name, (values, mask) in cols.items():
-            arrays[name] = (values.strings() if isinstance(values, _Coded) else
+            arrays[name] = (values.dictionary() if isinstance(values, _Coded) else
                             pa.array(values, schema.field(name).type, mask=mask))
         if self.layout.event_type is MBP10:
             for name, (by_level, empty) in self._levels().items():
@@ -336,17 +349,31 @@ class DbnColumns:
         return pa.Table.from_arrays([arrays[n] for n in schema.names], schema=schema)
 
 
-def id_column(names: list[str], name_index: np.ndarray, sym: pa.Array,
-              parts: tuple[np.ndarray, ...], compiled: bool = True) -> pa.Array:
-    """``names[name_index[i]]|parts[0][i]|...`` per row (``sym``: the first part, taken
-    already) as an Arrow string column."""
+@functools.cache
+def table_schema(event_type: EventType) -> pa.Schema:
+    """``DbnColumns.table``'s schema: the lake schema with its text columns but the event
+    id as dictionaries (see there)."""
+    schema = lake_schema(event_type)
+    for i, f in enumerate(schema):
+        if f.type == pa.string() and f.name != "event_id":
+            # Enum and constant codes index fewer than 128 strings; symbols a chunk's names.
+            index = pa.int32() if f.name == "symbol" else pa.int8()
+            schema = schema.set(i, f.with_type(pa.dictionary(index, pa.string())))
+    return schema
+
+
+def id_column(names: list[str], name_index: np.ndarray, parts: tuple[np.ndarray, ...],
+              compiled: bool = True) -> pa.Array:
+    """``names[name_index[i]]|parts[0][i]|...`` per row as an Arrow string column."""
     if compiled and join_ids is not None:
         # One pass in C (tickflow/_ids.c): Arrow's cast of each column to text and its
         # join took most of the ids' time.
         offsets, data = join_ids(tuple(s.encode() for s in names),
                                  np.ascontiguousarray(name_index, np.int64),
                                  *(np.ascontiguousarray(p, np.int64) for p in parts))
-        return pa.StringArray.from_buffers(len(sym), pa.py_buffer(offsets), pa.py_buffer(data))
+        return pa.StringArray.from_buffers(len(name_index), pa.py_buffer(offsets),
+                                           pa.py_buffer(data))
+    sym = pa.array(names, pa.string()).take(pa.array(name_index))
     texts = [pa.array(p, pa.int64()).cast(pa.string()) for p in parts]
     return pc.binary_join_element_wise(sym, *texts, "|")
 
