@@ -39,47 +39,76 @@ VERSION_KEY = b"tickflow.checksum_version"
 ROW_GROUP_ROWS = 65_536
 
 
-def _update(h: Any, arr: pa.Array) -> None:  # h: a hashlib object
-    if pa.types.is_dictionary(arr.type):  # the values it stands for, as the reader gets them
-        arr = arr.dictionary_decode()
-    if pa.types.is_map(arr.type):  # a map is a list of (key, value) structs
-        mask = arr.is_null() if arr.null_count else None
-        arr = pa.ListArray.from_arrays(arr.offsets, arr.values, mask=mask)
-    t = arr.type
-    n = len(arr)
+def _header(h: Any, chunks: list[pa.Array]) -> int:
+    """Hash the length, null count and validity of ``chunks`` taken as one array; returns
+    the null count."""
+    n = sum(len(c) for c in chunks)
+    nulls = sum(c.null_count for c in chunks)
     h.update(n.to_bytes(8, "little"))
-    nulls = arr.null_count
     h.update(nulls.to_bytes(8, "little"))
     if nulls:
-        h.update(np.asarray(arr.is_valid().to_numpy(zero_copy_only=False)).tobytes())
-    if pa.types.is_struct(t):
-        for child in arr.flatten():  # the struct's nulls applied to each field
-            _update(h, child)
-    elif pa.types.is_list(t) or pa.types.is_large_list(t):
-        lengths = pc.list_value_length(arr)
-        if nulls:
-            lengths = lengths.fill_null(0)
-        h.update(np.asarray(lengths.to_numpy(zero_copy_only=False), np.int64).tobytes())
-        _update(h, arr.flatten())  # null lists' values left out
-    elif (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-          or pa.types.is_large_binary(t)):
+        for c in chunks:
+            h.update(np.asarray(c.is_valid().to_numpy(zero_copy_only=False)))
+    return nulls
+
+
+def _value_parts(arr: pa.Array) -> list[Any]:
+    """What is hashed of a flat array's values after its header, in order: a string's
+    lengths, then its bytes; a number's values (nulls zeroed). Buffers, not copies."""
+    t = arr.type
+    nulls = arr.null_count
+    if (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t)):
         big = arr.cast(pa.large_binary())
         if nulls:
             big = big.fill_null(b"")
         offsets = np.frombuffer(big.buffers()[1], np.int64, count=len(big) + 1,
                                 offset=big.offset * 8)
-        h.update(np.diff(offsets).tobytes())
         data = big.buffers()[2]
-        if data is not None:
-            h.update(memoryview(data)[offsets[0]:offsets[-1]])
-    elif pa.types.is_boolean(t):
+        return [np.diff(offsets),
+                b"" if data is None else memoryview(data)[offsets[0]:offsets[-1]]]
+    if pa.types.is_boolean(t):
         v = arr.fill_null(False) if nulls else arr
-        h.update(np.asarray(v.to_numpy(zero_copy_only=False), np.uint8).tobytes())
-    elif pa.types.is_null(t):
-        pass
-    else:  # fixed-width numbers and times
-        v = arr.fill_null(pa.scalar(0).cast(t)) if nulls else arr
-        h.update(np.ascontiguousarray(v.to_numpy(zero_copy_only=False)).tobytes())
+        return [np.asarray(v.to_numpy(zero_copy_only=False), np.uint8)]
+    if pa.types.is_null(t):
+        return []
+    # fixed-width numbers and times
+    v = arr.fill_null(pa.scalar(0).cast(t)) if nulls else arr
+    return [np.ascontiguousarray(v.to_numpy(zero_copy_only=False))]
+
+
+def _update(h: Any, chunks: list[pa.Array], t: pa.DataType) -> None:
+    """Hash ``chunks`` (of type ``t``) as the one array they make, without joining flat
+    ones (a row group's columns come in chunks: joining them copied every value)."""
+    if pa.types.is_dictionary(t):  # the values it stands for, as the reader gets them
+        chunks, t = [c.dictionary_decode() for c in chunks], t.value_type
+    if pa.types.is_map(t) or pa.types.is_struct(t) or pa.types.is_list(t) \
+            or pa.types.is_large_list(t):
+        _update_nested(h, pa.chunked_array(chunks, t).combine_chunks() if len(chunks) != 1
+                       else chunks[0])
+        return
+    _header(h, chunks)
+    parts = [_value_parts(c) for c in chunks]
+    for i in range(len(parts[0]) if parts else 0):  # part by part, chunk after chunk
+        for p in parts:
+            h.update(p[i])
+
+
+def _update_nested(h: Any, arr: pa.Array) -> None:
+    if pa.types.is_map(arr.type):  # a map is a list of (key, value) structs
+        mask = arr.is_null() if arr.null_count else None
+        arr = pa.ListArray.from_arrays(arr.offsets, arr.values, mask=mask)
+    nulls = _header(h, [arr])
+    if pa.types.is_struct(arr.type):
+        for child in arr.flatten():  # the struct's nulls applied to each field
+            _update(h, [child], child.type)
+        return
+    lengths = pc.list_value_length(arr)
+    if nulls:
+        lengths = lengths.fill_null(0)
+    h.update(np.asarray(lengths.to_numpy(zero_copy_only=False), np.int64))
+    values = arr.flatten()  # null lists' values left out
+    _update(h, [values], values.type)
 
 
 def table_digest(table: pa.Table, version: str = CHECKSUM_VERSION) -> str:
@@ -88,9 +117,7 @@ def table_digest(table: pa.Table, version: str = CHECKSUM_VERSION) -> str:
     h = HASHES[version]()
     for name, col in zip(table.column_names, table.columns, strict=True):
         h.update(name.encode() + b"\x00")
-        if pa.types.is_dictionary(col.type):  # chunks may have their own dictionaries
-            col = col.cast(col.type.value_type)
-        _update(h, col.combine_chunks() if col.num_chunks != 1 else col.chunk(0))
+        _update(h, col.chunks, col.type)
     return h.hexdigest()
 
 

@@ -607,3 +607,38 @@ def test_files_carry_the_arrow_schema_and_metadata_as_pyarrow_writes_them(
         assert got.equals(pq.read_schema(theirs), check_metadata=True), name
         assert (pq.read_metadata(ours).metadata[b"ARROW:schema"]
                 == pq.read_metadata(theirs).metadata[b"ARROW:schema"]), name
+
+
+def test_a_digest_is_of_the_values_however_the_arrays_are_cut_or_encoded() -> None:
+    """The writer digests row groups as they come, in chunks of the rows it was given (and
+    an import's text as dictionaries); a reader digests what it decodes, in one piece. Both
+    must agree for every type a lake column can have, nulls included, and a changed value
+    must not."""
+    import pyarrow as pa
+
+    from connectors.lake_checksum import HASHES, table_digest
+
+    n = 3000
+    t = pa.table({
+        "i": pa.array([None if x % 7 == 0 else x * 3 for x in range(n)], pa.int64()),
+        "b": pa.array([None if x % 5 == 0 else x % 2 == 0 for x in range(n)]),
+        "s": pa.array([None if x % 3 == 0 else f"id{x}" for x in range(n)]),
+        "l": pa.array([None if x % 11 == 0 else list(range(x % 4)) for x in range(n)],
+                      pa.list_(pa.int32())),
+        "st": pa.array([None if x % 13 == 0 else {"a": x, "b": str(x)} for x in range(n)]),
+        "e": pa.array([["BID", "ASK", "NONE"][x % 3] for x in range(n)]),
+    })
+    pieces = pa.concat_tables([t.slice(0, 1000), t.slice(1000, 1), t.slice(1001)])
+    assert pieces.column("s").num_chunks == 3
+    encoded = t.set_column(5, "e", pa.chunked_array(
+        [t.column("e").slice(0, 1500).dictionary_encode().chunk(0),
+         t.column("e").slice(1500).dictionary_encode().chunk(0)]))
+    changed = t.set_column(2, "s", pa.array([None if x % 3 == 0 else f"id{x}" if x != 2999
+                                             else "id2998" for x in range(n)]))
+    for version in HASHES:
+        whole = table_digest(t, version)
+        assert table_digest(pieces, version) == whole, version
+        assert table_digest(encoded, version) == whole, version
+        assert table_digest(t.slice(1001), version) == table_digest(
+            pieces.slice(1001), version), version
+        assert table_digest(changed, version) != whole, version
