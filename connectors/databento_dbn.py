@@ -205,8 +205,9 @@ def file_runs(path: Path, input_index: int = 0, start_ns: int | None = None,
         buf = b""
         position = 0
         prev: RecordRun | None = None  # the last run, for what carries across blocks
+        want = READ_BLOCK
         while True:
-            block = stream.read(READ_BLOCK)
+            block = stream.read(want)
             # One copy (none when no partial record was left over); a run's records are
             # the whole ones at the front, and the partial one after them is carried.
             buf += block
@@ -218,6 +219,10 @@ def file_runs(path: Path, input_index: int = 0, start_ns: int | None = None,
                                          prev)
                 return
             if n:
+                # Records of one size (a file of one schema): the next read ends on a
+                # record boundary, so no partial record is carried and copied again.
+                size = int(starts[1] - starts[0])
+                want = max(READ_BLOCK - READ_BLOCK % size - (len(buf) - end), size)
                 data, buf = buf, buf[end:]
                 run, stop = _block_run(input_index, meta, data, starts, offset, position,
                                        prev, start_ns, end_ns)
