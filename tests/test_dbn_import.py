@@ -379,3 +379,23 @@ def test_an_import_writes_row_groups_as_they_fill_and_the_same_files(tmp_path: P
     ts = pq.read_table(p).column("ts_event_ns").to_pylist()
     assert ts == sorted(ts) and len(ts) == table.num_rows
     assert all(not r.problems for r in verify(tmp_path / "streamed"))
+
+
+def test_a_book_level_price_of_zero_or_below_is_a_bad_value_an_empty_level_is_not(
+        tmp_path: Path) -> None:
+    def mbp(seq: int, bid_px: int, ask_px: int = 6_800_250_000_000) -> bytes:
+        level = dbn.BidAskPair(bid_px=bid_px, ask_px=ask_px, bid_sz=1, ask_sz=1, bid_ct=1,
+                               ask_ct=1)
+        return bytes(dbn.MBP10Msg(1, 4916, T0 + seq, 6_800_000_000_000, 5, dbn.Action.ADD,
+                                  dbn.Side.BID, 0, T0 + seq + 9, flags=dbn.F_LAST,
+                                  sequence=seq, levels=[level] * 10))
+
+    recs = [mbp(1, 6_800_000_000_000), mbp(2, 0), mbp(3, -5), mbp(4, UNDEF, UNDEF),
+            mbp(5, 6_800_000_000_000, 0)]
+    path = _write_dbn(tmp_path / "x.mbp-10.dbn", dbn.Schema.MBP_10, recs)
+    [chunk] = list(iter_chunks(path, 100))
+    decoded = decode_dbn_chunk(chunk.data, chunk.meta, "DATABENTO_DBN")
+    assert [(r.reason_code, r.event_index) for r in decoded.rejects] == [
+        ("BAD_VALUE", 1), ("BAD_VALUE", 2), ("BAD_VALUE", 4)]
+    assert decoded.columns is not None
+    assert decoded.columns.recs["sequence"].tolist() == [1, 4]

@@ -494,8 +494,9 @@ def _impossible(recs: np.ndarray, layout: _Layout) -> np.ndarray | None:
         bad = (recs["price"] == UNDEF_PRICE) | (recs["price"] <= 0)
     else:
         lv = recs["levels"]
-        bad = (((lv["bid_px"] != UNDEF_PRICE) & (lv["bid_px"] <= 0))
-               | ((lv["ask_px"] != UNDEF_PRICE) & (lv["ask_px"] <= 0))).any(axis=1)
+        # A level price is set or UNDEF_PRICE (int64's maximum: never <= 0), so one
+        # comparison per price finds the set ones that are not positive.
+        bad = ((lv["bid_px"] <= 0) | (lv["ask_px"] <= 0)).any(axis=1)
     return bad if bad.any() else None
 
 
