@@ -52,7 +52,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=1_000_000, help="MBP-10 records")
-    ap.add_argument("--rounds", type=int, default=5,
+    ap.add_argument("--rounds", type=int, default=11,
                     help="rounds; each runs both, in turn, after one warm-up round")
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("results-dbn.json"))
     a = ap.parse_args()
