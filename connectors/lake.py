@@ -110,10 +110,8 @@ CHUNK_ROWS = 1024
 # Where rows of an open file are in the sink's journal: (file, key index, record batch);
 # segments of earlier versions have no batch (None: read the key's rows from the whole file).
 Segment = tuple[str, int, int | None]
-# Reads rows back from the journal: (file, key index, first record batch, batches).
-SegmentReader = Callable[[str, int, int | None, int], pa.Table]
-# Consecutive segments read back at once, up to this many (8,192 rows of 1,024-row chunks).
-READ_RUN = 8
+# Reads a segment's rows back from the journal.
+SegmentReader = Callable[[str, int, int | None], pa.Table]
 
 
 @dataclass
@@ -173,9 +171,9 @@ class OpenFile:
         # Chunks resumed from a recovery snapshot or journal of lake layout 2 hold MBP-10
         # levels nested: flattened here, so a flow upgraded mid-run closes those files in
         # the current layout instead of failing on two schemas.
-        for name, idx, batch, count in _runs(self.segments[:self.spilled]):
+        for seg in self.segments[:self.spilled]:
             assert journal is not None
-            yield flatten_levels(et, journal(name, idx, batch, count))
+            yield flatten_levels(et, journal(*seg))
         for c in self.chunks:
             yield flatten_levels(et, c)
         if self.rows or not (self.spilled or self.chunks):
@@ -201,24 +199,6 @@ class OpenFile:
     def successor(self, raw_offset: int) -> OpenFile:
         """The file that continues this one's key from ``raw_offset`` after it closed."""
         return OpenFile(raw_offset, part=self.part + 1 if raw_offset == self.first_offset else 0)
-
-
-def _runs(segments: list[Segment]) -> Iterator[tuple[str, int, int | None, int]]:
-    """``segments`` as runs (file, key index, first batch, batches) of consecutive batches
-    of one file and key, ``READ_RUN`` at most: a chunk's segment each, they are read back a
-    run at a time instead of a file opening and a read per chunk."""
-    run: list[Any] | None = None
-    for name, idx, batch in segments:
-        if (run is not None and batch is not None and run[2] is not None
-                and (run[0], run[1]) == (name, idx) and run[2] + run[3] == batch
-                and run[3] < READ_RUN):
-            run[3] += 1
-            continue
-        if run is not None:
-            yield run[0], run[1], run[2], run[3]
-        run = [name, idx, batch, 1]
-    if run is not None:
-        yield run[0], run[1], run[2], run[3]
 
 
 class LakeRows(NamedTuple):

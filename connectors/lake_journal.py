@@ -74,7 +74,6 @@ class LakeJournal:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="lake-journal")
         self._pending: deque[Future[None]] = deque()
         self._filling: dict[str, _Filling] = {}  # event type -> its file being written
-        self._open: tuple[str, pa.MemoryMappedFile, pa.ipc.RecordBatchFileReader] | None = None
 
     def add(self, event_type: str, key: Hashable, rows: pa.Table) -> tuple[str, int, int]:
         """Hand ``rows`` (a chunk of the open lake file ``key``, of ``event_type``) to the
@@ -128,9 +127,6 @@ class LakeJournal:
         for cur in self._filling.values():
             self._pending.append(self._writer.submit(self._drop_file, cur))
         self._filling = {}
-        if self._open is not None:
-            self._open[1].close()
-            self._open = None
         try:
             self.wait()
         finally:
@@ -150,27 +146,20 @@ class LakeJournal:
             raise FileNotFoundError(f"lake journal file {path} named by the recovery "
                                     "snapshot is missing: the open lake files cannot resume")
 
-    def read(self, name: str, idx: int, batch: int | None = None, count: int = 1
-             ) -> pa.Table:
+    def read(self, name: str, idx: int, batch: int | None = None) -> pa.Table:
         """The rows of key ``idx`` in file ``name``, without the key column: its record
-        batches ``batch`` to ``batch + count - 1`` alone (only those are decompressed), or,
-        for files of earlier versions (any batching), every row of the key. The file stays
-        open for the next read (a closing lake file reads its segments in file order)."""
-        if self._open is None or self._open[0] != name:
-            self.check(name)
-            if self._open is not None:
-                self._open[1].close()
-            src = pa.memory_map(str(self.dir / name))
-            self._open = (name, src, pa.ipc.open_file(src))
-        reader = self._open[2]
-        if batch is not None:
-            table = pa.Table.from_batches([reader.get_batch(b)
-                                           for b in range(batch, batch + count)])
-            if not pc.all(pc.equal(table.column(KEY_COLUMN), idx)).as_py():
-                raise ValueError(f"lake journal file {self.dir / name}: batches from {batch} "
-                                 f"are not key {idx}'s: the open lake files cannot resume")
-            return table.drop_columns([KEY_COLUMN])
-        table = reader.read_all()
+        batch ``batch`` alone (only that batch is decompressed), or, for files of earlier
+        versions (any batching), every row of the key."""
+        self.check(name)
+        with pa.memory_map(str(self.dir / name)) as src:
+            reader = pa.ipc.open_file(src)
+            if batch is not None:
+                table = pa.Table.from_batches([reader.get_batch(batch)])
+                if not pc.all(pc.equal(table.column(KEY_COLUMN), idx)).as_py():
+                    raise ValueError(f"lake journal file {self.dir / name}: batch {batch} "
+                                     f"is not key {idx}'s: the open lake files cannot resume")
+                return table.drop_columns([KEY_COLUMN])
+            table = reader.read_all()
         keys = table.column(KEY_COLUMN).to_numpy()
         return table.filter(keys == idx).drop_columns([KEY_COLUMN])
 

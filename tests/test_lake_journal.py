@@ -20,7 +20,6 @@ from prometheus_client import REGISTRY
 
 from connectors.lake import (
     CHUNK_ROWS,
-    READ_RUN,
     LakeBuffer,
     LakeRows,
     LakeSink,
@@ -216,7 +215,7 @@ def test_a_journal_batch_of_another_key_is_refused(tmp_path: Path) -> None:
     wrong = {k: r._replace(segments=[(s[0], s[1], (s[2] + 1) % 3)
                                      for s in r.segments]) for k, r in state.items()}
     resumed = LakeSink(tmp_path, parts=1).build_part(STEP, "lake-0", wrong)
-    with pytest.raises(ValueError, match=r"are not key .*cannot resume"):
+    with pytest.raises(ValueError, match=r"is not key .*cannot resume"):
         resumed.close()
 
 
@@ -387,10 +386,9 @@ def test_a_closing_file_holds_a_row_group_not_all_its_rows(tmp_path: Path) -> No
     assert whole.column("sequence").to_pylist() == list(range(n * per))
     row = whole.nbytes / whole.num_rows
     assert peak[0] < (ROW_GROUP_ROWS + 2 * per) * row < whole.nbytes / 2, (peak[0], row)
-    # Every segment (a chunk each: chunks go to the journal as they form) read once, a run
-    # of READ_RUN consecutive ones at a time: the facts are gathered as the groups are
-    # written (the metadata goes in the footer).
-    assert calls == [READ_RUN * CHUNK_ROWS] * (n * per // (READ_RUN * CHUNK_ROWS))
+    # Every segment (a chunk each: chunks go to the journal as they form) read once: the
+    # facts are gathered as the groups are written (the metadata goes in the footer).
+    assert calls == [CHUNK_ROWS] * (n * per // CHUNK_ROWS)
 
 
 def test_rows_out_of_order_across_a_row_group_edge_are_sorted(tmp_path: Path) -> None:
