@@ -1001,10 +1001,7 @@ class _LakePartition(StatefulSinkPartition[list[LakeRows], _Resume]):
             if f is None:
                 continue  # closed since
             for c in f.chunks[f.journaled:]:
-                # (key, first offset, part) names the lake file: a closed one and its
-                # successor under the same key get different key indexes.
-                f.segments.append(self._journal.add(k.event_type, (k, f.first_offset, f.part),
-                                                    c))
+                f.segments.append(self._journal.add(k.event_type, k, c))
             f.journaled = len(f.chunks)
 
     def snapshot(self) -> _Resume:
