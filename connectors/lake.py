@@ -136,8 +136,7 @@ class OpenFile:
     # back when the file closes (write_file).
     spilled: int = 0
 
-    def append(self, event_type: str, ev: Event, raw_offset: int) -> bool:
-        """Add one row; True if it completed a chunk."""
+    def append(self, event_type: str, ev: Event, raw_offset: int) -> None:
         if self.count == 0:
             self.first_ts_ns = ev["ts_event_ns"]
         self.rows.append(ev)
@@ -146,8 +145,6 @@ class OpenFile:
         if len(self.rows) >= CHUNK_ROWS:
             self.chunks.append(to_table(BY_NAME[event_type], self.rows))
             self.rows = []
-            return True
-        return False
 
     def to_chunk(self, event_type: str) -> None:
         """The dict rows, as one more Arrow chunk (arrival order kept)."""
@@ -777,17 +774,6 @@ class LakeBuffer:
         self.max_buffered_rows = max_buffered_rows
         self.buffered = sum(f.count for f in self.pending.values())
         self._dict_rows = sum(len(f.rows) for f in self.pending.values())
-        # With a journal (the sink's): open files that completed a chunk since
-        # ``take_formed``.
-        self._formed: dict[PartitionKey, None] | None = None if journal is None else {}
-
-    def take_formed(self) -> list[PartitionKey]:
-        """The open files that completed a chunk since the last call (in that order); none
-        without a journal."""
-        keys = list(self._formed or ())
-        if self._formed:
-            self._formed = {}
-        return keys
 
     def add(self, type_name: str, ev: Event, raw_topic: str, raw_partition: int,
             raw_offset: int) -> None:
@@ -847,8 +833,7 @@ class LakeBuffer:
             elif f.count >= self.max_rows or ts - f.first_ts_ns >= self.max_span_ns:
                 self.flush(key)
                 f = pending[key] = f.successor(raw_offset)
-            if f.append(type_name, ev, raw_offset) and self._formed is not None:
-                self._formed[key] = None
+            f.append(type_name, ev, raw_offset)
             added += 1
         self.buffered += added
         self._dict_rows += added
@@ -989,36 +974,32 @@ class _LakePartition(StatefulSinkPartition[list[LakeRows], _Resume]):
         for items in values:
             for item in items:
                 self._buf.add_rows(item)
-        self._hand_over(self._buf.take_formed())
-
-    def _hand_over(self, keys: Iterable[PartitionKey]) -> None:
-        """Hand the chunks of open files ``keys`` not yet in the journal to its writer, which
-        compresses and writes them while the flow goes on (a snapshot then has only the
-        last partial chunks to write and the files to sync)."""
-        pending = self._buf.pending
-        for k in keys:
-            f = pending.get(k)
-            if f is None:
-                continue  # closed since
-            for c in f.chunks[f.journaled:]:
-                f.segments.append(self._journal.add(k.event_type, k, c))
-            f.journaled = len(f.chunks)
 
     def snapshot(self) -> _Resume:
         with LAKE_JOURNAL.time():
             return self._snapshot()
 
     def _snapshot(self) -> _Resume:
-        # The rows that are not in the journal yet (dict rows made a chunk here) go to it;
-        # the files it filled since the last snapshot are completed on its thread; the
-        # snapshot names segments, never carries rows, and its pickle waits for those
-        # files (see lake_journal).
+        # Rows that arrived since the last snapshot go to the journal, one file per event
+        # type, written on its thread; the snapshot names segments, never carries rows, and
+        # its pickle waits for those files (see lake_journal).
         buf = self._buf
         buf._to_arrow()
-        self._hand_over(buf.pending)
-        self._journal.seal()
+        keys = list(buf.pending)
+        fresh: dict[str, list[tuple[int, pa.Table]]] = {}
+        batch: dict[int, int] = {}  # key index -> its record batch in its type's file
+        for i, k in enumerate(keys):
+            f = buf.pending[k]
+            if len(f.chunks) > f.journaled:
+                parts = fresh.setdefault(k.event_type, [])
+                batch[i] = len(parts)
+                parts.append((i, pa.concat_tables(f.chunks[f.journaled:])))
+        names = {et: self._journal.append(et, parts) for et, parts in fresh.items()}
         state: _Resume = {}
-        for k, f in buf.pending.items():
+        for i, k in enumerate(keys):
+            f = buf.pending[k]
+            if i in batch:
+                f.segments.append((names[k.event_type], i, batch[i]))
             # Every row of the file is in the journal now: memory holds none of them until
             # the file closes (then they are read back, one record batch per segment). This
             # bounds the flow's lake rows in memory by what arrives between two snapshots,

@@ -4,30 +4,27 @@ name them.
 A lake file stays open for up to an hour or 250k rows; its rows must survive a crash, so the
 sink's recovery snapshot used to carry them, and Bytewax pickled every open row into its
 recovery store at every snapshot: ~65 MB and a third of a second at 400k open rows, a pause
-that set the flow's p99 latency to ~600 ms as deployed (bench.latency). Now the rows go to
-journal files, one Arrow IPC file per event type per snapshot interval, and the snapshot
-holds ``(file, key index, record batch)`` segments: a few hundred bytes.
+that set the flow's p99 latency to ~600 ms as deployed (bench.latency). Now each snapshot
+appends only the rows that arrived since the previous one, as one Arrow IPC file per event
+type, and the snapshot holds ``(file, key index)`` segments: a few hundred bytes.
 
-Each chunk an open file completes (``CHUNK_ROWS`` rows) is handed to the journal's writer
-thread at once, as the next record batch of the file its event type is filling (``add``):
-compressing and writing run while the flow goes on (pyarrow releases the GIL). A snapshot
-hands over the last partial chunks and seals the files (``seal``: closed, synced and renamed
-on the writer). Bytewax pickles a sink's snapshot soon after taking it; the pickle waits for
-the sealed files (``LakeSnapshot``: Bytewax pickles a snapshot before it commits it to its
-store), so a stored snapshot never names a file that is not whole; reading a file back
-waits for the writer too. A file being filled is never named by a stored snapshot: after a
-crash it is a temporary file, deleted at the resume. A snapshot that Bytewax did not commit
-(a crash in the middle of an epoch) leaves files no snapshot names; they and the files of
-written lake files are deleted once the last ``KEEP_SNAPSHOTS`` snapshots no longer name
-them (Bytewax resumes from the newest committed one, never older).
+The worker thread only gathers the rows; compressing, writing, ``fsync`` and rename run on
+the journal's writer thread (pyarrow and ``fsync`` release the GIL). Bytewax pickles a
+sink's snapshot soon after taking it, so the pickle's wait takes most of that back
+(``bench/results-latency-lake-thread-ab.json``); the thread is where chunks handed over as
+they form would go. Files are written to a temporary name, synced and renamed
+before the snapshot that names them is pickled (``LakeSnapshot``: Bytewax pickles a snapshot
+before it commits it to its store), so a stored snapshot never names a file that is not
+whole; reading a file back waits for the writer too. A snapshot that
+Bytewax did not commit (a crash in the middle of an epoch) leaves files no snapshot names;
+they and the files of written lake files are deleted once the last ``KEEP_SNAPSHOTS``
+snapshots no longer name them (Bytewax resumes from the newest committed one, never older).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,21 +42,6 @@ _K = TypeVar("_K")
 _V = TypeVar("_V")
 
 
-_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
-
-
-@dataclass
-class _Filling:
-    """A journal file taking chunks between two snapshots (written on the writer thread)."""
-
-    name: str
-    batches: int = 0  # handed to the writer
-    keys: dict[Hashable, int] = field(default_factory=dict)  # open lake file -> key index
-    schema: pa.Schema | None = None
-    sink: Any = None  # pa.OSFile, once the first batch is written
-    writer: Any = None  # its IPC file writer
-
-
 class LakeJournal:
     """Journal files of one lake sink partition, in ``<root>/_journal/<step>/<part>``."""
 
@@ -73,46 +55,26 @@ class LakeJournal:
         # One thread: files are written and deleted in the order of the snapshots.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="lake-journal")
         self._pending: deque[Future[None]] = deque()
-        self._filling: dict[str, _Filling] = {}  # event type -> its file being written
 
-    def add(self, event_type: str, key: Hashable, rows: pa.Table) -> tuple[str, int, int]:
-        """Hand ``rows`` (a chunk of the open lake file ``key``, of ``event_type``) to the
-        writer, as the next record batch of the journal file its type is filling; returns
-        where they will be, ``(file, key index, batch)``, at once. The file is durable
-        after the next ``seal`` and ``wait``."""
-        cur = self._filling.get(event_type)
-        if cur is None:
-            cur = self._filling[event_type] = _Filling(
-                f"{self._next:012d}-{event_type}{_SUFFIX}")
-            self._next += 1
-        idx = cur.keys.setdefault(key, len(cur.keys))  # any number the file's rows carry
-        batch = cur.batches
-        cur.batches += 1
-        self._pending.append(self._writer.submit(self._write, cur, idx, rows))
-        return cur.name, idx, batch
+    def append(self, event_type: str, parts: list[tuple[int, pa.Table]]) -> str:
+        """Hand ``(key index, rows)`` of one event type to the writer, to be one file with
+        part ``i`` as its record batch ``i`` (read back alone by ``read``); returns the
+        file's name at once (``wait`` for it to be durable)."""
+        name = f"{self._next:012d}-{event_type}{_SUFFIX}"
+        self._next += 1
+        self._pending.append(self._writer.submit(self._write, name, parts))
+        return name
 
-    def seal(self) -> None:
-        """Complete the files being filled (synced and renamed on the writer: ``wait``);
-        rows added after this go to new files."""
-        for cur in self._filling.values():
-            self._pending.append(self._writer.submit(self._close_file, cur))
-        self._filling = {}
-
-    def _write(self, cur: _Filling, idx: int, rows: pa.Table) -> None:
-        if cur.writer is None:
-            cur.schema = rows.schema.append(pa.field(KEY_COLUMN, pa.int32(), nullable=False))
-            cur.sink = pa.OSFile(str(self.dir / f".{cur.name}.tmp"), "wb")
-            cur.writer = pa.ipc.new_file(cur.sink, cur.schema, options=_OPTIONS)
-        keys = pa.array(np.full(rows.num_rows, idx, np.int32))
-        cur.writer.write_batch(pa.RecordBatch.from_arrays(
-            [*(c.combine_chunks() for c in rows.columns), keys], schema=cur.schema))
-
-    def _close_file(self, cur: _Filling) -> None:
-        assert cur.writer is not None and cur.sink is not None  # a batch came first
-        cur.writer.close()
-        cur.sink.close()
-        # durable before it is named
-        replace(self.dir / f".{cur.name}.tmp", self.dir / cur.name, "journal.before_rename")
+    def _write(self, name: str, parts: list[tuple[int, pa.Table]]) -> None:
+        schema = parts[0][1].schema.append(pa.field(KEY_COLUMN, pa.int32(), nullable=False))
+        tmp = self.dir / f".{name}.tmp"
+        opts = pa.ipc.IpcWriteOptions(compression="lz4")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema, options=opts) as w:
+            for idx, rows in parts:
+                keys = pa.array(np.full(rows.num_rows, idx, np.int32))
+                w.write_batch(pa.RecordBatch.from_arrays(
+                    [*(c.combine_chunks() for c in rows.columns), keys], schema=schema))
+        replace(tmp, self.dir / name, "journal.before_rename")  # durable before it is named
 
     def wait(self) -> None:
         """Return once every file handed to the writer is durable and every deletion done;
@@ -122,21 +84,11 @@ class LakeJournal:
             self._pending.popleft()
 
     def close(self) -> None:
-        """Drop the files being filled (no snapshot will name them), wait for the writer
-        (``wait``), then stop its thread."""
-        for cur in self._filling.values():
-            self._pending.append(self._writer.submit(self._drop_file, cur))
-        self._filling = {}
+        """Wait for the writer (``wait``), then stop its thread."""
         try:
             self.wait()
         finally:
             self._writer.shutdown(wait=True)
-
-    def _drop_file(self, cur: _Filling) -> None:
-        if cur.writer is not None:
-            cur.writer.close()
-            cur.sink.close()
-        (self.dir / f".{cur.name}.tmp").unlink(missing_ok=True)
 
     def check(self, name: str) -> None:
         """Raise if journal file ``name``, named by a snapshot, is missing."""

@@ -18,14 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from connectors.lake import (
-    CHUNK_ROWS,
-    LakeBuffer,
-    LakeRows,
-    LakeSink,
-    OpenFile,
-    read_partition,
-)
+from connectors.lake import LakeBuffer, LakeRows, LakeSink, OpenFile, read_partition
 from connectors.lake_checksum import ROW_GROUP_ROWS
 from connectors.lake_journal import KEEP_SNAPSHOTS
 from connectors.lake_verify import verify
@@ -386,9 +379,9 @@ def test_a_closing_file_holds_a_row_group_not_all_its_rows(tmp_path: Path) -> No
     assert whole.column("sequence").to_pylist() == list(range(n * per))
     row = whole.nbytes / whole.num_rows
     assert peak[0] < (ROW_GROUP_ROWS + 2 * per) * row < whole.nbytes / 2, (peak[0], row)
-    # Every segment (a chunk each: chunks go to the journal as they form) read once: the
-    # facts are gathered as the groups are written (the metadata goes in the footer).
-    assert calls == [CHUNK_ROWS] * (n * per // CHUNK_ROWS)
+    # Every segment read once: the facts are gathered as the groups are written (the
+    # metadata goes in the footer, at the end).
+    assert calls == [per] * n
 
 
 def test_rows_out_of_order_across_a_row_group_edge_are_sorted(tmp_path: Path) -> None:
@@ -412,40 +405,3 @@ def test_rows_out_of_order_across_a_row_group_edge_are_sorted(tmp_path: Path) ->
     ts = got.column("ts_event_ns").to_numpy()
     assert got.num_rows == per * n and (ts[1:] >= ts[:-1]).all()
     assert got.equals(read_partition(tmp_path / "b", "stock_trade", "SPY", DAY))
-
-
-def test_chunks_go_to_the_journal_as_they_form_and_a_crash_before_its_seal_loses_nothing(
-        tmp_path: Path) -> None:
-    # Chunks an open file completes between two snapshots are handed to the journal's
-    # writer at once (written while the flow goes on), into a file the next snapshot seals.
-    # A crash before that snapshot: the half-written file is dropped at the resume, the
-    # rows come again from the raw log, and the lake is the crash-free one.
-    recs = _trades([(i, i) for i in range(5 * CHUNK_ROWS + 100)], 0)
-    cut = CHUNK_ROWS + 10
-    part = LakeSink(tmp_path / "a", parts=1).build_part(STEP, "lake-0", None)
-    part.write_batch([recs[:cut]])
-    committed = stored(part)
-    part.write_batch([recs[cut:cut + 2 * CHUNK_ROWS + 40]])
-    [f] = part._buf.pending.values()
-    assert len(f.chunks) == f.journaled == 2  # handed over before any snapshot
-    part._journal.wait()
-    jdir = tmp_path / "a" / "_journal" / STEP / "lake-0"
-    [filling] = jdir.glob(".*.tmp")
-    assert filling.stat().st_size > 0  # being written, not named by any snapshot yet
-    shutil.copytree(tmp_path / "a", tmp_path / "crash")
-    state = stored(part)
-    [r] = state.values()
-    assert len(r.segments) == 2 + 2 + 1  # the first snapshot's, two streamed, one partial
-    assert not list(jdir.glob(".*.tmp")) and filling.name[1:-4] in {s[0] for s in r.segments}
-    part.write_batch([recs[cut + 2 * CHUNK_ROWS + 40:]])
-    part._journal.wait()
-    assert list(jdir.glob(".*.tmp"))  # filling again
-    part.close()
-    assert not list(jdir.glob(".*.tmp"))  # dropped: the closed files hold those rows
-    resumed = LakeSink(tmp_path / "crash", parts=1).build_part(STEP, "lake-0", committed)
-    assert not list((tmp_path / "crash" / "_journal" / STEP / "lake-0").glob(".*.tmp"))
-    resumed.write_batch([recs[cut:]])
-    resumed.close()
-    assert lake_files(tmp_path / "crash") == lake_files(tmp_path / "a")
-    seqs = read_partition(tmp_path / "crash", "stock_trade", "SPY", DAY).column("sequence")
-    assert seqs.to_pylist() == list(range(len(recs)))
