@@ -176,7 +176,7 @@ class _CodeTable:
             table[ord(code)] = name
         self.objects = np.array(table, dtype=object)
         distinct = sorted(set(table))
-        # code byte -> index of its symbol in ``distinct`` (fewer than 128 symbols)
+        assert len(distinct) < 128  # code byte -> index of its symbol in ``distinct``
         self.index = np.array([distinct.index(t) for t in table], np.int8)
         self._distinct = distinct
 
@@ -329,9 +329,9 @@ class DbnColumns:
 
     def table(self) -> pa.Table:
         """The records as an Arrow table of the event type's lake schema (MBP-10's levels
-        as flat columns, ``schemas.arrow.lake_schema``), but for its text columns but the
-        event id (the symbol, the source, enums): dictionary arrays of those strings, which
-        the lake writes as its string columns (``table_schema``)."""
+        as flat columns, ``schemas.arrow.lake_schema``), its text columns other than the
+        event id (symbol, source, enums) as dictionary arrays of those strings, which the
+        lake writes as its string columns (``table_schema``)."""
         schema = table_schema(self.layout.event_type)
         cols = self._columns()
         ids = self._arrow_ids()
