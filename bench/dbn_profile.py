@@ -2,9 +2,11 @@
 
 The phases of the reading thread measured alone (read and decompress, then decode and checks,
 then the Arrow table; each includes the ones before), the whole import's wall and CPU time,
-when each lake file's write starts and ends on the writer threads, and the write of one
-250k-row file under other encodings of the level columns. Best of ``--rounds`` for the
-phases; every round for the import. Writes ``bench/results-dbn-profile.json``.
+when each lake file's write starts and ends on the writer threads and the CPU of their two
+chains (encoding; checks, digests and id checksum among them), and the write of one 250k-row
+file under other encodings of the level columns and a faster zstd level. Best of
+``--rounds`` for the phases; every round for the import. Writes
+``bench/results-dbn-profile.json``.
 """
 
 from __future__ import annotations
@@ -97,23 +99,45 @@ def main() -> int:
             spans[w][1:] = [time.perf_counter() - t_start, f.count]
             return out
 
-        lake._FileWrite.put = timed_put  # type: ignore[method-assign,assignment]
+        # CPU of the writer threads' two chains (encoding; the order check with digests and
+        # id checksum), from each thread's own clock.
+        chain_cpu: dict[str, float] = {}
+
+        def thread_timed(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+            def timed(*args: Any) -> Any:
+                c0 = time.thread_time()
+                try:
+                    return fn(*args)
+                finally:
+                    chain_cpu[name] = chain_cpu.get(name, 0.0) + time.thread_time() - c0
+            return timed
+
+        facts_add, digest, id_crc = lake._Facts.add, lake.table_digest, lake._id_crc
+        lake._FileWrite.put = thread_timed(  # type: ignore[method-assign]
+            "encoding", timed_put)
         lake._FileWrite.finish = timed_finish  # type: ignore[method-assign,assignment]
+        lake._Facts.add = thread_timed("checks", facts_add)  # type: ignore[method-assign]
+        lake.table_digest = thread_timed("checks: digests", digest)
+        lake._id_crc = thread_timed("checks: id checksum", id_crc)
         runs = []
         try:
             for _ in range(a.rounds + 1):  # the first warms caches: not kept
                 spans.clear()
+                chain_cpu.clear()
                 target = root / "lake"
                 cpu0, t_start = _cpu(), time.perf_counter()
                 import_files([path], target)
                 wall, cpu = time.perf_counter() - t_start, _cpu() - cpu0
                 runs.append({"wall_s": wall, "cpu_s": cpu, "cores_busy": cpu / wall / 2,
                              "file_writes_s": [{"start": s, "end": e, "rows": int(n)}
-                                               for s, e, n in sorted(spans.values())]})
+                                               for s, e, n in sorted(spans.values())],
+                             "writer_chains_cpu_s": dict(chain_cpu)})
                 shutil.rmtree(target)
         finally:
             lake._FileWrite.put = put  # type: ignore[method-assign]
             lake._FileWrite.finish = finish  # type: ignore[method-assign]
+            lake._Facts.add = facts_add  # type: ignore[method-assign]
+            lake.table_digest, lake._id_crc = digest, id_crc
         res["import_runs"] = runs[1:]
 
         # One 250k-row file, written with the lake's settings and with other encodings of
@@ -134,10 +158,12 @@ def main() -> int:
         dict_cols = [c for c in names if c not in delta and c != "event_id"]
         out = root / "one.parquet"
 
-        def variant(dictionary: list[str], enc: dict[str, str]) -> Callable[[], None]:
+        def variant(dictionary: list[str], enc: dict[str, str],
+                    **kw: Any) -> Callable[[], None]:
             return lambda: pq.write_table(
                 t, out, compression="zstd", row_group_size=ROW_GROUP_ROWS,
-                write_page_checksum=True, use_dictionary=dictionary, column_encoding=enc)
+                write_page_checksum=True, use_dictionary=dictionary, column_encoding=enc,
+                **kw)
 
         variants = {
             "lake settings (write_parquet)": lambda: lake.write_parquet(t, out),
@@ -149,6 +175,10 @@ def main() -> int:
             "level sizes and counts plain": variant(
                 [c for c in dict_cols if c not in qty],
                 dict.fromkeys(delta, "DELTA_BINARY_PACKED")),
+            "the lake's encodings, no digests": variant(
+                dict_cols, dict.fromkeys(delta, "DELTA_BINARY_PACKED")),
+            "the lake's encodings, no digests, zstd -3": variant(
+                dict_cols, dict.fromkeys(delta, "DELTA_BINARY_PACKED"), compression_level=-3),
         }
         one: dict[str, dict[str, float]] = {}
         for name, fn in variants.items():
@@ -162,7 +192,9 @@ def main() -> int:
     for r in res["import_runs"]:
         print(f"import: wall {r['wall_s']:.3f} s, CPU {r['cpu_s']:.3f} s "
               f"({r['cores_busy']:.0%} of 2 cores); file writes "
-              + ", ".join(f"{w['start']:.2f}-{w['end']:.2f}" for w in r["file_writes_s"]))
+              + ", ".join(f"{w['start']:.2f}-{w['end']:.2f}" for w in r["file_writes_s"])
+              + "; writer chains' CPU " + ", ".join(
+                  f"{k} {v:.3f} s" for k, v in sorted(r["writer_chains_cpu_s"].items())))
     a.out.write_text(json.dumps(res, indent=2))
     return 0
 
